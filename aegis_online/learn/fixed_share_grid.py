@@ -1,0 +1,92 @@
+"""The default learner: a grid of Fixed-Share copies aggregated by AdaHedge, so nothing needs tuning."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from aegis_online.learn.ada_hedge import ada_hedge_gap, ada_hedge_log_weights
+from aegis_online.learn.base import Learner
+from aegis_online.learn.fixed_share import FixedShare, fixed_share_step
+
+#: Learning rates from slow (worst-case optimal at T ~ 10^5) to fast (recovers from a swap in tens of rounds).
+DEFAULT_ETAS: tuple[float, ...] = (1 / 64, 1 / 8, 1 / 2, 2.0, 8.0)
+#: Share rates from "almost never switches" to "expects a switch every few hundred rounds".
+DEFAULT_ALPHAS: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+
+
+class FixedShareGrid(Learner):
+    """Fixed-Share copies on an (eta, alpha) grid, combined by AdaHedge on the copies' expected losses.
+
+    Why: Hedge-type rules only compete with the best *fixed* expert, and after a drift they stay with the old
+    leader for as long as it took to build its lead. Fixed-Share tracks the best *sequence* of experts but needs
+    ``eta`` and ``alpha``; running a small grid and letting AdaHedge (parameter-free) pick among the copies gives
+    the tracking without tuning (the approach of opera, Gaillard and Goude).
+
+    Guarantee: for losses in [0, 1], against the best fixed expert and against any sequence with ``m`` switches,
+    ``regret <= min_k FixedShare_k bound + sqrt(T ln K) + 16/3 ln K + 2`` with ``K`` copies (AdaHedge's bound
+    against the best copy, plus that copy's bound). State: ``[Delta, L_1..L_K, logw_(1,1)..logw_(K,N)]``,
+    ``1 + K + K N`` floats (91 for the default 15 copies and 5 experts).
+
+    >>> learner = FixedShareGrid(n_experts=2)
+    >>> state = learner.init_state()
+    >>> for _ in range(300):
+    ...     state = learner.learn_one(state, [0.9, 0.1], label=1.0)
+    >>> for _ in range(60):
+    ...     state = learner.learn_one(state, [0.9, 0.1], label=0.0)
+    >>> int(np.argmax(learner.weights(state)))
+    1
+    """
+
+    name = "default"
+
+    def __init__(
+        self,
+        n_experts: int,
+        loss: str = "squared",
+        etas: Sequence[float] = DEFAULT_ETAS,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+    ) -> None:
+        super().__init__(n_experts, loss)
+        grid = list(itertools.product(etas, alphas))
+        if not grid:
+            raise ValueError("the (eta, alpha) grid must not be empty")
+        self.copies = [FixedShare(n_experts, loss, eta=eta, alpha=alpha) for eta, alpha in grid]
+        self._etas = np.array([c.eta for c in self.copies])[None, :, None]
+        self._alphas = np.array([c.alpha for c in self.copies])[None, :, None]
+        self.n_copies = len(self.copies)
+
+    @property
+    def state_size(self) -> int:
+        return 1 + self.n_copies + self.n_copies * self.n_experts
+
+    def _initial_state(self) -> np.ndarray:
+        copies = np.full(self.n_copies * self.n_experts, -math.log(self.n_experts))
+        return np.concatenate([np.zeros(1 + self.n_copies), copies])
+
+    def regret_bound(self, horizon: int, switches: int = 0) -> float:
+        """Worst-case regret against the best sequence of experts with ``switches`` switches."""
+        best_copy = min(c.regret_bound(horizon, switches) for c in self.copies)
+        log_k = math.log(max(self.n_copies, 2))
+        return best_copy + math.sqrt(horizon * log_k) + 16.0 / 3.0 * log_k + 2.0
+
+    def _split(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = self.n_copies
+        copies = states[:, 1 + k :].reshape(states.shape[0], k, self.n_experts)
+        return states[:, :1], states[:, 1 : 1 + k], copies
+
+    def _log_weights(self, states: np.ndarray) -> np.ndarray:
+        delta, cumulative, copies = self._split(states)
+        meta = ada_hedge_log_weights(delta, cumulative)
+        # Copies' log-weights are >= log(alpha / N) and the meta weights sum to 1: no shift is needed.
+        return np.log(np.einsum("bk,bkn->bn", np.exp(meta), np.exp(copies)))
+
+    def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        delta, cumulative, copies = self._split(states)
+        copy_losses = np.einsum("bkn,bn->bk", np.exp(copies), losses)
+        gap = ada_hedge_gap(ada_hedge_log_weights(delta, cumulative), copy_losses, delta)
+        stepped = fixed_share_step(copies, losses[:, None, :], self._etas, self._alphas)
+        return np.concatenate([delta + gap, cumulative + copy_losses, stepped.reshape(states.shape[0], -1)], axis=1)
