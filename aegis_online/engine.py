@@ -1,0 +1,324 @@
+"""The engine: experts -> combine -> decide -> log, and feedback -> learner update. One definition of a decision.
+
+Everything that serves, replays or simulates goes through ``Engine``: ``moderate`` (async, calls the experts
+under a deadline) or ``decide`` (sync, from expert outputs already in hand, e.g. a replay cache) on the request
+path, and ``feedback`` on the learning path. The feedback path never recomputes an expert: it joins the logged
+prediction by request id and updates the learner from the stored outputs.
+
+Weights are learned per (scope, category). Every event updates the global scope and the tenant's scope; the
+tenant's scope starts as a copy of the global state when its first feedback arrives, and its weights are used
+once it has ``policy.personalise_after`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aegis_online.ensemble import combine
+from aegis_online.errors import InvalidFeedbackError, InvalidRequestError, TenantMismatchError, UnknownRequestError
+from aegis_online.experts import Expert, ExpertInput, score_with_deadline
+from aegis_online.learn import DEFAULT_LEARNER, Learner, make_learner
+from aegis_online.learn.exp3ix import Exp3IX
+from aegis_online.policy import TenantPolicy, decide_category, overall_action, resolve_category
+from aegis_online.schemas import (
+    Decision,
+    ExpertContribution,
+    ExpertOutput,
+    FeedbackEvent,
+    FeedbackResult,
+    MissingExpert,
+    ModerationRequest,
+    new_request_id,
+)
+from aegis_online.state import (
+    LearnerRecord,
+    LearnerStore,
+    MemoryLearnerStore,
+    MemoryPolicyStore,
+    MemoryPredictionLog,
+    PolicyStore,
+    PredictionLog,
+    PredictionRecord,
+)
+from aegis_online.taxonomy import CategorySet
+
+GLOBAL_SCOPE = "global"
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """Query only ``k`` experts per request (the ``always`` ones plus a sample), learning with Exp3-IX."""
+
+    k: int
+    always: tuple[str, ...] = ()
+
+
+class Engine:
+    """Ties experts, learner, stores and policies together."""
+
+    def __init__(
+        self,
+        experts: Sequence[Expert],
+        *,
+        learner: str | Learner = DEFAULT_LEARNER,
+        store: LearnerStore | None = None,
+        prediction_log: PredictionLog | None = None,
+        policies: PolicyStore | None = None,
+        deadline_s: float = 2.0,
+        bandit: BanditConfig | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not experts:
+            raise ValueError("experts: the engine needs at least one expert")
+        names = [e.name for e in experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experts: names must be unique, got {names}")
+        self.experts = list(experts)
+        self.expert_names = tuple(names)
+        if bandit is not None:
+            learner = learner if isinstance(learner, Exp3IX) else Exp3IX(len(experts))
+            unknown = set(bandit.always) - set(names)
+            if unknown:
+                raise ValueError(f"bandit.always: unknown experts {sorted(unknown)}")
+        self.learner = learner if isinstance(learner, Learner) else make_learner(learner, len(experts))
+        if self.learner.n_experts != len(experts):
+            raise ValueError(f"learner has {self.learner.n_experts} experts, the engine {len(experts)}")
+        if self.learner.bandit and bandit is None:
+            raise ValueError("a bandit learner needs a BanditConfig (how many experts to query)")
+        self.bandit = bandit
+        self.store = store or MemoryLearnerStore()
+        self.prediction_log = prediction_log or MemoryPredictionLog()
+        self.policies = policies or MemoryPolicyStore()
+        self.deadline_s = deadline_s
+        self._rng = np.random.default_rng(seed)
+        # State written for one (learner, expert list) must never be read by another: namespace the keys.
+        digest = hashlib.sha1("\x1f".join(names).encode()).hexdigest()[:8]
+        self.namespace = f"{self.learner.name}:{digest}"
+
+    # -- policies and weights ----------------------------------------------------------------------------------
+    def policy(self, tenant: str) -> TenantPolicy:
+        """The tenant's policy, else the ``default`` tenant's, else the built-in default."""
+        found = self.policies.get(tenant) or self.policies.get("default")
+        if found is None:
+            return TenantPolicy(tenant=tenant)
+        return found if found.tenant == tenant else found.model_copy(update={"tenant": tenant})
+
+    def state_key(self, scope: str, category: str) -> str:
+        """Store key of one (scope, category); a tenant's keys share the ``{tenant}`` hash tag (Redis Cluster)."""
+        return f"{self.namespace}:{{{scope}}}:{category}"
+
+    def load_states(self, tenant: str, categories: Sequence[str], policy: TenantPolicy) -> tuple[np.ndarray, list[str]]:
+        """Learner states to predict with per category, and which scope each came from."""
+        keys = [self.state_key(GLOBAL_SCOPE, c) for c in categories]
+        keys += [self.state_key(tenant, c) for c in categories]
+        records = self.store.load(keys)
+        n = len(categories)
+        states = self.learner.init_states(n)
+        scopes = [GLOBAL_SCOPE] * n
+        for i in range(n):
+            own, shared = records[n + i], records[i]
+            if own is not None and own.updates >= policy.personalise_after:
+                states[i], scopes[i] = own.state, "tenant"
+            elif shared is not None:
+                states[i] = shared.state
+        return states, scopes
+
+    def weights(self, tenant: str, categories: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """Current weight of every expert per category for a tenant (the weights its requests use)."""
+        policy = self.policy(tenant)
+        cats = list(categories or policy.category_set().ids)
+        states, _ = self.load_states(tenant, cats, policy)
+        w = self.learner.weights(states)
+        return {c: dict(zip(self.expert_names, map(float, w[i]), strict=True)) for i, c in enumerate(cats)}
+
+    # -- request path ------------------------------------------------------------------------------------------
+    def categories_for(self, request: ModerationRequest, policy: TenantPolicy) -> CategorySet:
+        known = policy.category_set()
+        if request.categories is None:
+            return known
+        chosen = []
+        for i, key in enumerate(request.categories):
+            cat_id = resolve_category(key, known)
+            if cat_id is None:
+                raise InvalidRequestError(f"categories.{i}: unknown category {key!r}")
+            chosen.append(known[cat_id])
+        return CategorySet(tuple(dict.fromkeys(chosen)))
+
+    def select_experts(
+        self, tenant: str, categories: Sequence[str], policy: TenantPolicy
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Which experts to query (all, or a bandit sample) and their selection probabilities."""
+        n = len(self.experts)
+        if self.bandit is None:
+            return np.ones(n, dtype=bool), None
+        states, _ = self.load_states(tenant, categories, policy)
+        mean_state = states.mean(axis=0)  # one selection per request, from the categories' average estimates
+        always = [self.expert_names.index(a) for a in self.bandit.always]
+        assert isinstance(self.learner, Exp3IX)
+        return self.learner.select(mean_state, self.bandit.k, self._rng, always=always)
+
+    async def moderate(self, request: ModerationRequest) -> Decision:
+        """Score the request with the experts under the deadline, combine, decide and log."""
+        policy = self.policy(request.tenant)
+        categories = self.categories_for(request, policy)
+        chosen, propensities = self.select_experts(request.tenant, categories.ids, policy)
+        calls = []
+        for expert, selected in zip(self.experts, chosen, strict=True):
+            covered = tuple(c for c in categories if expert.covers(c))
+            if selected and covered:
+                item = ExpertInput(messages=tuple(request.messages), check=request.check, categories=covered)
+                calls.append(score_with_deadline(expert, [item], self.deadline_s))
+        results = await asyncio.gather(*calls)
+        outputs = [batch[0] for batch in results]
+        return self.decide(request, outputs, propensities=propensities, policy=policy, categories=categories)
+
+    def decide(
+        self,
+        request: ModerationRequest,
+        outputs: Sequence[ExpertOutput],
+        *,
+        propensities: np.ndarray | None = None,
+        policy: TenantPolicy | None = None,
+        categories: CategorySet | None = None,
+    ) -> Decision:
+        """Combine expert outputs already in hand, apply the tenant's policy, log the prediction."""
+        policy = policy or self.policy(request.tenant)
+        categories = categories or self.categories_for(request, policy)
+        cat_ids = categories.ids
+        by_name = {o.expert: o for o in outputs}
+        unknown = set(by_name) - set(self.expert_names)
+        if unknown:
+            raise InvalidRequestError(f"outputs: unknown experts {sorted(unknown)}")
+        matrix = np.full((len(cat_ids), len(self.experts)), np.nan)
+        missing: list[MissingExpert] = []
+        for i, name in enumerate(self.expert_names):
+            out = by_name.get(name)
+            if out is None:
+                reason = "not queried (bandit mode)" if propensities is not None else "covers none of the categories"
+                missing.append(MissingExpert(expert=name, reason=reason))
+            elif not out.ok:
+                missing.append(MissingExpert(expert=name, reason=out.error or "error"))
+            else:
+                for c, cat in enumerate(cat_ids):
+                    if cat in out.scores:
+                        matrix[c, i] = out.scores[cat]
+        states, scopes = self.load_states(request.tenant, cat_ids, policy)
+        combination = combine(self.learner, states, matrix)
+        strictness = policy.strictness_for(request.strictness)
+        decisions = [
+            decide_category(policy, cat, None if np.isnan(s) else float(s), strictness, scopes[c])
+            for c, (cat, s) in enumerate(zip(cat_ids, combination.scores, strict=True))
+        ]
+        degraded = bool(np.isnan(combination.scores).all())
+        action = policy.on_no_experts if degraded else overall_action(decisions)
+        request_id = request.request_id or new_request_id()
+        contributions = [
+            ExpertContribution(
+                expert=name,
+                weights={
+                    cat: float(combination.weights[c, i]) for c, cat in enumerate(cat_ids) if not np.isnan(matrix[c, i])
+                },
+                scores={cat: float(matrix[c, i]) for c, cat in enumerate(cat_ids) if not np.isnan(matrix[c, i])},
+                latency_ms=by_name[name].latency_ms,
+            )
+            for i, name in enumerate(self.expert_names)
+            if name in by_name and by_name[name].ok
+        ]
+        flagged = tuple(d.category for d in decisions if d.flagged)
+        self.prediction_log.put(
+            PredictionRecord(
+                request_id=request_id,
+                tenant=request.tenant,
+                check=request.check,
+                created=time.time(),
+                experts=self.expert_names,
+                categories=cat_ids,
+                outputs=matrix,
+                scores=combination.scores,
+                flagged=flagged,
+                propensities=propensities,
+            )
+        )
+        return Decision(
+            request_id=request_id,
+            tenant=request.tenant,
+            check=request.check,
+            strictness=strictness,
+            action=action,
+            flagged=action != "allow",
+            categories=decisions,
+            experts=contributions,
+            missing_experts=missing,
+            degraded=degraded,
+        )
+
+    # -- feedback path -----------------------------------------------------------------------------------------
+    def feedback(self, event: FeedbackEvent) -> FeedbackResult:
+        """Join the logged prediction and update the learner per labelled category, exactly once per event."""
+        record = self.prediction_log.get(event.request_id)
+        if record is None:
+            raise UnknownRequestError(f"request_id: no logged prediction {event.request_id!r} (unknown or expired)")
+        if record.tenant != event.tenant:
+            raise TenantMismatchError(f"tenant: request {event.request_id!r} belongs to another tenant")
+        if record.experts != self.expert_names:
+            raise InvalidFeedbackError("request_id: the prediction was made by a different expert set")
+        labels = self.resolve_labels(event, record)
+        rows = [record.categories.index(c) for c in labels]
+        keys = [self.state_key(GLOBAL_SCOPE, c) for c in labels] + [self.state_key(record.tenant, c) for c in labels]
+        outputs = record.outputs[rows]
+        targets = np.fromiter(labels.values(), dtype=np.float64, count=len(labels))
+        props = None if record.propensities is None else np.tile(record.propensities, (len(rows), 1))
+        learner = self.learner
+
+        def update(current: list[LearnerRecord | None]) -> list[LearnerRecord]:
+            n = len(rows)
+            shared = _stack(learner, current[:n])
+            own = np.array([r.state if r is not None else shared[i] for i, r in enumerate(current[n:])])
+            new_shared = learner.learn_many(shared, outputs, targets, propensities=props)
+            new_own = learner.learn_many(own, outputs, targets, propensities=props)
+            counts = [0 if r is None else r.updates for r in current]
+            states = list(new_shared) + list(new_own)
+            return [LearnerRecord(state=s, updates=c + 1) for s, c in zip(states, counts, strict=True)]
+
+        applied = self.store.apply(event.idempotency_key, keys, update)
+        return FeedbackResult(
+            request_id=event.request_id, event_id=event.idempotency_key, applied=applied, categories=labels
+        )
+
+    def resolve_labels(self, event: FeedbackEvent, record: PredictionRecord) -> dict[str, float]:
+        """Per-category targets: explicit labels, or one verdict spread over the evaluated categories.
+
+        ``safe`` labels every evaluated category 0. ``unsafe`` labels 1 the categories the decision flagged or,
+        when it flagged none (a miss), the one it scored highest; the others are left alone, since the reporter
+        did not say they were safe.
+        """
+        if event.label == "safe":
+            return dict.fromkeys(record.categories, 0.0)
+        if event.label == "unsafe":
+            if record.flagged:
+                return dict.fromkeys(record.flagged, 1.0)
+            scored = np.where(np.isnan(record.scores), -np.inf, record.scores)
+            return {record.categories[int(np.argmax(scored))]: 1.0}
+        assert event.labels is not None
+        known = self.policy(record.tenant).category_set()
+        resolved: dict[str, float] = {}
+        for key, value in event.labels.items():
+            cat = resolve_category(key, known)
+            if cat is None:
+                raise InvalidFeedbackError(f"labels.{key}: unknown category")
+            if cat not in record.categories:
+                raise InvalidFeedbackError(f"labels.{key}: category was not evaluated in request {record.request_id!r}")
+            resolved[cat] = value
+        return resolved
+
+
+def _stack(learner: Learner, records: Sequence[LearnerRecord | None]) -> np.ndarray:
+    fresh = learner.init_state()
+    return np.array([fresh if r is None else r.state for r in records])
+

@@ -1,0 +1,67 @@
+"""The expert interface: score a batch of conversations per category, asynchronously, under a deadline.
+
+Like LlamaFirewall's scanners, every expert hides behind one async method; unlike them, an expert never decides:
+it returns probabilities in the canonical taxonomy and the ensemble weighs them. An expert that fails or misses
+its deadline yields an output carrying the error, never a failed request.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aegis_online.schemas import Check, ExpertOutput, Message
+from aegis_online.taxonomy import Category
+
+
+@dataclass(frozen=True)
+class ExpertInput:
+    """One conversation and the categories to score in it (custom ones carry their description as policy)."""
+
+    messages: tuple[Message, ...]
+    check: Check
+    categories: tuple[Category, ...]
+
+    @property
+    def checked_text(self) -> str:
+        """The turn under check: the last user message (prompt) or the last assistant message (response)."""
+        role = "user" if self.check == "prompt" else "assistant"
+        return next(m.content for m in reversed(self.messages) if m.role == role)
+
+
+class Expert(abc.ABC):
+    """A content-safety expert.
+
+    ``categories`` are the canonical ids it can score; ``free_form`` experts also score custom categories from
+    their descriptions. ``score`` returns one output per input, in order.
+    """
+
+    name: str
+    categories: frozenset[str]
+    free_form: bool = False
+
+    def covers(self, category: Category) -> bool:
+        return category.id in self.categories or (category.custom and self.free_form)
+
+    @abc.abstractmethod
+    async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
+        """Probabilities per covered category for each input of the batch."""
+
+
+async def score_with_deadline(expert: Expert, batch: Sequence[ExpertInput], deadline_s: float) -> list[ExpertOutput]:
+    """Run ``expert.score`` under a deadline; a timeout or an exception becomes a per-expert error output."""
+    started = time.perf_counter()
+    try:
+        outputs = await asyncio.wait_for(expert.score(batch), timeout=deadline_s)
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"returned {len(outputs)} outputs for {len(batch)} inputs")
+        return outputs
+    except asyncio.TimeoutError:
+        error = f"timed out after {deadline_s * 1000:.0f} ms"
+    except Exception as exc:  # an expert's failure must never fail the request
+        error = f"{type(exc).__name__}: {exc}"
+    elapsed = (time.perf_counter() - started) * 1000.0
+    return [ExpertOutput(expert=expert.name, latency_ms=elapsed, error=error) for _ in batch]

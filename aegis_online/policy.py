@@ -1,0 +1,150 @@
+"""Tenant policies: per-category thresholds, strictness and actions, turning risk scores into decisions.
+
+A policy is data (a pydantic model loadable from YAML or JSON) plus pure functions of it; no I/O here.
+Strictness moves every threshold on the logit scale: ``t(s) = sigmoid(logit(t_base) - STRICTNESS_SLOPE * (s - 0.5))``,
+so ``balanced`` (0.5) uses the configured thresholds, ``strict`` lowers them and ``lenient`` raises them, and a
+stricter setting can never flag less (a property the tests check).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from aegis_online import taxonomy
+from aegis_online.schemas import (
+    ACTION_SEVERITY,
+    Action,
+    CategoryDecision,
+    CustomCategorySpec,
+    Model,
+    Strictness,
+    TenantId,
+)
+
+STRICTNESS_LEVELS: dict[str, float] = {"lenient": 0.2, "balanced": 0.5, "strict": 0.8}
+#: Logit shift per unit of strictness: strict (0.8) turns a 0.5 threshold into ~0.23, lenient (0.2) into ~0.77.
+STRICTNESS_SLOPE = 4.0
+_EPS = 1e-6
+
+
+def strictness_value(strictness: Strictness) -> float:
+    """A named level or a number in [0, 1] as a number."""
+    return STRICTNESS_LEVELS[strictness] if isinstance(strictness, str) else float(strictness)
+
+
+def shifted_threshold(base: float, strictness: float) -> float:
+    """The threshold ``base`` (set for balanced) moved by ``strictness`` on the logit scale."""
+    b = min(max(base, _EPS), 1.0 - _EPS)
+    logit = math.log(b / (1.0 - b)) - STRICTNESS_SLOPE * (strictness - STRICTNESS_LEVELS["balanced"])
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+class CategoryRule(Model):
+    """How one category is treated: its threshold at balanced strictness and the action when it is crossed."""
+
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="Overrides the policy's threshold.")
+    action: Action | None = Field(default=None, description="allow: scored and reported, never acted on.")
+
+
+class TenantPolicy(Model):
+    """A tenant's moderation policy.
+
+    >>> policy = TenantPolicy.model_validate({
+    ...     "tenant": "kids-app", "strictness": "strict",
+    ...     "categories": {"violence": {"threshold": 0.3}, "profanity": {"action": "block"}},
+    ... })
+    >>> round(policy.threshold_for("S1"), 3), policy.action_for("S12")
+    (0.114, 'block')
+    """
+
+    tenant: TenantId = "default"
+    strictness: Strictness = "balanced"
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Threshold of every category at balanced.")
+    action: Action = Field(default="block", description="Action for a crossed category without its own rule.")
+    categories: dict[str, CategoryRule] = Field(default_factory=dict, description="Rules by category id or slug.")
+    custom_categories: list[CustomCategorySpec] = Field(default_factory=list, max_length=32)
+    on_no_experts: Literal["allow", "block"] = Field(
+        default="allow", description="Fail open (allow) or closed (block) when no expert answers."
+    )
+    personalise_after: int = Field(
+        default=50, ge=0, description="Feedback events after which the tenant's own weights replace the global ones."
+    )
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> TenantPolicy:
+        known = self.category_set()
+        resolved: dict[str, CategoryRule] = {}
+        for key, rule in self.categories.items():
+            cat_id = resolve_category(key, known)
+            if cat_id is None:
+                raise ValueError(f"categories.{key}: unknown category; use an id (S1..S23), a slug, or a custom name")
+            resolved[cat_id] = rule
+        object.__setattr__(self, "categories", resolved)
+        return self
+
+    def category_set(self) -> taxonomy.CategorySet:
+        """Canonical categories plus this tenant's custom ones."""
+        categories = taxonomy.CategorySet.default()
+        for i, spec in enumerate(self.custom_categories):
+            try:
+                categories = categories.with_custom(spec.name, spec.description)
+            except ValueError as error:
+                raise ValueError(f"custom_categories.{i}: {error}") from None
+        return categories
+
+    def strictness_for(self, override: Strictness | None = None) -> float:
+        return strictness_value(self.strictness if override is None else override)
+
+    def threshold_for(self, category_id: str, strictness: Strictness | None = None) -> float:
+        rule = self.categories.get(category_id)
+        base = rule.threshold if rule is not None and rule.threshold is not None else self.threshold
+        return shifted_threshold(base, self.strictness_for(strictness))
+
+    def action_for(self, category_id: str) -> Action:
+        rule = self.categories.get(category_id)
+        return rule.action if rule is not None and rule.action is not None else self.action
+
+
+def resolve_category(key: str, categories: taxonomy.CategorySet) -> str | None:
+    """A category id from an id, a slug, or a custom category's name; None when unknown."""
+    if key in categories:
+        return key
+    for cat in categories:
+        if key in (cat.slug, cat.name) or taxonomy.CUSTOM_PREFIX + key == cat.id:
+            return cat.id
+    return None
+
+
+def decide_category(
+    policy: TenantPolicy, category_id: str, score: float | None, strictness: Strictness | None, scope: str
+) -> CategoryDecision:
+    """The policy's verdict on one category's ensemble score (None: no expert covering it answered)."""
+    threshold = policy.threshold_for(category_id, strictness)
+    action = policy.action_for(category_id)
+    crossed = score is not None and score >= threshold
+    flagged = crossed and action != "allow"
+    return CategoryDecision(
+        category=category_id,
+        score=score,
+        threshold=threshold,
+        flagged=flagged,
+        action=action if flagged else "allow",
+        weights_scope=scope,  # type: ignore[arg-type]
+    )
+
+
+def overall_action(decisions: list[CategoryDecision]) -> Action:
+    """The most severe action over the categories."""
+    worst: Action = "allow"
+    for d in decisions:
+        if ACTION_SEVERITY[d.action] > ACTION_SEVERITY[worst]:
+            worst = d.action
+    return worst
+
+
+def default_policies() -> Mapping[str, TenantPolicy]:
+    return {"default": TenantPolicy()}

@@ -1,0 +1,57 @@
+"""The command line: commands are listed, the demo runs end to end, policy files are checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from aegis_online.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "policy"):
+        assert command in result.output
+
+
+def test_demo_adapts_to_the_swap_and_writes_a_plot(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--steps", "600", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "weights.png").stat().st_size > 10_000
+    assert "adaptive ensemble" in result.output and "feedback events applied" in result.output
+
+
+def test_demo_report_shows_the_ensemble_beating_every_expert() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from aegis_online.simulate.demo import run_demo
+
+    engine, report, _ = asyncio.run(run_demo(steps=1200, seed=3))
+    accuracy = {who: float(np.mean(hits)) for who, hits in report.correct.items()}
+    best_single = max(v for k, v in accuracy.items() if k in engine.expert_names)
+    assert accuracy["adaptive ensemble"] > best_single
+    assert accuracy["adaptive ensemble"] > accuracy["uniform average"]
+    s1 = dict(zip(engine.expert_names, report.weights[-1], strict=True))
+    assert s1["guard-b"] == max(s1.values())  # after the swap the formerly weak guard leads
+
+
+def test_policy_check_prints_thresholds(tmp_path: Path) -> None:
+    path = tmp_path / "kids.yaml"
+    path.write_text("tenant: kids\nstrictness: strict\ncategories:\n  violence: {threshold: 0.3}\n")
+    result = runner.invoke(app, ["policy", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "S1 violence" in result.output
+
+
+def test_policy_check_names_the_bad_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("tenant: kids\ncategories:\n  violence: {threshold: 7}\n")
+    result = runner.invoke(app, ["policy", "check", str(path)])
+    assert result.exit_code == 1
+    assert "categories.S1.threshold" in result.output or "categories.violence.threshold" in result.output

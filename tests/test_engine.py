@@ -1,0 +1,204 @@
+"""The engine: decisions from expert outputs, prediction log, feedback joins, exactly-once updates, bandit mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from aegis_online.engine import BanditConfig, Engine
+from aegis_online.errors import InvalidFeedbackError, InvalidRequestError, TenantMismatchError, UnknownRequestError
+from aegis_online.experts import Expert, ExpertInput
+from aegis_online.policy import TenantPolicy
+from aegis_online.schemas import ExpertOutput, FeedbackEvent, ModerationRequest
+from aegis_online.state import MemoryPolicyStore
+
+
+class FixedExpert(Expert):
+    """Says the same probability for every covered category (and custom ones when free-form)."""
+
+    def __init__(self, name: str, p: float, categories: Sequence[str] = ("S1", "S8"), free_form: bool = False):
+        self.name, self.p, self.categories, self.free_form = name, p, frozenset(categories), free_form
+        self.calls = 0
+
+    async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
+        self.calls += 1
+        return [ExpertOutput(expert=self.name, scores={c.id: self.p for c in x.categories}) for x in batch]
+
+
+class SlowExpert(FixedExpert):
+    async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
+        await asyncio.sleep(5)
+        return await super().score(batch)
+
+
+class BrokenExpert(FixedExpert):
+    async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
+        raise RuntimeError("model server unreachable")
+
+
+def request(tenant: str = "default", **kw) -> ModerationRequest:
+    return ModerationRequest(messages=[{"role": "user", "content": "text"}], tenant=tenant, categories=["S1", "S8"], **kw)
+
+
+def moderate(engine: Engine, req: ModerationRequest):
+    return asyncio.run(engine.moderate(req))
+
+
+def test_a_decision_combines_experts_and_applies_the_policy() -> None:
+    engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)])
+    decision = moderate(engine, request())
+    assert [c.category for c in decision.categories] == ["S1", "S8"]
+    assert all(c.score == pytest.approx(0.5) for c in decision.categories)  # uniform weights at the start
+    assert decision.action == "block" and decision.flagged  # 0.5 >= balanced threshold 0.5
+    assert {e.expert for e in decision.experts} == {"hi", "lo"}
+    assert decision.experts[0].weights == {"S1": 0.5, "S8": 0.5}
+    assert engine.prediction_log.get(decision.request_id) is not None
+
+
+def test_feedback_moves_weight_towards_the_expert_that_was_right() -> None:
+    engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)])
+    for _ in range(30):
+        decision = moderate(engine, request())
+        engine.feedback(FeedbackEvent(request_id=decision.request_id, label="safe"))
+    weights = engine.weights("default", ["S1"])["S1"]
+    assert weights["lo"] > 0.95 > 0.05 > weights["hi"]
+    assert moderate(engine, request()).action == "allow"
+
+
+def test_the_same_feedback_event_is_applied_once() -> None:
+    engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)])
+    decision = moderate(engine, request())
+    event = FeedbackEvent(request_id=decision.request_id, labels={"S1": 0.0})
+    first = engine.feedback(event)
+    state_after_first = engine.store.load([engine.state_key("global", "S1")])[0]
+    again = engine.feedback(FeedbackEvent(request_id=decision.request_id, labels={"S1": 0.0}))  # a retried send
+    assert first.applied and not again.applied
+    assert engine.store.load([engine.state_key("global", "S1")])[0] is state_after_first
+
+
+def test_redelivered_event_with_an_explicit_id_changes_nothing() -> None:
+    engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)])
+    decision = moderate(engine, request())
+    event = FeedbackEvent(request_id=decision.request_id, label="unsafe", event_id="kafka-0-17")
+    assert engine.feedback(event).applied
+    before = engine.weights("default")
+    assert not engine.feedback(event).applied
+    assert engine.weights("default") == before
+
+
+def test_feedback_errors_are_clear() -> None:
+    engine = Engine([FixedExpert("hi", 0.9)])
+    decision = moderate(engine, request(tenant="acme"))
+    with pytest.raises(UnknownRequestError, match="request_id"):
+        engine.feedback(FeedbackEvent(request_id="nope", label="safe"))
+    with pytest.raises(TenantMismatchError, match="tenant"):
+        engine.feedback(FeedbackEvent(request_id=decision.request_id, tenant="other", label="safe"))
+    with pytest.raises(InvalidFeedbackError, match=r"labels\.S5"):
+        engine.feedback(FeedbackEvent(request_id=decision.request_id, tenant="acme", labels={"S5": 1}))
+    with pytest.raises(InvalidFeedbackError, match=r"labels\.zzz"):
+        engine.feedback(FeedbackEvent(request_id=decision.request_id, tenant="acme", labels={"zzz": 1}))
+
+
+def test_unknown_request_category_is_rejected() -> None:
+    engine = Engine([FixedExpert("hi", 0.9)])
+    bad = ModerationRequest(messages=[{"role": "user", "content": "x"}], categories=["S1", "nonsense"])
+    with pytest.raises(InvalidRequestError, match=r"categories\.1"):
+        moderate(engine, bad)
+
+
+def test_unsafe_verdict_labels_the_flagged_categories_or_the_top_score() -> None:
+    engine = Engine([FixedExpert("a", 0.2, categories=("S1",)), FixedExpert("b", 0.3, categories=("S8",))])
+    decision = moderate(engine, request())
+    assert decision.action == "allow"
+    result = engine.feedback(FeedbackEvent(request_id=decision.request_id, label="unsafe"))
+    assert result.categories == {"S8": 1.0}  # missed harm: the highest-scored category
+
+
+def test_failed_and_late_experts_are_named_and_asleep() -> None:
+    engine = Engine([FixedExpert("ok", 0.8), SlowExpert("slow", 0.1), BrokenExpert("broken", 0.1)], deadline_s=0.2)
+    decision = moderate(engine, request())
+    reasons = {m.expert: m.reason for m in decision.missing_experts}
+    assert "timed out" in reasons["slow"] and "unreachable" in reasons["broken"]
+    assert all(c.score == pytest.approx(0.8) for c in decision.categories)  # only the awake expert counts
+    record = engine.prediction_log.get(decision.request_id)
+    assert np.isnan(record.outputs[:, 1:]).all()
+    engine.feedback(FeedbackEvent(request_id=decision.request_id, label="safe"))
+    w = engine.weights("default", ["S1"])["S1"]
+    assert w["slow"] == pytest.approx(w["broken"])  # sleeping experts were not punished relative to each other
+
+
+@pytest.mark.parametrize(("mode", "action"), [("allow", "allow"), ("block", "block")])
+def test_when_no_expert_answers_the_tenant_chooses_fail_open_or_closed(mode: str, action: str) -> None:
+    policies = MemoryPolicyStore([TenantPolicy(tenant="t", on_no_experts=mode)])
+    engine = Engine([BrokenExpert("broken", 0.5)], policies=policies)
+    decision = moderate(engine, request(tenant="t"))
+    assert decision.degraded and decision.action == action
+    assert all(c.score is None for c in decision.categories)
+
+
+def test_tenant_weights_start_from_global_and_take_over_after_enough_feedback() -> None:
+    policies = MemoryPolicyStore([TenantPolicy(tenant="strict-shop", personalise_after=5)])
+    engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)], policies=policies)
+    for _ in range(20):  # the world at large says these are safe ...
+        d = moderate(engine, request())
+        engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe"))
+    for i in range(8):  # ... this tenant says they are harmful, while the others keep saying safe
+        d = moderate(engine, request(tenant="strict-shop"))
+        assert d.categories[0].weights_scope == ("tenant" if i >= 5 else "global")
+        engine.feedback(FeedbackEvent(request_id=d.request_id, tenant="strict-shop", labels={"S1": 1.0}))
+        for _ in range(2):
+            d = moderate(engine, request())
+            engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe"))
+    assert engine.weights("strict-shop", ["S1"])["S1"]["hi"] > 0.5 > engine.weights("default", ["S1"])["S1"]["hi"]
+
+
+def test_custom_categories_are_scored_only_by_free_form_experts() -> None:
+    policy = TenantPolicy(tenant="films", custom_categories=[{"name": "Spoilers", "description": "Plot reveals."}])
+    engine = Engine(
+        [FixedExpert("fixed", 0.2), FixedExpert("policy-guard", 0.7, free_form=True)],
+        policies=MemoryPolicyStore([policy]),
+    )
+    req = ModerationRequest(messages=[{"role": "user", "content": "x"}], tenant="films", categories=["Spoilers"])
+    decision = moderate(engine, req)
+    assert decision.categories[0].category == "custom:spoilers"
+    assert decision.categories[0].score == pytest.approx(0.7)
+    assert engine.experts[0].calls == 0  # nothing to ask the fixed-taxonomy expert
+
+
+def test_bandit_mode_queries_k_experts_always_including_the_cheap_one() -> None:
+    experts = [FixedExpert(f"e{i}", 0.1 * (i + 1)) for i in range(5)]
+    engine = Engine(experts, bandit=BanditConfig(k=2, always=("e0",)), seed=3)
+    for _ in range(200):
+        d = moderate(engine, request())
+        answered = {e.expert for e in d.experts}
+        assert len(answered) == 2 and "e0" in answered
+        record = engine.prediction_log.get(d.request_id)
+        assert record.propensities[0] == 1.0 and record.propensities.sum() == pytest.approx(2.0)
+        engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe"))
+    assert experts[0].calls == 200 and sum(e.calls for e in experts[1:]) == 200
+    w = engine.weights("default", ["S1"])["S1"]
+    assert w["e1"] > w["e4"]  # the expert closest to the safe label gains
+
+
+def test_decide_from_cached_outputs_matches_the_async_path() -> None:
+    engine = Engine([FixedExpert("a", 0.6), FixedExpert("b", 0.2)])
+    live = moderate(engine, request(request_id="r-live"))
+    cached = engine.decide(
+        request(request_id="r-cached"),
+        [ExpertOutput(expert="a", scores={"S1": 0.6, "S8": 0.6}), ExpertOutput(expert="b", scores={"S1": 0.2, "S8": 0.2})],
+    )
+    assert [c.score for c in live.categories] == [c.score for c in cached.categories]
+    with pytest.raises(InvalidRequestError, match="outputs"):
+        engine.decide(request(), [ExpertOutput(expert="stranger", scores={})])
+
+
+def test_engine_rejects_inconsistent_configuration() -> None:
+    with pytest.raises(ValueError, match="experts"):
+        Engine([])
+    with pytest.raises(ValueError, match="unique"):
+        Engine([FixedExpert("a", 0.1), FixedExpert("a", 0.2)])
+    with pytest.raises(ValueError, match="bandit.always"):
+        Engine([FixedExpert("a", 0.1)], bandit=BanditConfig(k=1, always=("zz",)))
