@@ -321,4 +321,3 @@ class Engine:
 def _stack(learner: Learner, records: Sequence[LearnerRecord | None]) -> np.ndarray:
     fresh = learner.init_state()
     return np.array([fresh if r is None else r.state for r in records])
-

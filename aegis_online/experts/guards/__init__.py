@@ -1,0 +1,1 @@
+"""Guard-LLM families: how each family is prompted and how its answer is read, independent of where it runs."""

@@ -1,0 +1,74 @@
+"""The contract between a guard-model family (prompt and parse) and a backend (transformers, vLLM, HTTP).
+
+A family turns one conversation into one or more ``GuardQuery`` (ShieldGemma and Granite Guardian ask one question
+per harm; Llama Guard asks once, or once per category for custom taxonomies). A backend runs each query greedily
+and returns a ``GuardAnswer``: the generated text and the probability of the family's positive verdict token at
+the verdict position, renormalised over the positive and negative verdict tokens. The family then maps answers to
+canonical-category probabilities.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aegis_online.experts.base import ExpertInput
+
+
+class GuardParseError(ValueError):
+    """The model's output does not follow the family's answer format."""
+
+
+@dataclass(frozen=True)
+class GuardQuery:
+    """One prompt to a guard model.
+
+    ``messages`` are chat turns to render with the model's own chat template, or ``prompt`` is the full text
+    already rendered (families whose model cards prescribe a raw prompt). ``verdict_prefix`` is what the model
+    writes before its verdict (``""`` for a verdict first, ``'{"User Safety": "'`` for NemoGuard's JSON); the
+    backend reads the verdict token's probability at the first generated position after that prefix, skipping
+    whitespace-only tokens (Llama Guard 3 emits blank lines first).
+    """
+
+    key: str
+    positive: str
+    negative: str
+    messages: tuple[dict[str, str], ...] = ()
+    prompt: str | None = None
+    verdict_prefix: str = ""
+    max_new_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (not self.messages):
+            raise ValueError("GuardQuery needs exactly one of messages or prompt")
+
+
+@dataclass(frozen=True)
+class GuardAnswer:
+    """A backend's result for one query: greedy text and P(positive verdict), None without logprobs."""
+
+    text: str
+    p_positive: float | None
+
+
+class GuardFamily(abc.ABC):
+    """Prompt format and answer parser of one guard-model family.
+
+    ``categories``: canonical ids the family can score; ``free_form``: it also scores custom categories from their
+    description.
+    """
+
+    name: str
+    categories: frozenset[str]
+    free_form: bool = False
+
+    @abc.abstractmethod
+    def queries(self, item: ExpertInput) -> list[GuardQuery]:
+        """The prompts that answer ``item`` (only for the categories of ``item`` this family covers)."""
+
+    @abc.abstractmethod
+    def parse(
+        self, item: ExpertInput, queries: Sequence[GuardQuery], answers: Sequence[GuardAnswer]
+    ) -> dict[str, float]:
+        """Canonical category id -> probability; raises ``GuardParseError`` on malformed output."""
