@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[dev]"
+	# torch first, pinned: this CPU build lies on the machines' disk; a bare `torch` would pull a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev,llm,experts,http]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,6 +14,7 @@ LAYERS = {
     "taxonomy": 0,
     "errors": 0,
     "schemas": 1,
+    "datasets": 1,
     "learn": 2,
     "policy": 3,
     "ensemble": 3,

@@ -40,7 +40,9 @@ class BrokenExpert(FixedExpert):
 
 
 def request(tenant: str = "default", **kw) -> ModerationRequest:
-    return ModerationRequest(messages=[{"role": "user", "content": "text"}], tenant=tenant, categories=["S1", "S8"], **kw)
+    return ModerationRequest(
+        messages=[{"role": "user", "content": "text"}], tenant=tenant, categories=["S1", "S8"], **kw
+    )
 
 
 def moderate(engine: Engine, req: ModerationRequest):
@@ -188,7 +190,10 @@ def test_decide_from_cached_outputs_matches_the_async_path() -> None:
     live = moderate(engine, request(request_id="r-live"))
     cached = engine.decide(
         request(request_id="r-cached"),
-        [ExpertOutput(expert="a", scores={"S1": 0.6, "S8": 0.6}), ExpertOutput(expert="b", scores={"S1": 0.2, "S8": 0.2})],
+        [
+            ExpertOutput(expert="a", scores={"S1": 0.6, "S8": 0.6}),
+            ExpertOutput(expert="b", scores={"S1": 0.2, "S8": 0.2}),
+        ],
     )
     assert [c.score for c in live.categories] == [c.score for c in cached.categories]
     with pytest.raises(InvalidRequestError, match="outputs"):
@@ -200,5 +205,5 @@ def test_engine_rejects_inconsistent_configuration() -> None:
         Engine([])
     with pytest.raises(ValueError, match="unique"):
         Engine([FixedExpert("a", 0.1), FixedExpert("a", 0.2)])
-    with pytest.raises(ValueError, match="bandit.always"):
+    with pytest.raises(ValueError, match=r"bandit\.always"):
         Engine([FixedExpert("a", 0.1)], bandit=BanditConfig(k=1, always=("zz",)))

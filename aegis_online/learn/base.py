@@ -113,8 +113,12 @@ class Learner(abc.ABC):
     def predict_many(self, states: np.ndarray, outputs: np.ndarray, awake: np.ndarray | None = None) -> np.ndarray:
         """Weighted probability of the awake experts per row; NaN where no expert is awake."""
         outputs = np.asarray(outputs, dtype=np.float64)
+        states = np.asarray(states, dtype=np.float64)
+        if outputs.ndim != 2 or outputs.shape != (states.shape[0], self.n_experts):
+            raise ValueError(f"outputs must have shape ({states.shape[0]}, {self.n_experts}), got {outputs.shape}")
+        _check_outputs(outputs)
         awake = _awake_mask(outputs, awake)
-        w = awake_weights(self._log_weights(np.asarray(states, dtype=np.float64)), awake)
+        w = awake_weights(self._log_weights(states), awake)
         p = np.einsum("bn,bn->b", w, np.where(awake, outputs, 0.0))
         return np.where(awake.any(axis=1), p, np.nan)
 
@@ -147,8 +151,10 @@ class Learner(abc.ABC):
         states = np.asarray(states, dtype=np.float64)
         outputs = np.asarray(outputs, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.float64)
-        awake = _awake_mask(outputs, awake)
         _check_batch(states, outputs, labels, self.state_size, self.n_experts)
+        if states.shape[0] == 0:
+            return states.copy()
+        awake = _awake_mask(outputs, awake)
         if awake.all():  # the common case: every expert answered
             return self._update(states, self.loss(outputs, labels[:, None]))
         losses = self.loss(np.where(awake, outputs, 0.0), labels[:, None])
@@ -186,7 +192,12 @@ class Learner(abc.ABC):
 
 def _awake_mask(outputs: np.ndarray, awake: np.ndarray | None) -> np.ndarray:
     finite = np.isfinite(outputs)
-    return finite if awake is None else np.asarray(awake, dtype=bool) & finite
+    if awake is None:
+        return finite
+    awake = np.asarray(awake, dtype=bool)
+    if awake.shape != outputs.shape:
+        raise ValueError(f"awake must have the shape of outputs {outputs.shape}, got {awake.shape}")
+    return awake & finite
 
 
 def _check_batch(states: np.ndarray, outputs: np.ndarray, labels: np.ndarray, size: int, n: int) -> None:
@@ -197,7 +208,11 @@ def _check_batch(states: np.ndarray, outputs: np.ndarray, labels: np.ndarray, si
         raise ValueError(f"outputs must have shape ({b}, {n}), got {outputs.shape}")
     if labels.shape != (b,):
         raise ValueError(f"labels must have shape ({b},), got {labels.shape}")
-    if not (labels.min() >= 0.0 and labels.max() <= 1.0):
+    if not np.all(np.abs(labels - 0.5) <= 0.5):  # one pass; NaN fails it too
         raise ValueError("labels must lie in [0, 1]")
-    if np.nanmin(outputs, initial=0.0) < 0.0 or np.nanmax(outputs, initial=1.0) > 1.0:
+    _check_outputs(outputs)
+
+
+def _check_outputs(outputs: np.ndarray) -> None:
+    if np.any(np.abs(outputs - 0.5) > 0.5):  # NaN compares False: a sleeping expert passes
         raise ValueError("expert outputs must lie in [0, 1] (NaN marks an expert that did not answer)")

@@ -47,7 +47,8 @@ def systematic_sample(inclusion: np.ndarray, rng: np.random.Generator) -> np.nda
     edges = np.concatenate([[0.0], np.cumsum(inclusion)])
     picks = rng.random() + np.arange(round(edges[-1]))
     chosen = np.zeros(inclusion.shape, dtype=bool)
-    chosen[np.searchsorted(edges, picks, side="right") - 1] = True
+    # Clip: a draw within rounding of the last edge must still land on the last expert.
+    chosen[np.minimum(np.searchsorted(edges, picks, side="right") - 1, len(inclusion) - 1)] = True
     return chosen
 
 
@@ -96,11 +97,15 @@ class Exp3IX(Learner):
         return np.sqrt(2.0 * log_n / (n * (rounds_seen + 1.0)))
 
     def regret_bound(self, horizon: int, delta: float = 0.01) -> float:
-        """High-probability regret bound with one expert queried per round (Neu 2015, Theorem 1)."""
+        """High-probability regret bound with one expert queried per round (Neu 2015, Theorem 1).
+
+        Plus ``floor * T``: mixing a uniform ``floor`` into the selection costs at most that much (losses <= 1).
+        """
         n, log_n = self.n_experts, math.log(self.n_experts)
-        return 4.0 * math.sqrt(2.0 * n * horizon * log_n) + (math.sqrt(2.0 * n * horizon / log_n) + 1.0) * math.log(
+        neu = 4.0 * math.sqrt(2.0 * n * horizon * log_n) + (math.sqrt(2.0 * n * horizon / log_n) + 1.0) * math.log(
             2.0 / delta
         )
+        return neu + self.floor * horizon
 
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         return normalise_log(-self.learning_rate(states[:, :1]) * states[:, 1:])
@@ -148,6 +153,6 @@ class Exp3IX(Learner):
         losses = self.loss(np.where(observed, outputs, 0.0), labels[:, None])
         gamma = self.learning_rate(states[:, :1]) / 2.0
         new = states.copy()
-        new[:, 0] += 1.0
+        new[:, 0] += observed.any(axis=1)  # a round where nothing was observed leaves the row unchanged
         new[:, 1:] += ix_loss_estimate(losses, observed, np.where(observed, propensities, 1.0), gamma)
         return new

@@ -9,16 +9,16 @@ import numpy as np
 from aegis_online.learn.base import Learner
 
 
-def fixed_share_step(log_weights: np.ndarray, losses: np.ndarray, eta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """One Fixed-Share round on normalised log-weights: ``log((1 - alpha) softmax(lw - eta l) + alpha / N)``.
+def fixed_share_step(weights: np.ndarray, decay: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
+    """One Fixed-Share round, returning normalised log-weights ``log((1 - alpha) w d / sum(w d) + alpha / N)``.
 
-    ``eta`` and ``alpha`` broadcast against ``log_weights`` (the default learner runs a grid of copies at once).
-    The share step keeps every weight at or above ``alpha / N``, so ``lw - eta l`` lies in
-    ``[log(alpha / N) - eta, 0]`` and its logsumexp needs no max shift: with ``alpha > 0`` nothing can underflow
-    and no expert is ever written off (this is where River's linear weights fail).
+    ``weights`` are the current weights (``exp`` of the stored log-weights) and ``decay`` is ``exp(-eta l)``; both
+    broadcast, so the default learner steps a whole grid of copies at once and computes ``decay`` once per ``eta``.
+    Working on weights is exact here: the share step keeps every weight at or above ``alpha / N`` and ``decay`` is
+    at least ``exp(-eta)``, so nothing can underflow, and the stored state stays in log space.
     """
-    n = log_weights.shape[-1]
-    shifted = np.exp(log_weights - eta * losses)
+    n = weights.shape[-1]
+    shifted = weights * decay
     total = np.einsum("...n->...", shifted)[..., None]
     return np.log(shifted * ((1.0 - alpha) / total) + alpha / n)
 
@@ -69,4 +69,4 @@ class FixedShare(Learner):
         return states
 
     def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:
-        return fixed_share_step(states, losses, self.eta, self.alpha)
+        return fixed_share_step(np.exp(states), np.exp(-self.eta * losses), self.alpha)

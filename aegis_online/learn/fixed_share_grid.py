@@ -55,8 +55,10 @@ class FixedShareGrid(Learner):
         if not grid:
             raise ValueError("the (eta, alpha) grid must not be empty")
         self.copies = [FixedShare(n_experts, loss, eta=eta, alpha=alpha) for eta, alpha in grid]
-        self._etas = np.array([c.eta for c in self.copies])[None, :, None]
-        self._alphas = np.array([c.alpha for c in self.copies])[None, :, None]
+        # Copies are laid out (eta, alpha)-major, so the state reshapes to (B, n_eta, n_alpha, N) and exp(-eta l)
+        # is computed once per eta, shared by its alphas.
+        self._eta_column = np.array(list(etas), dtype=np.float64)[None, :, None, None]
+        self._alpha_grid = np.array(list(alphas), dtype=np.float64)[None, None, :, None]
         self.n_copies = len(self.copies)
 
     @property
@@ -78,6 +80,9 @@ class FixedShareGrid(Learner):
         copies = states[:, 1 + k :].reshape(states.shape[0], k, self.n_experts)
         return states[:, :1], states[:, 1 : 1 + k], copies
 
+    def _grid(self, copies: np.ndarray) -> np.ndarray:
+        return copies.reshape(copies.shape[0], self._eta_column.shape[1], self._alpha_grid.shape[2], self.n_experts)
+
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         delta, cumulative, copies = self._split(states)
         meta = ada_hedge_log_weights(delta, cumulative)
@@ -85,8 +90,15 @@ class FixedShareGrid(Learner):
         return np.log(np.einsum("bk,bkn->bn", np.exp(meta), np.exp(copies)))
 
     def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        b, k = states.shape[0], self.n_copies
         delta, cumulative, copies = self._split(states)
-        copy_losses = np.einsum("bkn,bn->bk", np.exp(copies), losses)
+        weights = np.exp(copies)
+        copy_losses = np.einsum("bkn,bn->bk", weights, losses)
         gap = ada_hedge_gap(ada_hedge_log_weights(delta, cumulative), copy_losses, delta)
-        stepped = fixed_share_step(copies, losses[:, None, :], self._etas, self._alphas)
-        return np.concatenate([delta + gap, cumulative + copy_losses, stepped.reshape(states.shape[0], -1)], axis=1)
+        decay = np.exp(-self._eta_column * losses[:, None, None, :])
+        stepped = fixed_share_step(self._grid(weights), decay, self._alpha_grid)
+        new = np.empty_like(states)
+        new[:, :1] = delta + gap
+        new[:, 1 : 1 + k] = cumulative + copy_losses
+        new[:, 1 + k :] = stepped.reshape(b, -1)
+        return new
