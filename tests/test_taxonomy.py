@@ -279,9 +279,7 @@ def test_custom_category_slug_is_always_lowercase_alphanumeric_and_underscores(n
         ("ok", "d" * 2001, "description"),
     ],
 )
-def test_invalid_custom_category_raises_value_error_naming_the_field(
-    name: str, description: str, field: str
-) -> None:
+def test_invalid_custom_category_raises_value_error_naming_the_field(name: str, description: str, field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field} "):
         custom_category(name, description)
 
