@@ -1,0 +1,112 @@
+"""Read P(positive verdict) from per-step generation info: the one rule every backend shares.
+
+Backends differ in where per-step logprobs come from (logits in transformers, ``Logprob`` objects in vLLM, JSON
+from an OpenAI-compatible server) but must agree on how a verdict is read, or the same model would give different
+probabilities depending on where it runs. Each backend converts its output to ``Step``s and calls
+``verdict_probability``. Standard library only.
+
+Examples
+--------
+>>> steps = [("\\n\\n", {"\\n\\n": -0.1}), ("unsafe", {"unsafe": -0.2, "safe": -1.8})]
+>>> round(verdict_probability(steps, positive="unsafe", negative="safe"), 4)
+0.832
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+__all__ = ["Step", "best_logprob", "verdict_probability", "verdict_step"]
+
+Step = tuple[str, Mapping[str, float]]
+"""One generated token: its text and the logprobs of candidate token texts at that position (the chosen one too)."""
+
+# Space and newline markers of SentencePiece ("▁") and byte-level BPE ("Ġ", "Ċ") read as whitespace: servers that
+# return raw token strings instead of decoded text would otherwise never match a verdict word or a blank line.
+_MARKERS_AS_SPACE = str.maketrans("▁ĠĊ", "  \n")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _normalise(token: str) -> str:
+    return token.translate(_MARKERS_AS_SPACE).strip()
+
+
+def _without_whitespace(text: str) -> str:
+    return _WHITESPACE.sub("", text.translate(_MARKERS_AS_SPACE))
+
+
+def verdict_step(steps: Sequence[Step], verdict_prefix: str = "") -> int | None:
+    """Index of the step holding the verdict, or None when generation stopped before it.
+
+    The verdict is the first non-whitespace token generated once the text so far ends with ``verdict_prefix``.
+    The comparison ignores all whitespace, because models differ in spacing (``{"User Safety":"`` vs
+    ``{"User Safety": "``) and whitespace-only tokens (Llama Guard 3's leading blank lines) carry no verdict.
+    """
+    prefix = _without_whitespace(verdict_prefix)
+    so_far = ""
+    for index, (token, _) in enumerate(steps):
+        if so_far.endswith(prefix) and _normalise(token):
+            return index
+        so_far += _without_whitespace(token)
+    return None
+
+
+def best_logprob(candidates: Mapping[str, float], word: str, other: str = "") -> float | None:
+    """Highest logprob among candidates that start spelling ``word``, or None if none does.
+
+    A candidate counts when its text (stripped of whitespace and word-start markers) equals ``word`` or is a
+    non-empty prefix of it, since tokenizers split words ("unsafe" may be "uns" + "afe"). A candidate that also
+    starts ``other`` (the opposite verdict) counts only for the verdict it equals, if any: it is ambiguous.
+    Suffixes never count: "safe" ends "unsafe" but does not start it.
+    """
+    best: float | None = None
+    for text, logprob in candidates.items():
+        stem = _normalise(text)
+        if not stem or not word.startswith(stem):
+            continue
+        if stem != word and other and other.startswith(stem):
+            continue
+        if best is None or logprob > best:
+            best = logprob
+    return best
+
+
+def _upper_bound_of_absent(candidates: Mapping[str, float]) -> float:
+    """The largest probability a token missing from ``candidates`` can have, if they are the top-k.
+
+    It is at most the smallest listed probability, and at most what the listed ones leave of 1.
+    """
+    listed = [math.exp(lp) for lp in candidates.values()]
+    return max(0.0, min(min(listed), 1.0 - sum(listed)))
+
+
+def verdict_probability(steps: Sequence[Step], positive: str, negative: str, verdict_prefix: str = "") -> float | None:
+    """P(positive verdict), renormalised over the positive and negative verdicts at the verdict step.
+
+    - both verdicts among the candidates: ``exp(lp_pos) / (exp(lp_pos) + exp(lp_neg))``;
+    - only the positive: ``exp(lp_pos)``, the model cards' unnormalised P(first verdict token);
+    - only the negative: the positive's largest possible probability, renormalised, so that a top-k list that
+      misses the positive yields a small but conservative value rather than 0 (over-flagging is the safe error);
+    - neither, or no verdict step: None.
+    """
+    index = verdict_step(steps, verdict_prefix)
+    if index is None:
+        return None
+    candidates = steps[index][1]
+    lp_pos = best_logprob(candidates, positive, negative)
+    lp_neg = best_logprob(candidates, negative, positive)
+    if lp_pos is None and lp_neg is None:
+        return None
+    if lp_neg is None:
+        return min(1.0, math.exp(lp_pos))
+    if lp_pos is None:
+        bound = _upper_bound_of_absent(candidates)
+        return bound / (bound + math.exp(lp_neg))
+    # Logistic of the log-odds: stable where exp() of either logprob alone would underflow.
+    log_odds = lp_pos - lp_neg
+    if log_odds >= 0:
+        return 1.0 / (1.0 + math.exp(-log_odds))
+    odds = math.exp(log_odds)
+    return odds / (1.0 + odds)

@@ -1,0 +1,1 @@
+"""Tests of the guard backends; a package so that its conftest never shares the module name ``conftest``."""
