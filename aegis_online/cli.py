@@ -13,7 +13,7 @@ from rich.table import Table
 app = typer.Typer(help="aegis-online: an online-learning ensemble of content-safety experts.", no_args_is_help=True)
 policy_app = typer.Typer(help="Tenant policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-experts_app = typer.Typer(help="CPU experts: train their heads.", no_args_is_help=True)
+experts_app = typer.Typer(help="The expert catalog: list, score, train heads.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
 console = Console()
 
@@ -164,3 +164,74 @@ def experts_train_head(
 
 if __name__ == "__main__":
     app()
+
+
+@experts_app.command("list")
+def experts_list(
+    catalog: Path = typer.Option(None, help="Catalog folder (default: the repository's experts/)."),
+) -> None:
+    """Show the expert catalog: backend, model or package, cost class and hardware of each entry."""
+    from aegis_online.experts.catalog import CatalogError, default_catalog_dir, load_catalog
+
+    try:
+        specs = load_catalog(catalog or default_catalog_dir())
+    except CatalogError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from None
+    table = Table(title="expert catalog")
+    for column in ("name", "backend", "family", "model / package", "cost", "GPUs", "embedded default"):
+        table.add_column(column, no_wrap=column == "name")
+    for s in specs:
+        default = "yes" if s.runs_on_cpu else ""
+        row = [s.name, s.backend, s.family or "", s.model or s.package or "", s.cost, f"{s.hardware.gpus:g}", default]
+        table.add_row(*row)
+    console.print(table)
+
+
+@experts_app.command("score")
+def experts_score(
+    text: str = typer.Argument(..., help="The user prompt to score."),
+    expert: list[str] = typer.Option(None, "--expert", help="Catalog names (default: the CPU experts)."),
+    catalog: Path = typer.Option(None, help="Catalog folder (default: the repository's experts/)."),
+) -> None:
+    """Score one prompt with catalog experts and print each expert's probability per category."""
+    import asyncio
+
+    from aegis_online.experts import ExpertInput, score_with_deadline
+    from aegis_online.experts.catalog import (
+        CatalogError,
+        build_expert,
+        cpu_expert_specs,
+        default_catalog_dir,
+        load_catalog,
+    )
+    from aegis_online.schemas import Message
+    from aegis_online.taxonomy import CANONICAL
+
+    try:
+        specs = load_catalog(catalog or default_catalog_dir())
+        chosen = [s for s in specs if s.name in expert] if expert else cpu_expert_specs(specs)
+        missing = set(expert or ()) - {s.name for s in chosen}
+        if missing:
+            raise CatalogError(f"--expert: unknown experts {sorted(missing)}")
+        experts = [build_expert(s) for s in chosen]
+    except (CatalogError, ImportError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from None
+    item = ExpertInput(messages=(Message(role="user", content=text),), check="prompt", categories=CANONICAL)
+
+    async def run() -> list:
+        return [(await score_with_deadline(e, [item], deadline_s=120.0))[0] for e in experts]
+
+    table = Table(title="probability per category")
+    table.add_column("category")
+    for e in experts:
+        table.add_column(e.name, justify="right")
+    outputs = asyncio.run(run())
+    for cat in CANONICAL:
+        cells = [f"{o.scores[cat.id]:.3f}" if cat.id in o.scores else "" for o in outputs]
+        table.add_row(f"{cat.id} {cat.slug}", *cells)
+    console.print(table)
+    for o in outputs:
+        if o.error:
+            console.print(f"[red]{o.expert}: {o.error}[/red]")

@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "policy"):
+    for command in ("demo", "policy", "experts"):
         assert command in result.output
 
 
@@ -55,3 +55,22 @@ def test_policy_check_names_the_bad_field(tmp_path: Path) -> None:
     result = runner.invoke(app, ["policy", "check", str(path)])
     assert result.exit_code == 1
     assert "categories.S1.threshold" in result.output or "categories.violence.threshold" in result.output
+
+
+def test_experts_list_shows_the_catalog_and_the_embedded_default_set() -> None:
+    result = runner.invoke(app, ["experts", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "llama-guard-3-8b" in result.output and "profanity-check" in result.output
+
+
+def test_experts_score_runs_the_cpu_experts_on_a_prompt() -> None:
+    result = runner.invoke(app, ["experts", "score", "you are a worthless idiot"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "S12 profanity" in line)
+    scores = [float(cell) for cell in row.replace("│", " ").split()[2:]]
+    assert len(scores) == 2 and max(scores) > 0.5
+
+
+def test_experts_score_rejects_an_unknown_expert() -> None:
+    result = runner.invoke(app, ["experts", "score", "hello", "--expert", "no-such-expert"])
+    assert result.exit_code == 1 and "no-such-expert" in result.output
