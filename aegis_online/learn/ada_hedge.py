@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from aegis_online.learn.base import Learner, logsumexp, normalise_log
+from aegis_online.learn.base import Learner, logsumexp, normalise_log, row_max
 
 #: Stands in for a zero gap: ``eta = ln K / tiny`` is so large that the weights are follow-the-leader's, while
 #: every product stays finite for cumulative losses up to ~1e27 (no special case, no inf arithmetic).
@@ -21,7 +21,7 @@ def ada_hedge_rate(delta: np.ndarray, n_experts: int) -> np.ndarray:
 def ada_hedge_log_weights(delta: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
     """AdaHedge's log-weights from its cumulative gap ``delta`` ``(B, 1)`` and losses ``(B, K)``."""
     eta = ada_hedge_rate(delta, cumulative.shape[-1])
-    return normalise_log(-eta * (cumulative - cumulative.min(axis=-1, keepdims=True)))
+    return normalise_log(-eta * (cumulative + row_max(-cumulative)))
 
 
 def ada_hedge_gap(log_weights: np.ndarray, losses: np.ndarray, delta: np.ndarray) -> np.ndarray:

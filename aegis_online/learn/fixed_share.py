@@ -19,8 +19,9 @@ def fixed_share_step(weights: np.ndarray, decay: np.ndarray, alpha: float | np.n
     """
     n = weights.shape[-1]
     shifted = weights * decay
-    total = np.einsum("...n->...", shifted)[..., None]
-    return np.log(shifted * ((1.0 - alpha) / total) + alpha / n)
+    shifted *= (1.0 - alpha) / np.einsum("...n->...", shifted)[..., None]
+    shifted += alpha / n
+    return np.log(shifted, out=shifted)
 
 
 class FixedShare(Learner):
