@@ -18,6 +18,16 @@ app.add_typer(experts_app, name="experts")
 console = Console()
 
 
+def _register_outer_commands() -> None:
+    """Commands whose code lives with their subsystem (the CLI stays a thin list of entry points)."""
+    from aegis_online.feedback.cli import feedback_worker_command
+
+    app.command("feedback-worker")(feedback_worker_command)
+
+
+_register_outer_commands()
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Folder for the plot."),

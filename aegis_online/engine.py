@@ -17,6 +17,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,7 +46,9 @@ from aegis_online.state import (
     PolicyStore,
     PredictionLog,
     PredictionRecord,
+    UpdateBatch,
 )
+from aegis_online.state.replay import KeyUpdates, replay
 from aegis_online.taxonomy import CategorySet
 
 GLOBAL_SCOPE = "global"
@@ -261,7 +264,32 @@ class Engine:
     # -- feedback path -----------------------------------------------------------------------------------------
     def feedback(self, event: FeedbackEvent) -> FeedbackResult:
         """Join the logged prediction and update the learner per labelled category, exactly once per event."""
-        record = self.prediction_log.get(event.request_id)
+        plan = self.plan_feedback(event, self.prediction_log.get(event.request_id))
+        updates = _key_updates([plan], self.learner)
+        keys = list(updates.keys)
+        learner = self.learner
+
+        def update(current: list[LearnerRecord | None]) -> list[LearnerRecord]:
+            mask = np.ones(len(updates.math.entry_key), dtype=bool)
+            states = replay(learner, updates.math, current, mask, frozenset(range(len(keys))))
+            return [
+                LearnerRecord(
+                    state=states[k], updates=1 + (0 if r is None else r.updates), marks={} if r is None else r.marks
+                )
+                for k, r in enumerate(current)
+            ]
+
+        applied = self.store.apply(event.idempotency_key, keys, update)
+        return FeedbackResult(
+            request_id=event.request_id, event_id=event.idempotency_key, applied=applied, categories=plan.labels
+        )
+
+    def plan_feedback(self, event: FeedbackEvent, record: PredictionRecord | None) -> PlannedFeedback:
+        """Validate ``event`` against its logged prediction and say which keys it updates with what.
+
+        Raises the ``AegisError`` that names what is wrong: unknown or expired request, another tenant's request,
+        another expert set, labels for categories that were not evaluated.
+        """
         if record is None:
             raise UnknownRequestError(f"request_id: no logged prediction {event.request_id!r} (unknown or expired)")
         if record.tenant != event.tenant:
@@ -269,27 +297,52 @@ class Engine:
         if record.experts != self.expert_names:
             raise InvalidFeedbackError("request_id: the prediction was made by a different expert set")
         labels = self.resolve_labels(event, record)
-        rows = [record.categories.index(c) for c in labels]
-        keys = [self.state_key(GLOBAL_SCOPE, c) for c in labels] + [self.state_key(record.tenant, c) for c in labels]
-        outputs = record.outputs[rows]
-        targets = np.fromiter(labels.values(), dtype=np.float64, count=len(labels))
-        props = None if record.propensities is None else np.tile(record.propensities, (len(rows), 1))
+        where = _category_rows(record.categories)
+        tenant, cats = record.tenant, list(labels)
+        rows = [where[c] for c in cats]
+        ns = self.namespace
+        return PlannedFeedback(
+            event,
+            record,
+            labels,
+            rows,
+            [f"{ns}:{{{GLOBAL_SCOPE}}}:{c}" for c in cats],
+            [] if tenant == GLOBAL_SCOPE else [f"{ns}:{{{tenant}}}:{c}" for c in cats],
+        )
+
+    def feedback_batch(self, items: Sequence[tuple[PlannedFeedback, str, int]]) -> BatchApplied:
+        """Apply planned events read from ordered streams, given as ``(plan, stream, offset)`` in stream order.
+
+        Exactly once per (stream, offset) whatever the redeliveries: each key's watermark per stream skips what it
+        has seen. The result equals calling ``feedback`` on each event in order. Says, per item, whether this
+        call applied it (False: it had been applied before).
+        """
+        if not items:
+            return BatchApplied([], 0)
+        plans, item_streams, item_offsets = zip(*items, strict=True)
+        updates = _key_updates(plans, self.learner)
+        stream_index: dict[str, int] = {}
+        stream_of = np.array([stream_index.setdefault(s, len(stream_index)) for s in item_streams], dtype=np.int64)
+        item_of = np.repeat(np.arange(len(items)), updates.per_plan)
+        batch = UpdateBatch(
+            keys=updates.keys,
+            streams=tuple(stream_index),
+            entry_key=updates.math.entry_key,
+            entry_stream=stream_of[item_of],
+            entry_offset=np.array(item_offsets, dtype=np.int64)[item_of],
+            phases=updates.phases,
+        )
         learner = self.learner
 
-        def update(current: list[LearnerRecord | None]) -> list[LearnerRecord]:
-            n = len(rows)
-            shared = _stack(learner, current[:n])
-            own = np.array([r.state if r is not None else shared[i] for i, r in enumerate(current[n:])])
-            new_shared = learner.learn_many(shared, outputs, targets, propensities=props)
-            new_own = learner.learn_many(own, outputs, targets, propensities=props)
-            counts = [0 if r is None else r.updates for r in current]
-            states = list(new_shared) + list(new_own)
-            return [LearnerRecord(state=s, updates=c + 1) for s, c in zip(states, counts, strict=True)]
+        def compute(
+            records: Sequence[LearnerRecord | None], pending: np.ndarray, wanted: frozenset[int]
+        ) -> dict[int, np.ndarray]:
+            return replay(learner, updates.math, records, pending, wanted)
 
-        applied = self.store.apply(event.idempotency_key, keys, update)
-        return FeedbackResult(
-            request_id=event.request_id, event_id=event.idempotency_key, applied=applied, categories=labels
-        )
+        outcome = self.store.apply_batch(batch, compute)
+        applied = np.zeros(len(items), dtype=bool)
+        np.logical_or.at(applied, item_of, outcome.applied)
+        return BatchApplied(applied.tolist(), outcome.conflicts)
 
     def resolve_labels(self, event: FeedbackEvent, record: PredictionRecord) -> dict[str, float]:
         """Per-category targets: explicit labels, or one verdict spread over the evaluated categories.
@@ -306,6 +359,8 @@ class Engine:
             scored = np.where(np.isnan(record.scores), -np.inf, record.scores)
             return {record.categories[int(np.argmax(scored))]: 1.0}
         assert event.labels is not None
+        if event.labels.keys() <= _category_rows(record.categories).keys():  # ids of evaluated categories: no policy
+            return dict(event.labels)
         known = self.policy(record.tenant).category_set()
         resolved: dict[str, float] = {}
         for key, value in event.labels.items():
@@ -318,6 +373,122 @@ class Engine:
         return resolved
 
 
-def _stack(learner: Learner, records: Sequence[LearnerRecord | None]) -> np.ndarray:
-    fresh = learner.init_state()
-    return np.array([fresh if r is None else r.state for r in records])
+class BatchApplied(NamedTuple):
+    """What ``feedback_batch`` did: per item, applied now (False: before); and how many write races it lost
+    (each re-read and recomputed: concurrent workers writing the same global keys)."""
+
+    applied: list[bool]
+    conflicts: int
+
+
+class PlannedFeedback(NamedTuple):
+    """A validated feedback event joined with its prediction: per labelled category (``rows`` of the prediction),
+    the global key and the tenant's key it updates, and the label. (A tuple: the worker makes one per event.)"""
+
+    event: FeedbackEvent
+    record: PredictionRecord
+    labels: dict[str, float]
+    rows: list[int]
+    shared_keys: list[str]
+    own_keys: list[str]
+
+
+_ROWS: dict[int, tuple[tuple[str, ...], dict[str, int]]] = {}
+
+
+def _category_rows(categories: tuple[str, ...]) -> dict[str, int]:
+    """Row of each category in a prediction, cached by the identity of the categories tuple (the prediction
+    codec shares one tuple between records over the same categories; the cache keeps it alive)."""
+    found = _ROWS.get(id(categories))
+    if found is None or found[0] is not categories:
+        found = (categories, {c: i for i, c in enumerate(categories)})
+        if len(_ROWS) >= 1024:
+            _ROWS.clear()
+        _ROWS[id(categories)] = found
+    return found[1]
+
+
+@dataclass(frozen=True, eq=False)
+class _BatchKeys:
+    keys: tuple[str, ...]
+    phases: tuple[tuple[int, ...], ...]
+    math: KeyUpdates
+    per_plan: np.ndarray
+
+
+def _key_updates(plans: Sequence[PlannedFeedback], learner: Learner) -> _BatchKeys:
+    """Entries of the planned events in order: per event, the tenant's entries before the global ones, so that a
+    fresh tenant key starts from the global state as it was before that event (see ``state.replay``)."""
+    index: dict[str, int] = {}
+    parent: list[int] = []
+    entry_key: list[int] = []
+    entry_parent: list[int] = []
+    flat_rows: list[int] = []
+    flat_records: list[int] = []
+    targets: list[float] = []
+    per_plan: list[int] = []
+    records: dict[int, int] = {}
+    outputs: list[np.ndarray] = []
+    props: list[np.ndarray | None] = []
+    first_row: list[int] = []
+    total_rows = 0
+    for plan in plans:
+        record = plan.record
+        r = records.get(id(record))
+        if r is None:
+            r = records[id(record)] = len(outputs)
+            outputs.append(record.outputs)
+            props.append(record.propensities)
+            first_row.append(total_rows)
+            total_rows += record.outputs.shape[0]
+        shared = []
+        for key in plan.shared_keys:
+            k = index.get(key)
+            if k is None:
+                k = index[key] = len(parent)
+                parent.append(-1)
+            shared.append(k)
+        own = []
+        for key, g in zip(plan.own_keys, shared, strict=False):
+            k = index.get(key)
+            if k is None:
+                k = index[key] = len(parent)
+                parent.append(g)
+            own.append(k)
+        n, start = len(shared), len(entry_key)
+        rows = [first_row[r] + row for row in plan.rows]
+        values = list(plan.labels.values())
+        if own:
+            entry_key += own
+            entry_parent += range(start + n, start + 2 * n)
+            flat_rows += rows
+            targets += values
+        entry_key += shared
+        entry_parent += [-1] * n
+        flat_rows += rows
+        targets += values
+        per_plan.append(len(own) + n)
+        flat_records += [r] * per_plan[-1]
+    key_parent = np.array(parent, dtype=np.int64)
+    with_props = [p is not None for p in props]
+    if any(with_props) and not all(with_props):
+        raise InvalidFeedbackError("a batch mixes bandit and full-information predictions")
+    n_experts = learner.n_experts
+    entry_outputs = (np.concatenate(outputs) if outputs else np.zeros((0, n_experts)))[np.array(flat_rows, dtype=int)]
+    if np.any(np.abs(entry_outputs - 0.5) > 0.5):  # one check for the batch; NaN (asleep) compares False
+        bad = int(np.flatnonzero(np.any(np.abs(entry_outputs - 0.5) > 0.5, axis=1))[0])
+        request = plans[int(np.searchsorted(np.cumsum(per_plan), bad, side="right"))].event.request_id
+        raise InvalidFeedbackError(f"request_id: the logged outputs of {request!r} are not probabilities")
+    return _BatchKeys(
+        keys=tuple(index),
+        phases=(tuple(np.flatnonzero(key_parent >= 0).tolist()), tuple(np.flatnonzero(key_parent < 0).tolist())),
+        math=KeyUpdates(
+            key_parent=key_parent,
+            entry_key=np.array(entry_key, dtype=np.int64),
+            entry_parent=np.array(entry_parent, dtype=np.int64),
+            outputs=entry_outputs,
+            targets=np.array(targets, dtype=np.float64),
+            propensities=np.stack(props)[np.array(flat_records, dtype=np.int64)] if all(with_props) and props else None,
+        ),
+        per_plan=np.array(per_plan, dtype=np.int64),
+    )

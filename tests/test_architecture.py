@@ -22,7 +22,9 @@ LAYERS = {
     "state": 5,
     "engine": 6,
     "simulate": 7,
-    "cli": 8,
+    "feedback": 7,
+    "serve": 8,
+    "cli": 9,
 }
 #: Third-party packages a layer must never import (learn/ is pure numpy: no pydantic in the hot loop).
 FORBIDDEN = {"learn": {"pydantic", "yaml", "rich", "typer"}, "taxonomy": {"numpy", "pydantic"}}

@@ -1,9 +1,25 @@
-"""Where learner state, the prediction log and tenant policies live: small interfaces, embedded and server backends."""
+"""Where learner state, the prediction log and tenant policies live: small interfaces, embedded and server backends.
 
-from aegis_online.state.base import LearnerRecord, LearnerStore, PolicyStore, PredictionLog, PredictionRecord
-from aegis_online.state.memory import MemoryLearnerStore, MemoryPolicyStore, MemoryPredictionLog
+The Redis backends live in ``state.redis_store`` and import ``redis`` only when used.
+"""
+
+from aegis_online.state.base import (
+    BatchCompute,
+    BatchOutcome,
+    LearnerRecord,
+    LearnerStore,
+    PolicyStore,
+    PredictionLog,
+    PredictionRecord,
+    StoreUnavailableError,
+    UpdateBatch,
+)
+from aegis_online.state.memory import CachedPolicyStore, MemoryLearnerStore, MemoryPolicyStore, MemoryPredictionLog
 
 __all__ = [
+    "BatchCompute",
+    "BatchOutcome",
+    "CachedPolicyStore",
     "LearnerRecord",
     "LearnerStore",
     "MemoryLearnerStore",
@@ -12,4 +28,6 @@ __all__ = [
     "PolicyStore",
     "PredictionLog",
     "PredictionRecord",
+    "StoreUnavailableError",
+    "UpdateBatch",
 ]

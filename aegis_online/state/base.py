@@ -1,14 +1,22 @@
 """Interfaces of the three stores the engine needs. Implementations: ``memory`` (embedded), Redis (production).
 
-The learner store's one write operation is ``apply``: atomic over the keys of one feedback event and idempotent
-per event id, so that a redelivered event changes nothing. The learner's math stays in Python (``learn/``) and is
-passed in as a function of the current records: it exists once, whatever the backend.
+The learner store has two write operations, both idempotent, and in both the learner's math stays in Python
+(``learn/``), passed in as a function of the current records: it exists once, whatever the backend.
+
+* ``apply``: one feedback event, remembered by its event id (the direct, unqueued path).
+* ``apply_batch``: many events read from ordered streams (Kafka partitions, the in-process queue). Each key keeps a
+  watermark per stream, the offset of the last entry applied to it, and an entry at or below it is skipped: a
+  redelivered event changes nothing, at O(keys x streams) memory instead of one remembered id per event.
+
+Writes are atomic per *group* of keys: keys sharing a ``{hash tag}`` (one Redis Cluster slot). One event touches
+the global group and its tenant's group; because the watermarks live in each key, an event applied to one group
+before a crash is completed, not repeated, when it is redelivered.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,15 +24,57 @@ import numpy as np
 from aegis_online.policy import TenantPolicy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LearnerRecord:
-    """Learner state of one (scope, category) key and how many feedback events shaped it."""
+    """Learner state of one (scope, category) key, how many feedback events shaped it, and its watermarks.
+
+    ``marks[stream]`` is the offset of the last entry from ``stream`` applied to this key (``apply_batch``).
+    """
 
     state: np.ndarray
     updates: int = 0
+    marks: Mapping[str, int] = field(default_factory=dict)
 
 
 RecordsUpdate = Callable[[list["LearnerRecord | None"]], list[LearnerRecord]]
+
+
+@dataclass(frozen=True, eq=False)
+class UpdateBatch:
+    """Key updates of a batch of stream events, in stream order: entry ``e`` updates ``keys[entry_key[e]]`` with the
+    event at ``entry_offset[e]`` of ``streams[entry_stream[e]]``.
+
+    Per key, entries of one stream must come in increasing offset order. ``phases`` lists key indices in the order
+    their writes must become visible: a later phase is written only once every group of the earlier ones is (the
+    engine writes tenant keys, which may start from a global key's state, before that global key).
+    """
+
+    keys: tuple[str, ...]
+    streams: tuple[str, ...]
+    entry_key: np.ndarray
+    entry_stream: np.ndarray
+    entry_offset: np.ndarray
+    phases: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.entry_key)
+        if not len(self.entry_stream) == len(self.entry_offset) == n:
+            raise ValueError("entry_key, entry_stream and entry_offset must have one value per entry")
+        if not self.phases:
+            object.__setattr__(self, "phases", (tuple(range(len(self.keys))),))
+
+
+#: ``compute(records, pending, wanted)``: new states of the ``wanted`` key indices (and any others it likes) after
+#: applying, in order, the entries where ``pending`` is True, starting from ``records`` (one per key, None: fresh).
+BatchCompute = Callable[[Sequence["LearnerRecord | None"], np.ndarray, frozenset[int]], dict[int, np.ndarray]]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchOutcome:
+    """What ``apply_batch`` did: ``applied[e]`` is True for the entries applied by this call (False: applied before)."""
+
+    applied: np.ndarray
+    conflicts: int = 0
 
 
 class LearnerStore(abc.ABC):
@@ -34,10 +84,30 @@ class LearnerStore(abc.ABC):
 
     @abc.abstractmethod
     def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
-        """Atomically replace the records of ``keys`` by ``update(current records)``, once per ``event_id``.
+        """Replace the records of ``keys`` by ``update(current records)``, once per ``event_id``.
 
-        Returns False, writing nothing, when ``event_id`` was applied before.
+        Atomic per group of keys sharing a hash tag; groups are written in reverse order of their first key in
+        ``keys`` (list the keys others start from first). Returns False, writing nothing, when ``event_id`` was
+        applied before.
         """
+
+    @abc.abstractmethod
+    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
+        """Apply the entries of ``batch`` above each key's watermark for their stream, and advance the watermarks.
+
+        Atomic per group of keys sharing a hash tag, phase by phase; safe against concurrent writers of the same
+        keys (a lost race is re-read and recomputed). Raises ``StoreUnavailableError`` when the backend cannot be
+        reached: nothing or part of the batch may have been written, and calling again with the same batch
+        completes it exactly once.
+        """
+
+    def close(self) -> None:
+        """Release connections and flush what must survive (a snapshot)."""
+        return None
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store could not be reached or did not confirm a write; retrying later is safe."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +169,10 @@ class PredictionLog(abc.ABC):
     @abc.abstractmethod
     def get(self, request_id: str) -> PredictionRecord | None:
         """The logged record, or None when unknown or expired."""
+
+    def get_many(self, request_ids: Sequence[str]) -> list[PredictionRecord | None]:
+        """Records of several requests in one round trip where the backend allows it."""
+        return [self.get(r) for r in request_ids]
 
 
 class PolicyStore(abc.ABC):

@@ -1,4 +1,8 @@
-"""Embedded, in-process stores: what ``make demo`` and the tests run on with no servers."""
+"""Embedded, in-process stores: what ``make demo`` and the tests run on with no servers.
+
+``MemoryLearnerStore`` can keep an on-disk snapshot (``state/snapshot.py``) so that learned weights survive a
+restart of an embedded service.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,52 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 from aegis_online.policy import TenantPolicy
 from aegis_online.state.base import (
+    BatchCompute,
+    BatchOutcome,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
     PredictionLog,
     PredictionRecord,
     RecordsUpdate,
+    UpdateBatch,
 )
+from aegis_online.state.batch import finished_records, pending_entries
+from aegis_online.state.snapshot import read_snapshot, write_snapshot
 
 
 class MemoryLearnerStore(LearnerStore):
-    """Learner records in a dict, applied under a lock; applied event ids are remembered (bounded, oldest out)."""
+    """Learner records in a dict, applied under a lock; applied event ids are remembered (bounded, oldest out).
 
-    def __init__(self, max_remembered_events: int = 1_000_000) -> None:
+    With ``snapshot_path``, the records (watermarks included) and the remembered event ids are loaded from that
+    file at start, written to it at most every ``snapshot_every_s`` seconds after a change, and on ``close``. A
+    write is atomic (temporary file, fsync, rename): a crash leaves the previous snapshot, so at most the last
+    ``snapshot_every_s`` seconds of learning are lost (0 snapshots on every write).
+    """
+
+    def __init__(
+        self,
+        max_remembered_events: int = 1_000_000,
+        *,
+        snapshot_path: str | Path | None = None,
+        snapshot_every_s: float = 5.0,
+    ) -> None:
         self._records: dict[str, LearnerRecord] = {}
         self._applied: OrderedDict[str, None] = OrderedDict()
         self._max_events = max_remembered_events
         self._lock = threading.Lock()
+        self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
+        self.snapshot_every_s = snapshot_every_s
+        self._dirty = False
+        self._saved_at = time.monotonic()
+        if self.snapshot_path is not None and self.snapshot_path.exists():
+            records, applied = read_snapshot(self.snapshot_path)
+            self._records.update(records)
+            self._applied.update(dict.fromkeys(applied[-max_remembered_events:]))
 
     def load(self, keys: Sequence[str]) -> list[LearnerRecord | None]:
         records = self._records
@@ -42,10 +72,45 @@ class MemoryLearnerStore(LearnerStore):
             self._applied[event_id] = None
             if len(self._applied) > self._max_events:
                 self._applied.popitem(last=False)
+            self._changed()
             return True
+
+    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
+        with self._lock:
+            records = [self._records.get(k) for k in batch.keys]
+            pending = pending_entries(batch, records)
+            if pending.any():
+                wanted = frozenset(int(k) for k in batch.entry_key[pending])
+                states = compute(records, pending, wanted)
+                for k, record in finished_records(batch, records, pending, states).items():
+                    self._records[batch.keys[k]] = record
+                self._changed()
+            return BatchOutcome(applied=pending)
 
     def keys(self) -> list[str]:
         return list(self._records)
+
+    def save(self) -> None:
+        """Write the snapshot now (no-op without ``snapshot_path``)."""
+        if self.snapshot_path is None:
+            return
+        with self._lock:
+            self._save_locked()
+
+    def close(self) -> None:
+        if self._dirty:
+            self.save()
+
+    def _changed(self) -> None:
+        self._dirty = True
+        if self.snapshot_path is not None and time.monotonic() - self._saved_at >= self.snapshot_every_s:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        assert self.snapshot_path is not None
+        write_snapshot(self.snapshot_path, self._records, list(self._applied))
+        self._dirty = False
+        self._saved_at = time.monotonic()
 
 
 class MemoryPredictionLog(PredictionLog):
@@ -70,6 +135,9 @@ class MemoryPredictionLog(PredictionLog):
             return None
         return record
 
+    def get_many(self, request_ids: Sequence[str]) -> list[PredictionRecord | None]:
+        return [self.get(r) for r in request_ids]
+
 
 class MemoryPolicyStore(PolicyStore):
     def __init__(self, policies: Sequence[TenantPolicy] = ()) -> None:
@@ -80,3 +148,31 @@ class MemoryPolicyStore(PolicyStore):
 
     def put(self, policy: TenantPolicy) -> None:
         self._policies[policy.tenant] = policy
+
+
+class CachedPolicyStore(PolicyStore):
+    """Reads through to ``inner`` at most once per tenant every ``ttl_s`` seconds (misses included).
+
+    The feedback worker resolves a label against its tenant's policy for every event; without a cache that is a
+    round trip per event. A changed policy is seen within ``ttl_s``.
+    """
+
+    def __init__(self, inner: PolicyStore, ttl_s: float = 5.0) -> None:
+        self.inner = inner
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, TenantPolicy | None]] = {}
+
+    def get(self, tenant: str) -> TenantPolicy | None:
+        now = time.monotonic()
+        hit = self._cache.get(tenant)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        policy = self.inner.get(tenant)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[tenant] = (now, policy)
+        return policy
+
+    def put(self, policy: TenantPolicy) -> None:
+        self.inner.put(policy)
+        self._cache.pop(policy.tenant, None)

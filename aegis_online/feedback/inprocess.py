@@ -1,0 +1,173 @@
+"""The embedded feedback bus: an in-process queue with Kafka's shape (partitions keyed by tenant, offsets, commits),
+and a thread that drains it through the same ``FeedbackWorker`` as Kafka does.
+
+Events live in memory until committed: an embedded service that crashes loses the events not applied yet (the
+learner store's snapshot keeps what was applied). Use Kafka where that matters. ``publish`` blocks when
+``max_pending`` events wait, so a burst slows the feedback API down instead of growing memory without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Sequence
+
+from aegis_online.engine import Engine
+from aegis_online.feedback.bus import (
+    DeadLetterSink,
+    FeedbackPublisher,
+    FeedbackSource,
+    Partition,
+    Published,
+    Receipt,
+)
+from aegis_online.feedback.processor import FeedbackProcessor
+from aegis_online.feedback.records import DeadLetter, FeedbackRecord
+from aegis_online.feedback.worker import FeedbackWorker, WorkerStats
+from aegis_online.schemas import FeedbackEvent
+
+
+class QueueFullError(RuntimeError):
+    """The in-process queue stayed full for the whole publish timeout."""
+
+
+class _Done(Receipt):
+    def __init__(self, published: Published) -> None:
+        self.published = published
+
+    def wait(self, timeout_s: float | None = None) -> Published:
+        return self.published
+
+
+class InProcessFeedbackQueue(FeedbackPublisher, FeedbackSource):
+    """Partitions of (offset, key, value) in memory; one consumer; committed records are dropped."""
+
+    def __init__(
+        self, partitions: int = 1, *, topic: str = "feedback", max_pending: int = 100_000, publish_timeout_s: float = 5
+    ) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.max_pending = max_pending
+        self.publish_timeout_s = publish_timeout_s
+        self._logs: list[deque[FeedbackRecord]] = [deque() for _ in range(partitions)]
+        self._next_offset = [0] * partitions
+        self._position = [0] * partitions
+        self._paused: set[int] = set()
+        self._pending = 0
+        self._cond = threading.Condition()
+
+    # -- publisher ------------------------------------------------------------------------------------------------
+    def publish(self, event: FeedbackEvent) -> Receipt:
+        return self.publish_raw(event.tenant.encode(), event.model_dump_json().encode())
+
+    def publish_raw(self, key: bytes | None, value: bytes | None) -> Receipt:
+        """Append raw bytes (tests use it to send what a broken producer would)."""
+        p = 0 if key is None else zlib.crc32(key) % self.partitions
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pending < self.max_pending, self.publish_timeout_s):
+                raise QueueFullError(f"{self._pending} feedback events wait in the in-process queue")
+            offset = self._next_offset[p]
+            self._next_offset[p] += 1
+            self._logs[p].append(FeedbackRecord(self.topic, p, offset, key, value, int(time.time() * 1000)))
+            self._pending += 1
+            self._cond.notify_all()
+        return _Done(Published(self.topic, p, offset))
+
+    # -- source ---------------------------------------------------------------------------------------------------
+    def poll(self, max_records: int, timeout_s: float) -> list[FeedbackRecord]:
+        with self._cond:
+            self._cond.wait_for(self._readable, timeout_s)
+            out: list[FeedbackRecord] = []
+            for p, log in enumerate(self._logs):
+                if p in self._paused or not log:
+                    continue
+                start = self._position[p] - log[0].offset
+                for i in range(max(start, 0), len(log)):
+                    if len(out) >= max_records:
+                        break
+                    out.append(log[i])
+                if out and out[-1].partition == p:
+                    self._position[p] = out[-1].offset + 1
+            return out
+
+    def _readable(self) -> bool:
+        return any(
+            p not in self._paused and log and log[-1].offset >= self._position[p] for p, log in enumerate(self._logs)
+        )
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        with self._cond:
+            self._position[partition[1]] = offset
+
+    def pause(self, partition: Partition) -> None:
+        with self._cond:
+            self._paused.add(partition[1])
+
+    def resume(self, partition: Partition) -> None:
+        with self._cond:
+            self._paused.discard(partition[1])
+            self._cond.notify_all()
+
+    def commit(self, offsets: dict[Partition, int]) -> bool:
+        with self._cond:
+            for (_, p), offset in offsets.items():
+                log = self._logs[p]
+                while log and log[0].offset < offset:
+                    log.popleft()
+                    self._pending -= 1
+            self._cond.notify_all()
+        return True
+
+    def pending(self) -> int:
+        """Events published and not committed yet."""
+        with self._cond:
+            return self._pending
+
+
+class MemoryDeadLetters(DeadLetterSink):
+    """The last ``keep`` dead letters, in memory (the embedded service shows them; a real one has a topic)."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.letters: deque[DeadLetter] = deque(maxlen=keep)
+
+    def publish(self, letters: Sequence[DeadLetter]) -> None:
+        self.letters.extend(letters)
+
+
+class EmbeddedFeedbackWorker:
+    """A daemon thread applying the in-process queue's events to ``engine``: feedback with no servers."""
+
+    def __init__(self, engine: Engine, queue: InProcessFeedbackQueue, **worker_options: object) -> None:
+        self.queue = queue
+        self.dead_letters = MemoryDeadLetters()
+        processor_options = {
+            k: worker_options.pop(k) for k in ("max_event_bytes", "wait_for_prediction_s") if k in worker_options
+        }
+        self.worker = FeedbackWorker(
+            queue, FeedbackProcessor(engine, **processor_options), self.dead_letters, **worker_options
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stats(self) -> WorkerStats:
+        return self.worker.stats
+
+    def start(self) -> EmbeddedFeedbackWorker:
+        self._thread = threading.Thread(target=self.worker.run, args=(self._stop,), name="feedback-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every published event is applied or dead-lettered; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.queue.pending() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.queue.pending() == 0
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)

@@ -1,0 +1,399 @@
+"""Redis backends of the three stores: learner state, prediction log, tenant policies.
+
+Learner state: one string per (scope, category) key, holding the record bytes of ``codec`` (raw float64 state, update
+count, per-stream watermarks). The learner's math stays in Python; Redis only guarantees that a write lands on the
+version it was computed from, with a small compare-and-set script per group of keys sharing a ``{hash tag}``
+(one Cluster slot): check each key's 8-byte version prefix, then SET every key. A lost race is re-read and
+recomputed. docs/feedback.md gives the measurements behind this choice (against the math in Lua and against
+WATCH/MULTI).
+
+Every key the scripts touch is passed in KEYS and shares one hash tag, reads use per-key GETs on a Cluster, and the
+script cache is reloaded on NOSCRIPT (after a restart or a failover), so the same code runs on one node or a
+Cluster. Redis errors that a retry can cure surface as ``StoreUnavailableError``.
+
+Imports ``redis`` (the ``redis`` extra) when a store is built, never at package import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aegis_online.policy import TenantPolicy
+from aegis_online.state.base import (
+    BatchCompute,
+    BatchOutcome,
+    LearnerRecord,
+    LearnerStore,
+    PolicyStore,
+    PredictionLog,
+    PredictionRecord,
+    RecordsUpdate,
+    StoreUnavailableError,
+    UpdateBatch,
+)
+from aegis_online.state.batch import finished_records, groups_by_tag, hash_tag, pending_entries
+from aegis_online.state.codec import (
+    decode_learner,
+    decode_prediction,
+    encode_learner,
+    encode_prediction,
+    version_bytes,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+DEFAULT_PREFIX = "aegis:"
+
+#: KEYS: n learner keys of one hash slot [+ the event marker]. ARGV: n, marker TTL in ms (0: no marker),
+#: n expected 8-byte versions ('' for a key that must not exist), n new records.
+#: Returns 0 (written), i > 0 (key i moved on: recompute), -1 (the marker exists: this event was applied here).
+CAS_SCRIPT = """
+local n = tonumber(ARGV[1])
+local ttl = ARGV[2]
+if ttl ~= '0' and redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end
+for i = 1, n do
+  if redis.call('GETRANGE', KEYS[i], 0, 7) ~= ARGV[2 + i] then return i end
+end
+for i = 1, n do redis.call('SET', KEYS[i], ARGV[2 + n + i]) end
+if ttl ~= '0' then redis.call('SET', KEYS[n + 1], '1', 'PX', ttl) end
+return 0
+"""
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which a retry may succeed: connection lost, timeout, server loading its AOF, failover, busy."""
+    from redis import exceptions as e
+
+    return (
+        e.ConnectionError,
+        e.TimeoutError,
+        e.BusyLoadingError,
+        e.ReadOnlyError,
+        e.ClusterDownError,
+        e.TryAgainError,
+        e.MasterDownError,
+    )
+
+
+def connect(url: str, *, cluster: bool = False, timeout_s: float = 5.0, **options: Any) -> redis.Redis:
+    """A client for ``url`` (``redis://`` or ``rediss://``) that raises at once instead of retrying for long.
+
+    Callers own the retry policy (the feedback worker backs off and keeps its offsets uncommitted); hiredis, when
+    installed, parses replies.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kwargs = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": min(timeout_s, 2.0),
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    } | options
+    if cluster:
+        return redis.RedisCluster.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+class _Script:
+    """A Lua script run with EVALSHA, loaded again when the server answers NOSCRIPT (its cache is empty after a
+    restart or on a new primary)."""
+
+    def __init__(self, client: Any, source: str, wait: tuple[int, int] | None = None) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.wait = wait
+
+    def run_many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per ``(keys, args)``, pipelined; one reply per call, in order.
+
+        With ``wait=(replicas, timeout_ms)`` each pipeline ends with WAIT, on the connection that wrote (WAIT counts
+        that connection's writes), and fewer acknowledging replicas raise ``StoreUnavailableError``."""
+        if type(self.client).__name__ != "RedisCluster":
+            return self._run_on(self.client, calls)
+        # redis-py refuses EVALSHA in cluster pipelines: pipeline per primary, on that node's own connection.
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (keys, _) in enumerate(calls):
+            node = self.client.get_node_from_key(keys[0])
+            by_node.setdefault(node.name, (node.redis_connection, []))[1].append(i)
+        results: list[Any] = [None] * len(calls)
+        for connection, indices in by_node.values():
+            try:
+                replies = self._run_on(connection, [calls[i] for i in indices])
+            except StoreUnavailableError:
+                self.client.nodes_manager.initialize()  # a slot moved: learn the new layout, let the caller retry
+                raise
+            for i, reply in zip(indices, replies, strict=True):
+                results[i] = reply
+        return results
+
+    def _run_on(self, client: Any, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        from redis.exceptions import NoScriptError, ResponseError
+
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            if self.wait is not None:
+                pipe.execute_command("WAIT", *self.wait)
+            replies = pipe.execute(raise_on_error=False)
+            if self.wait is not None:
+                acked = replies.pop()
+                if isinstance(acked, Exception) or acked < self.wait[0]:
+                    raise StoreUnavailableError(f"{acked} of {self.wait[0]} replicas acknowledged the write")
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    missing.append(i)
+                elif isinstance(reply, ResponseError):
+                    if str(reply).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+                        raise StoreUnavailableError(f"redis cluster: {reply}")
+                    raise reply
+                else:
+                    results[i] = reply
+            if not missing:
+                return results
+            client.script_load(self.source)
+            todo = missing
+        raise StoreUnavailableError("the server keeps answering NOSCRIPT")
+
+
+class _RedisBase:
+    def __init__(self, client: Any, prefix: str) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must not contain braces (they would become the hash tag): {prefix!r}")
+        self.client = client
+        self.prefix = prefix
+        self._cluster = type(client).__name__ == "RedisCluster"
+        self._errors = redis_errors()
+
+    def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if not self._cluster:
+            out: list[bytes | None] = []
+            for start in range(0, len(keys), 10_000):
+                out += self.client.mget(keys[start : start + 10_000])
+            return out
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return pipe.execute()
+
+
+class RedisLearnerStore(_RedisBase, LearnerStore):
+    """Learner records in Redis, written by a compare-and-set script per hash-tag group.
+
+    ``marker_ttl_s`` bounds how long ``apply`` (the direct, per-event path) remembers an event id: one marker key
+    per event and group. ``apply_batch`` (the feedback worker's path) needs no marker: its watermarks live in the
+    records. ``wait_replicas`` > 0 makes every write wait until that many replicas acknowledged it (WAIT, on the
+    connection that wrote), so an offset committed after it survives a failover.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        marker_ttl_s: float = 24 * 3600,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        max_conflicts: int = 32,
+    ) -> None:
+        super().__init__(client, prefix)
+        self.marker_ttl_ms = max(1, int(marker_ttl_s * 1000))
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.max_conflicts = max_conflicts
+        self._cas = _Script(client, CAS_SCRIPT, wait=(wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+    def load(self, keys: Sequence[str]) -> list[LearnerRecord | None]:
+        try:
+            blobs = self._get_many([self.prefix + k for k in keys])
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+        return [None if b is None else decode_learner(b) for b in blobs]
+
+    # -- the direct, per-event path ------------------------------------------------------------------------------
+    def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
+        try:
+            return self._apply(event_id, list(keys), update)
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+    def _apply(self, event_id: str, keys: list[str], update: RecordsUpdate) -> bool:
+        groups = groups_by_tag(keys, range(len(keys)))
+        written = skipped = 0
+        for group in reversed(groups):  # the keys others start from come first in ``keys``: write them last
+            marker = f"{self.prefix}{{{hash_tag(keys[group[0]])}}}:event:{event_id}"
+            for _attempt in range(self.max_conflicts + 1):
+                records = self.load(keys)
+                new = update(records)
+                if len(new) != len(keys):
+                    raise ValueError(f"update returned {len(new)} records for {len(keys)} keys")
+                call = self._cas_call([keys[i] for i in group], [records[i] for i in group], [new[i] for i in group])
+                call[0].append(marker)
+                call[1][1] = self.marker_ttl_ms
+                (result,) = self._cas.run_many([call])
+                if result == 0:
+                    written += 1
+                    break
+                if result == -1:
+                    skipped += 1
+                    break
+            else:
+                raise StoreUnavailableError(f"key group {keys[group[0]]!r} kept changing: {self.max_conflicts} tries")
+        return written > 0
+
+    # -- the worker's batch path ---------------------------------------------------------------------------------
+    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
+        try:
+            return self._apply_batch(batch, compute)
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+    def _apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
+        records = self.load(batch.keys)
+        pending = pending_entries(batch, records)
+        applied = pending.copy()
+        if not pending.any():
+            return BatchOutcome(applied=applied)
+        touched = np.bincount(batch.entry_key[pending], minlength=len(batch.keys)) > 0
+        states = compute(records, pending, frozenset(np.flatnonzero(touched).tolist()))
+        conflicts = 0
+        for phase in batch.phases:
+            todo = groups_by_tag(batch.keys, [k for k in phase if touched[k]])
+            attempt = 0
+            while todo:
+                wanted = [k for group in todo for k in group]
+                new = finished_records(batch, records, pending, states, wanted)
+                calls = [
+                    self._cas_call([batch.keys[k] for k in g], [records[k] for k in g], [new[k] for k in g])
+                    for g in todo
+                ]
+                results = self._cas.run_many(calls)
+                lost = [g for g, r in zip(todo, results, strict=True) if r != 0]
+                for g, r in zip(todo, results, strict=True):
+                    if r == 0:
+                        for k in g:
+                            records[k] = new[k]
+                if not lost:
+                    break
+                conflicts += len(lost)
+                attempt += 1
+                if attempt > self.max_conflicts:
+                    raise StoreUnavailableError(f"{len(lost)} key groups kept changing: {self.max_conflicts} tries")
+                time.sleep(random.uniform(0, 0.002 * attempt))  # de-synchronise racing workers
+                todo = self._recompute(batch, compute, records, pending, applied, states, lost)
+        return BatchOutcome(applied=applied, conflicts=conflicts)
+
+    def _recompute(
+        self,
+        batch: UpdateBatch,
+        compute: BatchCompute,
+        records: list[LearnerRecord | None],
+        pending: np.ndarray,
+        applied: np.ndarray,
+        states: dict[int, np.ndarray],
+        lost: list[list[int]],
+    ) -> list[list[int]]:
+        """Re-read the groups that lost a race, drop what the winner applied, recompute the rest."""
+        keys = [k for g in lost for k in g]
+        for k, record in zip(keys, self.load([batch.keys[k] for k in keys]), strict=True):
+            records[k] = record
+        in_lost = np.isin(batch.entry_key, keys)
+        fresh = pending_entries(batch, records)
+        pending[in_lost] = fresh[in_lost]
+        applied[in_lost] = fresh[in_lost]
+        still = [g for g in lost if pending[np.isin(batch.entry_key, g)].any()]
+        wanted = frozenset(k for g in still for k in g)
+        if wanted:
+            states.update(compute(records, pending, wanted))
+        return [[k for k in g if pending[batch.entry_key == k].any()] for g in still]
+
+    def _cas_call(
+        self, keys: Sequence[str], current: Sequence[LearnerRecord | None], new: Sequence[LearnerRecord]
+    ) -> tuple[list[Any], list[Any]]:
+        expected = [b"" if r is None else version_bytes(r.updates) for r in current]
+        blobs = [encode_learner(r) for r in new]
+        return [self.prefix + k for k in keys], [len(keys), 0, *expected, *blobs]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisPredictionLog(_RedisBase, PredictionLog):
+    """Prediction records as ``codec`` bytes under ``<prefix>pred:<request id>``, expiring after ``ttl_s``.
+
+    Keyed by request id alone (no tenant in the key), so feedback that names the wrong tenant is found and refused
+    as ``wrong_tenant`` rather than looking unknown.
+    """
+
+    def __init__(self, client: Any, prefix: str = DEFAULT_PREFIX, *, ttl_s: float = 7 * 24 * 3600) -> None:
+        super().__init__(client, prefix)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+
+    def key(self, request_id: str) -> str:
+        return f"{self.prefix}pred:{request_id}"
+
+    def put(self, record: PredictionRecord) -> None:
+        try:
+            self.client.set(self.key(record.request_id), encode_prediction(record), px=self.ttl_ms)
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+    def put_many(self, records: Sequence[PredictionRecord]) -> None:
+        """Log several records in one round trip (replays, benchmarks)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for record in records:
+                pipe.set(self.key(record.request_id), encode_prediction(record), px=self.ttl_ms)
+            pipe.execute()
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+    def get(self, request_id: str) -> PredictionRecord | None:
+        return self.get_many([request_id])[0]
+
+    def get_many(self, request_ids: Sequence[str]) -> list[PredictionRecord | None]:
+        try:
+            blobs = self._get_many([self.key(r) for r in request_ids])
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+        return [None if b is None else decode_prediction(b) for b in blobs]  # CodecError: see the worker
+
+
+class RedisPolicyStore(_RedisBase, PolicyStore):
+    """Tenant policies as JSON under ``<prefix>policy:{<tenant>}``."""
+
+    def key(self, tenant: str) -> str:
+        return f"{self.prefix}policy:{{{tenant}}}"
+
+    def get(self, tenant: str) -> TenantPolicy | None:
+        try:
+            raw = self.client.get(self.key(tenant))
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+        return None if raw is None else TenantPolicy.model_validate_json(raw)
+
+    def put(self, policy: TenantPolicy) -> None:
+        try:
+            self.client.set(self.key(policy.tenant), policy.model_dump_json())
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
