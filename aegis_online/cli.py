@@ -21,7 +21,10 @@ console = Console()
 def _register_outer_commands() -> None:
     """Commands whose code lives with their subsystem (the CLI stays a thin list of entry points)."""
     from aegis_online.feedback.cli import feedback_worker_command
+    from aegis_online.simulate.cli import replay_command, simulate_command
 
+    app.command("simulate")(simulate_command)
+    app.command("replay")(replay_command)
     app.command("feedback-worker")(feedback_worker_command)
 
 

@@ -1,0 +1,141 @@
+"""The ``simulate`` and ``replay`` commands, registered on a local Typer app as the main CLI will register them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from aegis_online.simulate.cli import replay_command, simulate_command
+
+from .stubs import shifted_files
+
+app = typer.Typer()
+app.command("simulate")(simulate_command)
+app.command("replay")(replay_command)
+runner = CliRunner()
+
+
+def test_simulate_writes_the_report_summary_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    result = runner.invoke(
+        app, ["simulate", "--scenario", "abrupt", "--steps", "3000", "--seed", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert {"default", "hedge"} <= set(report["learners"])
+    assert all("cumulative_loss" in m for m in report["learners"].values())
+    assert set(report["experts"]) == {
+        "guard-large",
+        "guard-small",
+        "embedding-head",
+        "toxicity-classifier",
+        "keyword-rules",
+    }
+    assert {"best_fixed_loss", "best_switching_loss"} <= set(report["oracles"])
+    assert report["bandit"]["exp3-ix"]["call_savings"] == pytest.approx(0.6)
+    for name in ("loss.png", "regret.png", "weights.png", "windowed.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert "## Learners" in (out / "summary.md").read_text()
+    assert "default" in result.output and "wrote" in result.output
+
+
+def test_simulate_is_reproducible(tmp_path: Path) -> None:
+    args = ["simulate", "--scenario", "recurring", "--steps", "1500", "--learners", "default,hedge", "--no-plots"]
+    for name in ("a", "b"):
+        assert runner.invoke(app, [*args, "--out", str(tmp_path / name)]).exit_code == 0
+    a, b = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("a", "b"))
+    for drop in ("learners",):
+        for m in (*a[drop].values(), *b[drop].values()):
+            m.pop("seconds")
+    assert a == b
+
+
+def test_simulate_accepts_a_scenario_file_and_replicas(tmp_path: Path) -> None:
+    scenario = tmp_path / "mine.yaml"
+    scenario.write_text(
+        "name: mine\ncategories: [{id: S1, base_rate: 0.2}]\n"
+        "experts: [{name: a, quality: 0.9}, {name: b, quality: {steps: [[0, 0.6], [0.5, 0.95]]}}]\n"
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--scenario",
+            str(scenario),
+            "--steps",
+            "800",
+            "--replicas",
+            "3",
+            "--learners",
+            "default",
+            "--out",
+            str(out),
+            "--no-plots",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["replicas"] == 3 and len(report["learners"]["default"]["per_replica"]["cumulative_loss"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "nope"], "known scenarios"),
+        (["--scenario", "abrupt", "--learners", "default,bogus"], "unknown learner"),
+        (["--scenario", "abrupt", "--bandit-always", "nobody"], "unknown experts"),
+    ],
+)
+def test_simulate_refuses_bad_options_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["simulate", *args, "--steps", "200", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_replay_command_on_generic_files_with_a_column_map(tmp_path: Path) -> None:
+    pytest.importorskip("profanity_check", reason="the replay command builds the catalog's CPU experts")
+    first, second = shifted_files(tmp_path, n=30)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "replay",
+            "--data",
+            str(first),
+            "--data",
+            str(second),
+            "--format",
+            "jsonl",
+            "--text-column",
+            "text",
+            "--label",
+            "violence=S1",
+            "--label",
+            "hate=S8",
+            "--experts",
+            "profanity-check",
+            "--feedback-delay",
+            "5",
+            "--cache",
+            str(tmp_path / "cache.jsonl"),
+            "--out",
+            str(out),
+            "--no-plots",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "replay" and report["feedback"]["delay"] == 5
+    assert set(report["learners"]) == {"default", "hedge"} and set(report["experts"]) == {"profanity-check"}
+    assert report["categories"] == ["S8"]  # the only labelled category the expert covers
+    assert {"best_fixed_loss", "best_switching_loss"} <= set(report["oracles"])
+
+
+def test_replay_names_a_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["replay", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "no such file" in result.output
