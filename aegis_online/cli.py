@@ -21,7 +21,11 @@ console = Console()
 def _register_outer_commands() -> None:
     """Commands whose code lives with their subsystem (the CLI stays a thin list of entry points)."""
     from aegis_online.feedback.cli import feedback_worker_command
+    from aegis_online.serve.cli import serve_command, serve_demo_command
     from aegis_online.simulate.cli import replay_command, simulate_command
+
+    app.command("serve")(serve_command)
+    app.command("serve-demo")(serve_demo_command)
 
     app.command("simulate")(simulate_command)
     app.command("replay")(replay_command)

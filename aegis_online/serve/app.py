@@ -1,0 +1,189 @@
+"""The FastAPI app: routes, middleware and start-up wired over a ``ModerationService``. Thin by design: each route
+authenticates, hands its body to the serving class of its endpoint and returns what it says.
+
+``create_app(service)`` runs anywhere: under Ray Serve (the ingress deployment returns it from
+``__serve_build_asgi_app__``), under uvicorn, or in tests through Starlette's ``TestClient`` with no Ray at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from aegis_online.policy import TenantPolicy
+from aegis_online.schemas import TENANT_PATTERN, Decision, ModerationRequest
+from aegis_online.serve.access import principal_dependency
+from aegis_online.serve.auth import Principal
+from aegis_online.serve.errors import ApiError, install_error_handlers
+from aegis_online.serve.feedback import FeedbackServing
+from aegis_online.serve.middleware import BodySizeLimit, RequestTiming
+from aegis_online.serve.models import ErrorResponse, FeedbackBody, FeedbackReceipt, Liveness, Readiness, TenantWeights
+from aegis_online.serve.moderate import DecisionRecorder, ModerateServing
+from aegis_online.serve.openai_moderations import OpenAIModerationServing
+from aegis_online.serve.protocol import ModerationCreateRequest, ModerationCreateResponse, OpenAIErrorResponse
+from aegis_online.serve.service import ModerationService
+from aegis_online.serve.tenants import TenantServing
+
+DESCRIPTION = """\
+An ensemble of content-safety experts whose weights are learned online per tenant and category; each tenant's
+policy turns the ensemble's risk into allow, flag or block.
+
+Authenticate with `Authorization: Bearer <API key>`: the key decides the tenant a call acts for.
+`POST /v1/moderations` is compatible with OpenAI's moderation API (point the `openai` SDK's `base_url` here).
+"""
+
+
+def _errors(*codes: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+    model = OpenAIErrorResponse if openai else ErrorResponse
+    return {code: {"model": model} for code in codes}
+
+
+def create_app(service: ModerationService) -> FastAPI:
+    config = service.config
+    engine = service.engine
+    record = DecisionRecorder(service.metrics, service.health.experts)
+    moderate = ModerateServing(engine, record)
+    moderations = OpenAIModerationServing(engine, record, config.limits, config.server.model_name)
+    feedback = FeedbackServing(engine, service.publisher, service.bus_health, service.metrics, config.limits)
+    tenants = TenantServing(engine, config.learner.name)
+    principal = principal_dependency(service.keys)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    app = FastAPI(
+        title="aegis-online",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "moderation", "description": "Decisions on conversations."},
+            {"name": "feedback", "description": "Labels for past decisions: how the weights learn."},
+            {"name": "tenants", "description": "Policies and learned weights per tenant."},
+            {"name": "operations", "description": "Health, readiness and metrics."},
+        ],
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(RequestTiming, metrics=service.metrics)
+    tenant_path = Path(pattern=TENANT_PATTERN, description="Tenant id.")
+
+    @app.post(
+        "/v1/moderate",
+        response_model=Decision,
+        tags=["moderation"],
+        summary="Moderate a conversation (prompt or response check)",
+        responses=_errors(400, 401, 403, 409, 413, 422),
+    )
+    async def moderate_route(body: ModerationRequest, caller: Principal = Depends(principal)) -> Decision:
+        return await moderate(body, caller)
+
+    @app.post(
+        "/v1/moderations",
+        response_model=ModerationCreateResponse,
+        tags=["moderation"],
+        summary="OpenAI-compatible moderation",
+        responses=_errors(400, 401, 413, 422, openai=True),  # 422 only to replace FastAPI's default: it answers 400
+    )
+    async def openai_moderations_route(
+        body: ModerationCreateRequest, response: Response, caller: Principal = Depends(principal)
+    ) -> ModerationCreateResponse:
+        result, request_ids = await moderations(body, caller)
+        response.headers["X-Aegis-Request-Ids"] = ",".join(request_ids)
+        return result
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackReceipt,
+        status_code=202,
+        tags=["feedback"],
+        summary="Send feedback: one event, or a batch under 'events'",
+        responses=_errors(400, 401, 403, 404, 413, 422, 503),
+    )
+    async def feedback_route(body: FeedbackBody, caller: Principal = Depends(principal)) -> FeedbackReceipt:
+        return await feedback(body, caller)
+
+    @app.get(
+        "/v1/tenants/{tenant}/policy",
+        response_model=TenantPolicy,
+        tags=["tenants"],
+        summary="A tenant's policy (its own, else the default tenant's)",
+        responses=_errors(401, 403, 422),
+    )
+    def get_policy_route(tenant: str = tenant_path, caller: Principal = Depends(principal)) -> TenantPolicy:
+        return tenants.get_policy(tenant, caller)
+
+    @app.put(
+        "/v1/tenants/{tenant}/policy",
+        response_model=TenantPolicy,
+        tags=["tenants"],
+        summary="Set a tenant's policy (admin)",
+        responses=_errors(400, 401, 403, 413, 422, 503),
+    )
+    async def put_policy_route(
+        body: TenantPolicy, tenant: str = tenant_path, caller: Principal = Depends(principal)
+    ) -> TenantPolicy:
+        return await tenants.put_policy(tenant, body, caller)
+
+    @app.get(
+        "/v1/tenants/{tenant}/weights",
+        response_model=TenantWeights,
+        tags=["tenants"],
+        summary="The expert weights a tenant's requests use, per category",
+        responses=_errors(401, 403, 422),
+    )
+    def weights_route(
+        tenant: str = tenant_path,
+        category: list[str] | None = Query(
+            default=None, max_length=64, description="Category ids or slugs (repeat); default: all of the policy's."
+        ),
+        caller: Principal = Depends(principal),
+    ) -> TenantWeights:
+        return tenants.weights(tenant, category, caller)
+
+    @app.get("/healthz", response_model=Liveness, tags=["operations"], summary="Liveness")
+    def healthz() -> Liveness:
+        return Liveness()
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        tags=["operations"],
+        summary="Readiness: ready, degraded (still serving; says why) or not_ready",
+        responses={503: {"model": Readiness}, **_errors(422)},
+    )
+    def readyz(strict: bool = Query(default=False, description="Answer 503 when degraded too.")) -> JSONResponse:
+        readiness = service.health.readiness()
+        failing = readiness.status == "not_ready" or (strict and readiness.status == "degraded")
+        return JSONResponse(readiness.model_dump(mode="json"), status_code=503 if failing else 200)
+
+    async def admin_only(caller: Principal = Depends(principal)) -> None:
+        if caller.role != "admin":
+            raise ApiError(403, "/metrics needs an admin key (auth.protect_metrics)", code="admin_required")
+
+    metrics_auth = [Depends(admin_only)] if config.auth.protect_metrics else []
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+        dependencies=metrics_auth,
+    )
+    def metrics_route() -> Response:
+        body, content_type = service.metrics.render()
+        return Response(content=body, media_type=content_type)
+
+    return app

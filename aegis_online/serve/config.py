@@ -1,0 +1,377 @@
+"""The service's configuration: one validated tree (experts, store, bus, policies, auth, limits), from YAML and env.
+
+``load_config(path)`` reads the YAML file, overlays ``AEGIS_SERVE_*`` environment variables (nested with ``__``,
+e.g. ``AEGIS_SERVE_STORE__REDIS_URL`` or ``AEGIS_SERVE_AUTH__KEYS_FILE``; the environment wins over the file; the
+prefix keeps clear of the other commands' ``AEGIS_*`` variables, such as the feedback worker's ``AEGIS_EXPERTS``)
+and validates the whole tree at once. Anything wrong fails at start with ``ConfigError``, one line per problem, each
+naming the file and the dotted field: a service that starts is a service whose configuration was understood.
+
+``ServiceConfig`` itself is a plain pydantic model (no environment look-up), so the Ray ingress can rebuild it from
+the driver's JSON without reading its own environment again. API keys are ``SecretStr``: they never appear in a
+``repr``, a log line or an error message (``auth`` hashes them before they leave the driver).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from aegis_online.experts.catalog import (
+    NAME_PATTERN,
+    CatalogError,
+    ExpertSpec,
+    cpu_expert_specs,
+    default_catalog_dir,
+    load_catalog,
+)
+from aegis_online.learn import DEFAULT_LEARNER, LEARNERS
+from aegis_online.policy import TenantPolicy
+from aegis_online.schemas import MAX_MESSAGE_CHARS, TENANT_PATTERN
+
+ENV_PREFIX = "AEGIS_SERVE_"
+MIN_KEY_CHARS = 16
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the field of every problem."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors (a misspelt option must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSection(Section):
+    host: str = Field(default="127.0.0.1", description="Address to bind; anything but loopback needs API keys.")
+    port: int = Field(default=8000, ge=1, le=65535)
+    model_name: str = Field(
+        default="aegis-online", min_length=1, max_length=128, description="Reported as `model` by /v1/moderations."
+    )
+
+
+class LimitsSection(Section):
+    deadline_ms: int = Field(
+        default=2000,
+        ge=1,
+        le=120_000,
+        description="Budget of the experts per request; one that misses it is named in missing_experts and sleeps.",
+    )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_inputs: int = Field(default=32, ge=1, le=1024, description="Most inputs in one /v1/moderations call.")
+    max_input_chars: int = Field(default=MAX_MESSAGE_CHARS, ge=1, le=MAX_MESSAGE_CHARS)
+    max_feedback_batch: int = Field(default=1000, ge=1, le=100_000, description="Most events in one feedback call.")
+    feedback_ack_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Wait for the bus to take an event.")
+
+
+class IngressSection(Section):
+    replicas: int = Field(default=1, ge=1, le=256)
+    num_cpus: float = Field(default=0.5, gt=0, le=64)
+    max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
+
+
+class ExpertServing(Section):
+    """How one catalog expert is served: replicas, batching and resources (default: the catalog's hardware)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    replicas: int = Field(default=1, ge=1, le=256)
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    batch_wait_timeout_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
+    num_cpus: float | None = Field(default=None, gt=0, le=256, description="Default: the catalog's hardware.cpus.")
+    num_gpus: float | None = Field(default=None, ge=0, le=64, description="Default: the catalog's hardware.gpus.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Math-library threads per replica (torch, OpenMP); default: Ray's, the CPUs reserved (at least 1).",
+    )
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="Merged over the catalog's.")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ExpertServing:
+        # Ray Serve never fills a batch larger than the requests a replica may hold (field notes, section 6).
+        if self.max_batch_size > self.max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) must not exceed max_ongoing_requests "
+                f"({self.max_ongoing_requests}): larger batches can never fill"
+            )
+        return self
+
+
+class ExpertsSection(Section):
+    catalog: Path | None = Field(default=None, description="Catalog folder; default: the repository's experts/.")
+    use: list[ExpertServing] | None = Field(
+        default=None,
+        min_length=1,
+        description="Experts to serve, in order (names or objects); default: the catalog's CPU experts.",
+    )
+
+    @field_validator("use", mode="before")
+    @classmethod
+    def _names_to_objects(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("use")
+    @classmethod
+    def _unique(cls, value: list[ExpertServing] | None) -> list[ExpertServing] | None:
+        names = [e.name for e in value or ()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experts listed twice: {dupes}")
+        return value
+
+
+class BanditSection(Section):
+    k: int = Field(ge=1, description="Experts queried per request.")
+    always: list[str] = Field(default_factory=list, description="Experts queried on every request.")
+
+
+class LearnerSection(Section):
+    name: str = Field(default=DEFAULT_LEARNER, description="Online learner of the weights (learn.LEARNERS).")
+    bandit: BanditSection | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in LEARNERS:
+            raise ValueError(f"unknown learner {value!r}; choose one of {sorted(LEARNERS)}")
+        return value
+
+
+class StoreSection(Section):
+    kind: Literal["memory", "redis"] = "memory"
+    snapshot_path: Path | None = Field(default=None, description="memory: file the learned weights survive in.")
+    redis_url: str | None = Field(default=None, description="redis: redis:// or rediss:// URL.")
+    prefix: str = Field(default="aegis:", min_length=1, max_length=64)
+    cluster: bool = False
+    timeout_ms: int = Field(default=500, ge=10, le=30_000, description="Socket timeout of the request path.")
+    weights_max_staleness_s: float = Field(
+        default=1.0, gt=0, le=3600, description="Weights used by a request are at most this old (redis)."
+    )
+    policy_cache_s: float = Field(default=5.0, ge=0, le=3600, description="A changed policy is seen within this.")
+    retry_after_s: float = Field(default=1.0, gt=0, le=300, description="After a store failure, wait before retrying.")
+    prediction_ttl_s: float = Field(default=7 * 24 * 3600, gt=0, description="How long feedback can still join.")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> StoreSection:
+        if self.kind == "redis" and not self.redis_url:
+            raise ValueError("redis_url: the redis store needs a URL (e.g. redis://127.0.0.1:6379/0)")
+        if self.kind == "redis" and self.snapshot_path is not None:
+            raise ValueError("snapshot_path: only the memory store keeps a snapshot file")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
+        return self
+
+
+class BusSection(Section):
+    kind: Literal["inprocess", "kafka"] = "inprocess"
+    bootstrap_servers: str | None = Field(default=None, description="kafka: host:port[,host:port...].")
+    topic: str = Field(default="aegis.feedback", min_length=1, max_length=249)
+    partitions: int = Field(default=1, ge=1, le=1024, description="inprocess: partitions of the queue.")
+    max_pending: int = Field(default=100_000, ge=1, description="inprocess: events waiting before publish blocks.")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> BusSection:
+        if self.kind == "kafka" and not self.bootstrap_servers:
+            raise ValueError("bootstrap_servers: the kafka bus needs brokers (e.g. 127.0.0.1:9092)")
+        return self
+
+
+class ApiKey(Section):
+    """One API key: the secret (or its SHA-256), the tenant it acts for and its role."""
+
+    name: str | None = Field(default=None, max_length=64, description="A label for logs; never the key.")
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN, description="Required for clients.")
+    role: Literal["client", "admin"] = "client"
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApiKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of 'key' and 'key_sha256'")
+        if self.key is not None and len(self.key.get_secret_value()) < MIN_KEY_CHARS:
+            raise ValueError(f"key: must be at least {MIN_KEY_CHARS} characters (use a random token)")
+        if self.role == "client" and self.tenant is None:
+            raise ValueError("tenant: a client key acts for one tenant; name it")
+        return self
+
+
+class AuthSection(Section):
+    keys_file: Path | None = Field(default=None, description="YAML or JSON secrets file: a list under 'keys'.")
+    keys: list[ApiKey] = Field(default_factory=list, description="Inline keys (prefer keys_file or the env).")
+    protect_metrics: bool = Field(default=False, description="Require an admin key for /metrics.")
+
+
+class RaySection(Section):
+    address: str = Field(default="local", description="'local' starts a Ray instance; 'auto' or an address joins.")
+    num_cpus: float | None = Field(default=None, gt=0, description="CPUs of a local Ray (default: all).")
+    temp_dir: Path | None = Field(default=None, description="Ray's session folder (default: a new /tmp folder).")
+
+
+class ServiceConfig(Section):
+    """The whole service configuration."""
+
+    server: ServerSection = Field(default_factory=ServerSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    ingress: IngressSection = Field(default_factory=IngressSection)
+    experts: ExpertsSection = Field(default_factory=ExpertsSection)
+    learner: LearnerSection = Field(default_factory=LearnerSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    bus: BusSection = Field(default_factory=BusSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
+    policies: list[TenantPolicy] = Field(default_factory=list, description="Seeded when a tenant has none stored.")
+    ray: RaySection = Field(default_factory=RaySection)
+
+    @field_validator("policies")
+    @classmethod
+    def _one_per_tenant(cls, value: list[TenantPolicy]) -> list[TenantPolicy]:
+        tenants = [p.tenant for p in value]
+        dupes = sorted({t for t in tenants if tenants.count(t) > 1})
+        if dupes:
+            raise ValueError(f"more than one policy for tenants {dupes}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceConfig:
+        if self.store.kind == "memory" and self.ingress.replicas > 1:
+            raise ValueError(
+                "ingress.replicas: the memory store keeps weights and predictions inside one process, so the "
+                "ingress must have 1 replica; use store.kind: redis to scale it out"
+            )
+        if self.learner.bandit is not None and self.experts.use is not None:
+            names = {e.name for e in self.experts.use}
+            unknown = sorted(set(self.learner.bandit.always) - names)
+            if unknown:
+                raise ValueError(f"learner.bandit.always: {unknown} are not in experts.use")
+        return self
+
+    def with_server(self, host: str | None = None, port: int | None = None) -> ServiceConfig:
+        """A copy with the command line's host and port (validated like the file's)."""
+        server = self.server.model_dump()
+        server.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+        return self.model_copy(update={"server": ServerSection.model_validate(server)})
+
+    def expert_plan(self) -> list[tuple[ExpertSpec, ExpertServing]]:
+        """The catalog entry and serving options of each expert to serve, in order; ConfigError when unknown."""
+        try:
+            specs = load_catalog(self.experts.catalog or default_catalog_dir())
+        except CatalogError as error:
+            raise ConfigError(f"experts.catalog: {error}") from None
+        by_name = {s.name: s for s in specs}
+        chosen = self.experts.use or [ExpertServing(name=s.name) for s in cpu_expert_specs(specs)]
+        if not chosen:
+            raise ConfigError("experts.use: the catalog has no CPU expert; list the experts to serve")
+        plan = []
+        for i, serving in enumerate(chosen):
+            spec = by_name.get(serving.name)
+            if spec is None:
+                raise ConfigError(
+                    f"experts.use.{i}: unknown expert {serving.name!r}; the catalog has {sorted(by_name)}"
+                )
+            if serving.backend_options:
+                options = spec.backend_options | serving.backend_options
+                spec = ExpertSpec.model_validate(spec.model_dump() | {"backend_options": options})
+            plan.append((spec, serving))
+        if self.learner.bandit is not None and self.learner.bandit.k > len(plan):
+            raise ConfigError(f"learner.bandit.k: {self.learner.bandit.k} is more than the {len(plan)} experts")
+        return plan
+
+
+class _Settings(ServiceConfig, BaseSettings):  # type: ignore[misc]
+    """The loader: YAML values under environment values, typed like ``ServiceConfig`` so that the environment's
+    JSON values (``AEGIS_SERVE_AUTH__KEYS='[...]'``) are parsed. Only ``load_config`` uses it."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # the environment overrides the file
+
+
+SECTIONS = tuple(ServiceConfig.model_fields)
+
+
+def _resolve_paths(document: dict[str, Any], base: Path) -> None:
+    """Relative paths in the file are relative to the file, not to wherever the service was started."""
+    for section, key in (("experts", "catalog"), ("store", "snapshot_path"), ("auth", "keys_file")):
+        value = document.get(section, {}).get(key) if isinstance(document.get(section), dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            document[section][key] = str((base / value).resolve())
+
+
+def _error_lines(source: str, error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head:  # a check that names its own field: "redis_url: the redis store needs a URL"
+            where, message = f"{where}.{head}" if where else head, rest
+        lines.append(f"{source}: {where or '(config)'}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, environ: bool = True) -> ServiceConfig:
+    """The configuration from ``path`` (YAML; None: defaults only) under ``AEGIS_SERVE_*`` environment overrides.
+
+    >>> load_config(environ=False).store.kind
+    'memory'
+    """
+    source = str(path) if path is not None else "(defaults)"
+    document: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except OSError as error:
+            raise ConfigError(f"{file}: cannot read the config file: {error.strerror or error}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{file}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping of sections, got {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"{file}: unknown sections {unknown}; the sections are {list(SECTIONS)}")
+        document = loaded
+        _resolve_paths(document, file.resolve().parent)
+    try:
+        if not environ:
+            return ServiceConfig.model_validate(document)
+        settings = _Settings(**document)
+    except ValidationError as error:
+        where = f"{source} (with {ENV_PREFIX}* environment)" if environ else source
+        raise ConfigError(_error_lines(where, error)) from None
+    return ServiceConfig.model_construct(**{name: getattr(settings, name) for name in SECTIONS})
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost).
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

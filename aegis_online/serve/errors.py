@@ -1,0 +1,161 @@
+"""Every error of the HTTP API as JSON: ``{"error": {"type", "message", "field", "code"}}`` with a 4xx status.
+
+Bad input is the caller's to fix, so it must never surface as a 5xx: validation errors (schema, JSON syntax, the
+engine's own ``AegisError``s) become 4xx naming the field; only faults of the service itself are 500 or 503.
+``/v1/moderations`` answers in OpenAI's error shape (``param`` beside ``field``) and with 400 for invalid input,
+as OpenAI does, so the SDK raises its usual ``BadRequestError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aegis_online.errors import AegisError, InvalidFeedbackError, TenantMismatchError, UnknownRequestError
+
+log = logging.getLogger("aegis_online.serve")
+
+OPENAI_PREFIX = "/v1/moderations"
+
+_STATUS_TYPES = {
+    400: "invalid_request",
+    401: "authentication_error",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error the API answers with: status, type, message and the offending field."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        field: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type or _STATUS_TYPES.get(status, "error")
+        self.message = message
+        self.field = field
+        self.code = code
+        self.headers = headers
+
+
+def from_aegis_error(error: AegisError) -> ApiError:
+    """The engine's input errors as API errors; the field is the message's ``field:`` prefix when it has one."""
+    message = str(error)
+    head, sep, _ = message.partition(": ")
+    field = head if sep and " " not in head else None
+    if isinstance(error, UnknownRequestError | TenantMismatchError):
+        # Another tenant's request reads exactly like an unknown one: its existence is not this caller's business.
+        return ApiError(
+            404,
+            "request_id: no prediction with this id for this tenant (unknown, expired or not yours)",
+            field="request_id",
+            code="unknown_request",
+        )
+    if isinstance(error, InvalidFeedbackError):
+        return ApiError(422, message, field=field, code=error.reason)
+    return ApiError(422, message, field=field, code=error.reason)
+
+
+#: Location parts that name a branch of a union, not a field: pydantic's type tags and our feedback body tags.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*\]|function-.*|constrained-.*)$")
+_BODY_TAGS = ("event", "batch")
+
+
+def _field(loc: Sequence[Any]) -> str | None:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+        if parts and parts[0] in _BODY_TAGS and loc[0] == "body":
+            parts = parts[1:]
+    return ".".join(p for p in parts if not _UNION_TAG.match(p)) or None
+
+
+def from_validation_error(error: RequestValidationError) -> ApiError:
+    """The first problem of a failed validation, with its field; the count of the others."""
+    errors = list(error.errors())
+    if not errors:
+        return ApiError(422, "invalid request")
+    first = errors[0]
+    kind = first.get("type", "")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    field = _field(first.get("loc", ()))
+    if kind == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "")
+        return ApiError(400, f"the body is not valid JSON{': ' + str(reason) if reason else ''}", code="json_invalid")
+    if field is None:  # a model-level check: its message starts with the field it is about
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head:
+            field, message = head, rest
+    elif kind == "missing":
+        message = "required"
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    text = f"{field}: {message}{more}" if field else f"{message}{more}"
+    return ApiError(422, text, field=field, code=kind or None)
+
+
+def error_response(request_path: str, error: ApiError) -> JSONResponse:
+    detail: dict[str, Any] = {"type": error.type, "message": error.message, "field": error.field, "code": error.code}
+    status = error.status
+    if request_path.startswith(OPENAI_PREFIX):
+        detail["param"] = error.field
+        detail["type"] = "invalid_request_error" if status in (400, 422) else error.type
+        status = 400 if status == 422 else status
+    return JSONResponse({"error": detail}, status_code=status, headers=error.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception the app can meet to a JSON error with the right status."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(request.url.path, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(request.url.path, from_validation_error(error))
+
+    @app.exception_handler(AegisError)
+    async def _aegis(request: Request, error: AegisError) -> JSONResponse:
+        return error_response(request.url.path, from_aegis_error(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        status = error.status_code
+        message = error.detail if isinstance(error.detail, str) else "error"
+        if status == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(request.url.path, ApiError(status, message, headers=getattr(error, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error": {"type": "internal_error", "message": "internal error", "field": None, "code": None}},
+            status_code=500,
+        )

@@ -1,0 +1,159 @@
+"""Prometheus metrics of the service, in a registry of its own (one per app, so tests can build many).
+
+Counters and histograms are updated on the request path; the figures that live elsewhere (feedback applied by the
+worker, the weights' entropy, store health) are read when ``/metrics`` is scraped, so they cost nothing per request.
+Labels are bounded sets (routes, experts, categories, actions): never a tenant id or a request id.
+
+With several ingress replicas each scrape of ``/metrics`` through the proxy reaches one replica; scrape replicas
+directly, or keep ``ingress.replicas: 1`` (the memory store requires it anyway).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aegis_online.schemas import Decision
+from aegis_online.serve.health import NOT_ASKED
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _ScrapeTime(Collector):
+    """Figures computed when scraped."""
+
+    def __init__(
+        self,
+        feedback_applied: Callable[[], tuple[int, int, int]] | None,
+        weights: Callable[[], dict[str, dict[str, float]]],
+        store_degraded: Callable[[], bool],
+        predictions_dropped: Callable[[], int],
+    ) -> None:
+        self.feedback_applied = feedback_applied
+        self.weights = weights
+        self.store_degraded = store_degraded
+        self.predictions_dropped = predictions_dropped
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if self.feedback_applied is not None:
+            applied, duplicates, dead = self.feedback_applied()
+            family = CounterMetricFamily(
+                "aegis_feedback_applied",
+                "Feedback events the embedded worker applied to the learner, by outcome.",
+                labels=["outcome"],
+            )
+            family.add_metric(["applied"], applied)
+            family.add_metric(["duplicate"], duplicates)
+            family.add_metric(["dead_letter"], dead)
+            yield family
+        entropy = GaugeMetricFamily(
+            "aegis_weight_entropy_nats",
+            "Entropy of the global expert weights per category (log(experts) = uniform, 0 = one expert decides).",
+            labels=["category"],
+        )
+        for category, weights in self.weights().items():
+            entropy.add_metric([category], -sum(w * math.log(w) for w in weights.values() if w > 0))
+        yield entropy
+        yield GaugeMetricFamily(
+            "aegis_store_degraded",
+            "1 while the store is unreachable and answers come from cache.",
+            value=float(self.store_degraded()),
+        )
+        yield CounterMetricFamily(
+            "aegis_predictions_dropped",
+            "Prediction records the store could not take (feedback cannot join them).",
+            value=self.predictions_dropped(),
+        )
+
+
+class ServiceMetrics:
+    """The service's metrics and the few calls that update them."""
+
+    def __init__(
+        self,
+        *,
+        feedback_applied: Callable[[], tuple[int, int, int]] | None = None,
+        weights: Callable[[], dict[str, dict[str, float]]] = dict,
+        store_degraded: Callable[[], bool] = lambda: False,
+        predictions_dropped: Callable[[], int] = lambda: 0,
+    ) -> None:
+        disable_created_metrics()  # the *_created series double the output and no dashboard reads them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "aegis_requests", "HTTP requests by route, method and status.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "aegis_request_latency_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.expert_latency = Histogram(
+            "aegis_expert_latency_seconds",
+            "Latency of each expert that answered, as the ingress saw it.",
+            ["expert"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.expert_failures = Counter(
+            "aegis_expert_failures",
+            "Expert calls that failed or missed the deadline.",
+            ["expert", "reason"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "aegis_decisions", "Moderation decisions by overall action.", ["action", "degraded"], registry=r
+        )
+        self.category_decisions = Counter(
+            "aegis_category_decisions",
+            "Per-category decisions by category and action.",
+            ["category", "action"],
+            registry=r,
+        )
+        self.feedback_events = Counter(
+            "aegis_feedback_events", "Feedback events received by the API, by outcome.", ["outcome"], registry=r
+        )
+        r.register(_ScrapeTime(feedback_applied, weights, store_degraded, predictions_dropped))
+        self._category_children: dict[tuple[str, str], Counter] = {}
+
+    def observe_decision(self, decision: Decision) -> None:
+        self.decisions.labels(decision.action, str(decision.degraded).lower()).inc()
+        children = self._category_children
+        for d in decision.categories:
+            key = (d.category, d.action)
+            child = children.get(key)
+            if child is None:
+                child = children[key] = self.category_decisions.labels(*key)
+            child.inc()
+        for contribution in decision.experts:
+            self.expert_latency.labels(contribution.expert).observe(contribution.latency_ms / 1000.0)
+        for missing in decision.missing_experts:
+            if missing.reason not in NOT_ASKED:
+                reason = "timeout" if "timed out" in missing.reason else "error"
+                self.expert_failures.labels(missing.expert, reason).inc()
+
+    def observe_feedback(self, queued: int, rejected: int) -> None:
+        if queued:
+            self.feedback_events.labels("queued").inc(queued)
+        if rejected:
+            self.feedback_events.labels("rejected").inc(rejected)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,60 @@
+"""``POST /v1/moderate``: a conversation in, the engine's decision out (scores, thresholds, actions, contributions,
+missing experts, request id). The engine defines the decision; this class scopes the request to the caller's tenant
+and records what happened (metrics, expert health).
+"""
+
+from __future__ import annotations
+
+from aegis_online.engine import Engine
+from aegis_online.schemas import Decision, ModerationRequest
+from aegis_online.serve.access import tenant_for
+from aegis_online.serve.auth import Principal
+from aegis_online.serve.errors import ApiError
+from aegis_online.serve.health import ExpertHealth
+from aegis_online.serve.metrics import ServiceMetrics
+from aegis_online.state import StoreUnavailableError
+
+
+class DecisionRecorder:
+    """What every decision updates, whichever endpoint asked for it."""
+
+    def __init__(self, metrics: ServiceMetrics, experts: ExpertHealth) -> None:
+        self.metrics = metrics
+        self.experts = experts
+
+    def __call__(self, decision: Decision) -> None:
+        self.metrics.observe_decision(decision)
+        self.experts.record(decision)
+
+
+class ModerateServing:
+    def __init__(self, engine: Engine, record: DecisionRecorder) -> None:
+        self.engine = engine
+        self.record = record
+
+    async def __call__(self, request: ModerationRequest, principal: Principal) -> Decision:
+        explicit = request.tenant if "tenant" in request.model_fields_set else None
+        tenant = tenant_for(principal, explicit)
+        if request.request_id is not None:
+            self._check_request_id(request.request_id, tenant)
+        if tenant != request.tenant:
+            request = request.model_copy(update={"tenant": tenant})
+        decision = await self.engine.moderate(request)
+        self.record(decision)
+        return decision
+
+    def _check_request_id(self, request_id: str, tenant: str) -> None:
+        """A caller-chosen request id may be reused by its own tenant (a retry) but never take another's: that would
+        overwrite the other tenant's logged prediction and break its feedback."""
+        try:
+            record = self.engine.prediction_log.get(request_id)
+        except StoreUnavailableError:
+            return  # the write will not land either; nothing to protect
+        if record is not None and record.tenant != tenant:
+            raise ApiError(
+                409,
+                "request_id: already used; choose another (or omit it)",
+                field="request_id",
+                type="conflict",
+                code="request_id_taken",
+            )

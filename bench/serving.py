@@ -1,0 +1,295 @@
+"""Serving benchmark: ``POST /v1/moderate`` through Ray Serve with the CPU experts, against the same experts called in
+process, in the same run; and the per-request cost of the ingress itself.
+
+Cases, each at several concurrencies (requests in flight), on the same stream of real text:
+
+* ``in process``: ``Engine.moderate`` with the catalog's CPU experts built in this process (no HTTP, no Ray).
+* ``ray serve``: the service's Ray Serve application on local Ray (one replica per expert, ``@serve.batch``), called
+  over HTTP with httpx from this process.
+
+Both see texts they have not seen before (MiniLM caches embeddings per process), after a warm-up. The client shares
+the machine with the service, as it does in the in-process case.
+
+Then the ingress' own cost per request in microseconds, with instant experts (outputs computed beforehand): the
+engine's combine + policy + prediction log (``Engine.decide``), and the whole FastAPI request (parsing, auth,
+validation, fan-out to the instant experts, decide, metrics, JSON) sent straight into the ASGI app (no client).
+
+Run ``python bench/serving.py``; ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import aegis_online  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aegis_online.engine import Engine
+from aegis_online.experts import Expert, ExpertInput
+from aegis_online.experts.catalog import build_expert
+from aegis_online.schemas import ExpertOutput, Message, ModerationRequest
+from aegis_online.serve.auth import KeyTable
+from aegis_online.serve.config import ServiceConfig
+from aegis_online.serve.demo_data import demo_prompts
+from aegis_online.taxonomy import CANONICAL_IDS
+
+WARM_UP = 32
+
+
+def percentiles(ms: Sequence[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+async def run_load(call: Callable[[int], Awaitable[None]], n: int, concurrency: int) -> tuple[float, list[float]]:
+    """``n`` calls with at most ``concurrency`` in flight; (requests/s, latencies in ms)."""
+    latencies: list[float] = []
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < n:
+            i = next_index
+            next_index += 1
+            started = time.perf_counter()
+            await call(i)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - started), latencies
+
+
+def request(text: str) -> ModerationRequest:
+    return ModerationRequest(messages=[Message(role="user", content=text)])
+
+
+def in_process_case(texts: list[str], levels: Sequence[int], n: int) -> dict[int, tuple[float, float, float]]:
+    config = ServiceConfig()
+    engine = Engine([build_expert(spec) for spec, _ in config.expert_plan()])
+    results = {}
+
+    async def measure() -> None:
+        warm = [f"{t} [in-process warm-up]" for t in texts[:WARM_UP]]
+        await run_load(lambda i: engine.moderate(request(warm[i])), len(warm), max(levels))
+        offset = 0
+        for c in levels:
+
+            async def call(i: int, base: int = offset, c: int = c) -> None:
+                await engine.moderate(request(f"{texts[(base + i) % len(texts)]} [in-process {c}:{i}]"))
+
+            await run_load(call, 2 * c, c)  # this level's own warm-up (threads, connections)
+            rps, lat = await run_load(lambda i, base=offset + 2 * c, c=c: call(i, base, c), n, c)
+            results[c] = (rps, *percentiles(lat))
+            offset += n + 2 * c
+
+    asyncio.run(measure())
+    return results
+
+
+def served_config() -> ServiceConfig:
+    """The CPU experts as the service runs them, with the torch threads the in-process experts have (all cores:
+    Ray would give a replica reserving half a CPU a single thread)."""
+    threads = os.cpu_count() or 1
+    plan = [{"name": spec.name, "threads": threads} for spec, _ in ServiceConfig().expert_plan()]
+    return ServiceConfig.model_validate(
+        {"limits": {"deadline_ms": 30_000}, "ingress": {"num_cpus": 0.2}, "experts": {"use": plan}}
+    )
+
+
+def ray_case(texts: list[str], levels: Sequence[int], n: int) -> tuple[dict[int, tuple[float, float, float]], float]:
+    import httpx
+
+    from aegis_online.serve.runtime import deploy, start_ray, start_serve, stop_ray
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp_dir = Path(tempfile.mkdtemp(prefix="aegis-ray-", dir="/tmp"))
+    results = {}
+    started = time.perf_counter()
+    try:
+        start_ray(address="local", temp_dir=temp_dir)
+        start_serve("127.0.0.1", port)
+        deploy(served_config(), KeyTable({}))
+        startup = time.perf_counter() - started
+
+        async def measure() -> None:
+            limits = httpx.Limits(max_connections=max(levels) * 2, max_keepalive_connections=max(levels) * 2)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
+
+                async def post(text: str) -> None:
+                    body = {"messages": [{"role": "user", "content": text}]}
+                    response = await client.post("/v1/moderate", json=body)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+
+                warm = [f"{t} [serve warm-up]" for t in texts[:WARM_UP]]
+                await run_load(lambda i: post(warm[i]), len(warm), max(levels))
+                offset = 0
+                for c in levels:
+
+                    async def call(i: int, base: int = offset, c: int = c) -> None:
+                        await post(f"{texts[(base + i) % len(texts)]} [serve {c}:{i}]")
+
+                    await run_load(call, 2 * c, c)
+                    rps, lat = await run_load(lambda i, base=offset + 2 * c, c=c: call(i, base, c), n, c)
+                    results[c] = (rps, *percentiles(lat))
+                    offset += n + 2 * c
+
+        asyncio.run(measure())
+    finally:
+        stop_ray(temp_dir)
+    return results, startup
+
+
+class InstantExpert(Expert):
+    """Answers at once with fixed scores: what is left is the cost of everything around the experts."""
+
+    def __init__(self, name: str, categories: Sequence[str], value: float) -> None:
+        self.name = name
+        self.categories = frozenset(categories)
+        self.value = value
+
+    async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
+        return [
+            ExpertOutput(expert=self.name, scores={c.id: self.value for c in item.categories if self.covers(c)})
+            for item in batch
+        ]
+
+
+def ingress_cost(repeats: int) -> tuple[float, float]:
+    """Microseconds per request: ``Engine.decide`` alone, and the whole FastAPI request with instant experts."""
+    from aegis_online.serve.app import create_app
+    from aegis_online.serve.service import build_service
+
+    experts = [
+        InstantExpert("minilm-embedding", CANONICAL_IDS, 0.2),
+        InstantExpert("profanity-check", ["S8", "S10", "S12"], 0.7),
+    ]
+    service = build_service(ServiceConfig(), experts, KeyTable({}))
+    engine = service.engine
+    req = request("a benchmark prompt")
+    outputs = [
+        ExpertOutput(expert="minilm-embedding", scores=dict.fromkeys(CANONICAL_IDS, 0.2)),
+        ExpertOutput(expert="profanity-check", scores={"S8": 0.7, "S10": 0.7, "S12": 0.7}),
+    ]
+    for _ in range(200):
+        engine.decide(req, outputs)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        engine.decide(req, outputs)
+    decide_us = (time.perf_counter() - started) / repeats * 1e6
+
+    app = create_app(service)
+    body = json.dumps({"messages": [{"role": "user", "content": "a benchmark prompt"}]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/moderate",
+        "raw_path": b"/v1/moderate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def one() -> None:
+        """One request straight into the ASGI app: only the server's work is timed, no HTTP client."""
+        delivered = False
+        status: list[int] = []
+
+        async def receive() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(dict(scope), receive, send)
+        if status != [200]:
+            raise RuntimeError(f"the app answered {status}")
+
+    async def measure() -> float:
+        for _ in range(200):
+            await one()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            await one()
+        return (time.perf_counter() - started) / repeats * 1e6
+
+    service.start()
+    try:
+        request_us = asyncio.run(measure())
+    finally:
+        service.stop()
+    return decide_us, request_us
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="A smoke run: small sizes.")
+    parser.add_argument("--requests", type=int, default=None, help="Measured requests per concurrency level.")
+    parser.add_argument("--concurrency", default=None, help="Comma-separated levels (default 1,4,16,32).")
+    args = parser.parse_args()
+    levels = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,4,16,32")).split(",")]
+    n = args.requests or (40 if args.quick else 200)
+    repeats = 300 if args.quick else 3000
+    rows, source = demo_prompts(max(4 * n, 400), seed=11)
+    texts = [r.text for r in rows]
+    print(f"machine: {os.cpu_count()} CPUs; text: {source}")
+    print(
+        f"{n} measured requests per concurrency level, after a warm-up ({WARM_UP} requests, then 2 x concurrency); "
+        "experts: the catalog's CPU experts\n"
+    )
+
+    decide_us, request_us = ingress_cost(repeats)
+    local = in_process_case(texts, levels, n)
+    served, startup = ray_case(texts, levels, n)
+
+    print(f"Ray Serve start-up (ray.init + serve.start + deploy, models warmed up): {startup:.1f} s\n")
+    header = (
+        f"{'concurrency':>11} | {'in process':^26} | {'ray serve (HTTP)':^26} | {'ratio':>5}\n"
+        f"{'':>11} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'':>5}"
+    )
+    print(header)
+    print("-" * len(header.splitlines()[1]))
+    for c in levels:
+        lr, l50, l99 = local[c]
+        sr, s50, s99 = served[c]
+        print(f"{c:>11} | {lr:>8.1f} {l50:>8.1f} {l99:>8.1f} | {sr:>8.1f} {s50:>8.1f} {s99:>8.1f} | {sr / lr:>5.2f}")
+    print("\nratio = Ray Serve req/s / in-process req/s (same experts, same text, same run)\n")
+    print("Ingress cost per request with instant experts (in process, no network):")
+    rows = (
+        ("combine + policy + prediction log (Engine.decide, 23 categories x 2 experts)", decide_us),
+        ("whole FastAPI request (auth, validation, fan-out, decide, metrics, JSON)", request_us),
+        ("  of which around the engine's decide", request_us - decide_us),
+    )
+    for what, us in rows:
+        print(f"  {what:<78} {us:8.0f} us")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Fixtures of the service tests: apps under Starlette's TestClient, and the one Ray session every Ray test shares
+(started only when such a test runs; always shut down, even when a test fails)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from aegis_online.experts import Expert
+from aegis_online.serve.app import create_app
+
+from .helpers import make_service, spare_port
+
+
+@pytest.fixture
+def service_factory() -> Iterator[Callable[..., TestClient]]:
+    """Builds apps and opens their TestClient (lifespan included); closes them all at the end."""
+    clients: list[TestClient] = []
+
+    def build(experts: Sequence[Expert] | None = None, **kwargs: Any) -> TestClient:
+        client = TestClient(create_app(make_service(experts, **kwargs)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(service_factory: Callable[..., TestClient]) -> TestClient:
+    return service_factory()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[dict[str, Any]]:
+    """One local Ray + Serve for every Ray test of the session, on 127.0.0.1 and a spare port; always shut down."""
+    from aegis_online.serve.runtime import start_ray, start_serve, stop_ray
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="aegis-ray-", dir="/tmp"))
+    port = spare_port()
+    try:
+        start_ray(address="local", temp_dir=temp_dir, num_cpus=os.cpu_count() or 2)
+        start_serve("127.0.0.1", port)
+        yield {"host": "127.0.0.1", "port": port, "url": f"http://127.0.0.1:{port}"}
+    finally:
+        stop_ray(temp_dir)
