@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench results clean
+.PHONY: install demo demo-drift test lint bench results clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The service with the CPU experts, over HTTP, with delayed feedback; it stops everything it started.
 demo: $(STAMP)
+	$(VENV)/bin/aegis-online serve-demo --out demo-out
+
+# The embedded engine on a synthetic drifting stream (no Ray): how the weights track a swap of experts.
+demo-drift: $(STAMP)
 	$(VENV)/bin/aegis-online demo --out demo-out
 
 test: $(STAMP)
