@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: this CPU build lies on the machines' disk; a bare `torch` would pull a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,llm,experts,http]"
+	$(PIP) install -q -e ".[dev,llm,experts,http,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)
