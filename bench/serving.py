@@ -37,12 +37,12 @@ try:
 except ModuleNotFoundError:  # run from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aegis_online.config import ServiceConfig
 from aegis_online.engine import Engine
 from aegis_online.experts import Expert, ExpertInput
 from aegis_online.experts.catalog import build_expert
 from aegis_online.schemas import ExpertOutput, Message, ModerationRequest
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.config import ServiceConfig
 from aegis_online.serve.demo_data import demo_prompts
 from aegis_online.taxonomy import CANONICAL_IDS
 

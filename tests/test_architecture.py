@@ -21,10 +21,12 @@ LAYERS = {
     "experts": 4,
     "state": 5,
     "engine": 6,
+    "config": 6,
     "simulate": 7,
     "feedback": 7,
     "serve": 8,
-    "cli": 9,
+    "deploy": 9,
+    "cli": 10,
 }
 #: Third-party packages a layer must never import (learn/ is pure numpy: no pydantic in the hot loop).
 FORBIDDEN = {"learn": {"pydantic", "yaml", "rich", "typer"}, "taxonomy": {"numpy", "pydantic"}}

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from aegis_online.serve.config import ApiKey, AuthSection, ConfigError, ServiceConfig, is_loopback
+from aegis_online.config import ApiKey, AuthSection, ConfigError, ServiceConfig, is_loopback
 
 Role = Literal["client", "admin"]
 DEFAULT_TENANT = "default"

@@ -31,8 +31,8 @@ def serve_command(
     log_level: str = typer.Option("INFO", "--log-level", help="Level of the service's own log lines."),
 ) -> None:
     """Serve the moderation API with Ray Serve: one deployment per expert, a FastAPI ingress."""
+    from aegis_online.config import ConfigError, load_config
     from aegis_online.serve.auth import load_key_table, require_safe_exposure
-    from aegis_online.serve.config import ConfigError, load_config
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

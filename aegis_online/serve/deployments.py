@@ -27,11 +27,11 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from aegis_online.config import Autoscaling, ExpertServing, ServiceConfig
 from aegis_online.experts import Expert, ExpertInput, score_with_deadline
 from aegis_online.experts.catalog import ExpertSpec, build_expert
 from aegis_online.schemas import ExpertOutput, Message
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.config import ExpertServing, ServiceConfig
 from aegis_online.taxonomy import CANONICAL
 
 log = logging.getLogger("aegis_online.serve")
@@ -148,7 +148,7 @@ def build_app(config: ServiceConfig, keys: KeyTable) -> serve.Application:
             actor_options["num_gpus"] = gpus
         experts[spec.name] = ExpertDeployment.options(
             name=deployment_name(spec.name),
-            num_replicas=serving.replicas,
+            **_replica_options(serving.replicas, serving.autoscaling),
             max_ongoing_requests=serving.max_ongoing_requests,
             ray_actor_options=actor_options,
         ).bind(spec.model_dump(mode="json"), serving.model_dump(mode="json"))
@@ -156,17 +156,31 @@ def build_app(config: ServiceConfig, keys: KeyTable) -> serve.Application:
     wire_config = config.model_dump(mode="json", exclude={"auth": {"keys"}})
     return ModerationIngress.options(
         name="ingress",
-        num_replicas=config.ingress.replicas,
+        **_replica_options(config.ingress.replicas, config.ingress.autoscaling),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
     ).bind(wire_config, keys.to_wire(), experts)
 
 
-def resource_needs(config: ServiceConfig) -> dict[str, float]:
-    """CPUs and GPUs the application reserves, summed over replicas (to check against the cluster's)."""
-    cpus = config.ingress.replicas * config.ingress.num_cpus
+def _replica_options(replicas: int, autoscaling: Autoscaling | None) -> dict[str, Any]:
+    if autoscaling is None:
+        return {"num_replicas": replicas}
+    return {"num_replicas": "auto", "autoscaling_config": autoscaling.to_ray()}
+
+
+def _replicas(replicas: int, autoscaling: Autoscaling | None, bound: str) -> int:
+    if autoscaling is None:
+        return replicas
+    return autoscaling.max_replicas if bound == "max" else max(autoscaling.min_replicas, 1)
+
+
+def resource_needs(config: ServiceConfig, bound: str = "min") -> dict[str, float]:
+    """CPUs and GPUs the application reserves, summed over replicas: at start (``min``: autoscaled deployments at
+    their floor, at least one replica) or at most (``max``: every autoscaled deployment at its ceiling)."""
+    cpus = _replicas(config.ingress.replicas, config.ingress.autoscaling, bound) * config.ingress.num_cpus
     gpus = 0.0
     for spec, serving in config.expert_plan():
-        cpus += serving.replicas * (serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus)
-        gpus += serving.replicas * (serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus)
+        replicas = _replicas(serving.replicas, serving.autoscaling, bound)
+        cpus += replicas * (serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus)
+        gpus += replicas * (serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus)
     return {"CPU": cpus, "GPU": gpus}

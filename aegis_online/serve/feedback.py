@@ -20,13 +20,13 @@ import logging
 import threading
 from collections import OrderedDict
 
+from aegis_online.config import LimitsSection
 from aegis_online.engine import Engine
 from aegis_online.errors import AegisError
 from aegis_online.feedback.bus import FeedbackPublisher
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.serve.access import tenant_for
 from aegis_online.serve.auth import Principal
-from aegis_online.serve.config import LimitsSection
 from aegis_online.serve.errors import ApiError, from_aegis_error
 from aegis_online.serve.metrics import ServiceMetrics
 from aegis_online.serve.models import ErrorDetail, FeedbackBatch, FeedbackOutcome, FeedbackReceipt

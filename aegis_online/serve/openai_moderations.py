@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 
+from aegis_online.config import LimitsSection
 from aegis_online.engine import Engine
 from aegis_online.schemas import Decision, Message, ModerationRequest
 from aegis_online.serve.auth import Principal
-from aegis_online.serve.config import LimitsSection
 from aegis_online.serve.errors import ApiError
 from aegis_online.serve.moderate import DecisionRecorder
 from aegis_online.serve.protocol import (

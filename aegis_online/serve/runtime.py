@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from aegis_online.config import ConfigError, ServiceConfig
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.config import ConfigError, ServiceConfig
 
 log = logging.getLogger("aegis_online.serve")
 APP_NAME = "aegis-online"

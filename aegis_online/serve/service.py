@@ -15,13 +15,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from aegis_online.config import ServiceConfig
 from aegis_online.engine import GLOBAL_SCOPE, BanditConfig, Engine
 from aegis_online.experts import Expert
 from aegis_online.feedback.bus import FeedbackPublisher
 from aegis_online.feedback.inprocess import EmbeddedFeedbackWorker, InProcessFeedbackQueue
 from aegis_online.policy import TenantPolicy
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.config import ServiceConfig
 from aegis_online.serve.health import ExpertHealth, ServiceHealth
 from aegis_online.serve.metrics import ServiceMetrics
 from aegis_online.serve.resilience import (

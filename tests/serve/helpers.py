@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from aegis_online.config import ApiKey, ServiceConfig
 from aegis_online.experts import Expert, ExpertInput
 from aegis_online.schemas import ExpertOutput
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.config import ApiKey, ServiceConfig
 from aegis_online.serve.service import ModerationService, build_service
 
 ADMIN_KEY = "test-admin-key-0000000000000001"

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from aegis_online.config import ConfigError, ServiceConfig, is_loopback, load_config
 from aegis_online.serve.auth import KeyTable, key_digest, load_key_table, require_safe_exposure
-from aegis_online.serve.config import ConfigError, ServiceConfig, is_loopback, load_config
 
 SECRET = "super-secret-key-value-123456"
 

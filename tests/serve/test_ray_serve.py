@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
+from aegis_online.config import ServiceConfig
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.config import ServiceConfig
 
 from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation, wait_until
 

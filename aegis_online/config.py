@@ -1,5 +1,9 @@
 """The service's configuration: one validated tree (experts, store, bus, policies, auth, limits), from YAML and env.
 
+One file configures every process of a deployment: the local service (``aegis-online serve --config``), the Ray
+Serve application a KubeRay RayService builds (``serve.kuberay``, which gets the same tree in ``serveConfigV2``) and
+the feedback workers (``feedback-worker --config``), so the learner, key prefix, experts and topics cannot diverge.
+
 ``load_config(path)`` reads the YAML file, overlays ``AEGIS_SERVE_*`` environment variables (nested with ``__``,
 e.g. ``AEGIS_SERVE_STORE__REDIS_URL`` or ``AEGIS_SERVE_AUTH__KEYS_FILE``; the environment wins over the file; the
 prefix keeps clear of the other commands' ``AEGIS_*`` variables, such as the feedback worker's ``AEGIS_EXPERTS``)
@@ -70,8 +74,27 @@ class LimitsSection(Section):
     feedback_ack_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Wait for the bus to take an event.")
 
 
+class Autoscaling(Section):
+    """Ray Serve autoscaling of one deployment's replicas; on KubeRay the Ray autoscaler adds pods to fit them."""
+
+    min_replicas: int = Field(default=1, ge=0, le=1024)
+    max_replicas: int = Field(ge=1, le=1024)
+    target_ongoing_requests: float = Field(default=8.0, gt=0, le=10_000, description="Per replica.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+    def to_ray(self) -> dict[str, float]:
+        """Ray Serve's ``autoscaling_config``."""
+        return self.model_dump()
+
+
 class IngressSection(Section):
     replicas: int = Field(default=1, ge=1, le=256)
+    autoscaling: Autoscaling | None = Field(default=None, description="Instead of a fixed number of replicas.")
     num_cpus: float = Field(default=0.5, gt=0, le=64)
     max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
 
@@ -81,6 +104,7 @@ class ExpertServing(Section):
 
     name: str = Field(pattern=NAME_PATTERN)
     replicas: int = Field(default=1, ge=1, le=256)
+    autoscaling: Autoscaling | None = Field(default=None, description="Instead of a fixed number of replicas.")
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     batch_wait_timeout_ms: float = Field(default=2.0, ge=0, le=1000)
     max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
@@ -176,6 +200,9 @@ class BusSection(Section):
     kind: Literal["inprocess", "kafka"] = "inprocess"
     bootstrap_servers: str | None = Field(default=None, description="kafka: host:port[,host:port...].")
     topic: str = Field(default="aegis.feedback", min_length=1, max_length=249)
+    dead_letter_topic: str = Field(
+        default="aegis.feedback.dead-letter", min_length=1, max_length=249, description="kafka: refused events."
+    )
     partitions: int = Field(default=1, ge=1, le=1024, description="inprocess: partitions of the queue.")
     max_pending: int = Field(default=100_000, ge=1, description="inprocess: events waiting before publish blocks.")
 
@@ -243,7 +270,7 @@ class ServiceConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceConfig:
-        if self.store.kind == "memory" and self.ingress.replicas > 1:
+        if self.store.kind == "memory" and (self.ingress.replicas > 1 or self.ingress.autoscaling is not None):
             raise ValueError(
                 "ingress.replicas: the memory store keeps weights and predictions inside one process, so the "
                 "ingress must have 1 replica; use store.kind: redis to scale it out"
@@ -334,25 +361,36 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: bool = T
     >>> load_config(environ=False).store.kind
     'memory'
     """
-    source = str(path) if path is not None else "(defaults)"
-    document: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except OSError as error:
-            raise ConfigError(f"{file}: cannot read the config file: {error.strerror or error}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{file}: not valid YAML: {error}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: expected a mapping of sections, got {type(loaded).__name__}")
-        unknown = sorted(set(loaded) - set(SECTIONS))
-        if unknown:
-            raise ConfigError(f"{file}: unknown sections {unknown}; the sections are {list(SECTIONS)}")
-        document = loaded
+    if path is None:
+        return config_from_document({}, source="(defaults)", environ=environ)
+    file = Path(path)
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the config file: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    document = {} if loaded is None else loaded
+    if isinstance(document, dict):
         _resolve_paths(document, file.resolve().parent)
+    return config_from_document(document, source=str(file), environ=environ)
+
+
+def config_from_document(document: Any, *, source: str, environ: bool = True) -> ServiceConfig:
+    """Validate a parsed configuration (a YAML file's, or the one a RayService embeds) under the environment.
+
+    ``source`` names where it came from in every error line. Relative paths are taken as they are.
+
+    >>> config_from_document({"bus": {"kind": "kafka"}}, source="inline", environ=False)
+    Traceback (most recent call last):
+    ...
+    aegis_online.config.ConfigError: inline: bus.bootstrap_servers: the kafka bus needs brokers (e.g. 127.0.0.1:9092)
+    """
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(document).__name__}")
+    unknown = sorted(set(document) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown sections {unknown}; the sections are {list(SECTIONS)}")
     try:
         if not environ:
             return ServiceConfig.model_validate(document)
