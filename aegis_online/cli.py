@@ -20,6 +20,7 @@ console = Console()
 
 def _register_outer_commands() -> None:
     """Commands whose code lives with their subsystem (the CLI stays a thin list of entry points)."""
+    from aegis_online.deploy.cli import chart_app
     from aegis_online.feedback.cli import feedback_worker_command
     from aegis_online.serve.cli import serve_command, serve_demo_command
     from aegis_online.simulate.cli import replay_command, simulate_command
@@ -30,6 +31,7 @@ def _register_outer_commands() -> None:
     app.command("simulate")(simulate_command)
     app.command("replay")(replay_command)
     app.command("feedback-worker")(feedback_worker_command)
+    app.add_typer(chart_app, name="chart")
 
 
 _register_outer_commands()
