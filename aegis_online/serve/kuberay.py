@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
-from aegis_online.config import config_from_document
+from aegis_online.config import ConfigError, config_from_document
 from aegis_online.serve.auth import load_key_table, require_safe_exposure
 from aegis_online.serve.deployments import build_app
 
@@ -25,15 +25,24 @@ ARGS_SOURCE = "serveConfigV2 args.config"
 
 
 class BuilderArgs(BaseModel):
-    """What ``serveConfigV2`` passes to the builder (Ray Serve validates ``args`` against this model)."""
+    """What ``serveConfigV2`` passes to the builder as ``args``: the service configuration, nothing else."""
 
     model_config = ConfigDict(extra="forbid")
 
     config: dict[str, Any]
 
 
-def app_builder(args: BuilderArgs) -> serve.Application:
-    """The Ray Serve application of the embedded configuration; ``ConfigError`` names any wrong field."""
+def app_builder(args: dict[str, Any] | BuilderArgs) -> serve.Application:
+    """The Ray Serve application of the embedded configuration; ``ConfigError`` names any wrong field.
+
+    Ray Serve hands ``args`` over as a plain dict (it recognises a pydantic model only from a live annotation, and
+    this module's annotations are strings), so they are validated here.
+    """
+    if not isinstance(args, BuilderArgs):
+        try:
+            args = BuilderArgs.model_validate(args)
+        except ValidationError as error:
+            raise ConfigError(f"serveConfigV2 args: expected {{config: {{...}}}}: {error}") from None
     config = config_from_document(args.config, source=ARGS_SOURCE)
     keys = load_key_table(config.auth)
     require_safe_exposure(config, keys)
