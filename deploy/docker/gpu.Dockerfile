@@ -37,10 +37,11 @@ USER 1000:100
 ENV PYTHONUNBUFFERED=1
 
 # ray is named again, pinned, so that no dependency can replace the base image's Ray (the build fails instead).
+# The CPU experts too: Ray may place a CPU expert replica on a GPU pod, which must be able to run it.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
     wheel="$(find /tmp/wheels -name 'aegis_online-*.whl')" \
     && pip install --no-cache-dir "vllm==${VLLM_VERSION}" "ray[serve]==${RAY_VERSION}" \
-        "aegis-online[serve,llm,vllm,http,redis,kafka] @ file://${wheel}"
+        "aegis-online[serve,llm,vllm,experts,http,redis,kafka] @ file://${wheel}"
 
 # The expert catalog (experts/*.yaml) is not part of the package: it is read from here at run time. Owned by root,
 # read-only to the service.

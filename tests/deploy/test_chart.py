@@ -192,3 +192,11 @@ def test_cpu_quantities() -> None:
     assert cpu_quantity(4) == 4.0
     with pytest.raises(ValueError, match="not a CPU quantity"):
         cpu_quantity("four")
+
+
+def test_the_chart_runs_the_ray_version_of_the_images() -> None:
+    """KubeRay needs rayVersion to equal Ray inside the images; the Dockerfiles' default is the one source."""
+    dockerfile = (REPO / "deploy" / "docker" / "service.Dockerfile").read_text()
+    (image_ray,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", dockerfile, flags=re.MULTILINE)
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    assert values["ray"]["version"] == image_ray

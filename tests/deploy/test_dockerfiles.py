@@ -28,7 +28,7 @@ PROJECT = PYPROJECT["project"]["name"]
 #: The package extras each image installs.
 EXPECTED_EXTRAS = {
     "service": {"serve", "experts", "http", "redis", "kafka"},
-    "gpu": {"serve", "llm", "vllm", "http", "redis", "kafka"},
+    "gpu": {"serve", "llm", "vllm", "experts", "http", "redis", "kafka"},
     "worker": {"redis", "kafka"},
 }
 #: What the feedback worker's image must not contain.
