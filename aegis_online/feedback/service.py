@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aegis_online.engine import Engine
+from aegis_online.engine import BanditConfig, Engine
 from aegis_online.experts import Expert, ExpertInput
 from aegis_online.schemas import ExpertOutput
 from aegis_online.state import CachedPolicyStore
@@ -35,8 +35,14 @@ def redis_engine(
     wait_replicas: int = 0,
     policy_cache_s: float = 5.0,
     cluster: bool = False,
+    bandit: BanditConfig | None = None,
 ) -> Engine:
-    """An engine over the Redis stores at ``redis_url`` for the given expert names (in the service's order)."""
+    """An engine over the Redis stores at ``redis_url`` for the given expert names (in the service's order).
+
+    ``bandit``: the service's bandit settings when it runs in bandit mode. The engine then learns with Exp3-IX
+    whatever ``learner`` says, and names its keys after it, so a worker without them would write keys the service
+    never reads (a worker never selects experts: only the learner follows from it).
+    """
     from aegis_online.state.redis_store import RedisLearnerStore, RedisPolicyStore, RedisPredictionLog, connect
 
     client = connect(redis_url, cluster=cluster)
@@ -46,4 +52,5 @@ def redis_engine(
         store=RedisLearnerStore(client, prefix, wait_replicas=wait_replicas),
         prediction_log=RedisPredictionLog(client, prefix),
         policies=CachedPolicyStore(RedisPolicyStore(client, prefix), ttl_s=policy_cache_s),
+        bandit=bandit,
     )

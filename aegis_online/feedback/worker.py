@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aegis_online.feedback import failpoints
@@ -62,6 +63,7 @@ class FeedbackWorker:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         max_dead_letter_payload: int | None = None,
+        on_iteration: Callable[[FeedbackWorker], None] | None = None,
     ) -> None:
         self.source = source
         self.processor = processor
@@ -74,6 +76,10 @@ class FeedbackWorker:
         self._backoff = backoff_initial_s
         self._paused: dict[Partition, float] = {}
         self.max_dead_letter_payload = max_dead_letter_payload or processor.max_event_bytes
+        #: called in the loop's thread after every round, idle polls and retries included (health probes)
+        self.on_iteration = on_iteration
+        #: why the last round with records was retried; None once a round went through (readiness)
+        self.last_error: str | None = None
 
     def run(
         self, stop: threading.Event | None = None, *, max_records: int | None = None, idle_exit_s: float | None = None
@@ -84,6 +90,8 @@ class FeedbackWorker:
         idle_since = time.monotonic()
         while not stop.is_set():
             handled = self.run_once()
+            if self.on_iteration is not None:
+                self.on_iteration(self)
             now = time.monotonic()
             owned = self.source.owned()
             if handled or self._paused or owned == set():  # idle only counts once partitions are assigned
@@ -119,6 +127,7 @@ class FeedbackWorker:
             self._retry_later(records, error)
             return 0
         self._backoff = self.backoff_initial_s
+        self.last_error = None
         for partition, blocked in report.blocked.items():
             self.source.seek(partition, blocked.offset)
             self.source.pause(partition)
@@ -173,6 +182,7 @@ class FeedbackWorker:
             self.source.seek(partition, offset)
         delay = self._backoff * random.uniform(0.5, 1.0)
         self.stats.store_retries += 1
+        self.last_error = f"{type(error).__name__}: {error}"
         log.warning("%s; nothing committed, retrying in %.2f s", error, delay)
         time.sleep(delay)
         self._backoff = min(self._backoff * 2, self.backoff_max_s)

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +122,11 @@ def worker_command(redis_url: str, bootstrap: str, topic: str, group: str, prefi
     ]
 
 
-def start_worker(command: list[str], log: Path, failpoints: str = "") -> subprocess.Popen:
-    env = os.environ | {"AEGIS_FAILPOINTS": failpoints, "PYTHONPATH": str(ROOT)}
+def start_worker(
+    command: list[str], log: Path, failpoints: str = "", env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
+    """``command`` in the repository, stderr to ``log``; ``env`` replaces this process's environment."""
+    env = dict(os.environ if env is None else env) | {"AEGIS_FAILPOINTS": failpoints, "PYTHONPATH": str(ROOT)}
     with open(log, "ab") as stderr:  # the child keeps its own descriptor
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr)
 
