@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -19,9 +19,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aegis_online.simulate.report import fmt, pct
-from aegis_online.simulate.simulation import DEFAULT_LEARNERS
-from aegis_online.simulate.traffic import DataSpec
+from aegis_online.learn import LEARNERS
+
+if TYPE_CHECKING:  # the simulation modules pull in scipy: import them when a command runs, not with the CLI
+    from aegis_online.simulate.traffic import DataSpec
 
 #: Tables are wider than 80 columns: keep them whole in logs and pipes (a terminal sets its own width).
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -56,6 +57,8 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[str, int], 
 
 def print_learners(report: dict[str, Any], title: str) -> None:
     """The learners against the oracles, then the experts, as compact rich tables (full numbers: summary.md)."""
+    from aegis_online.simulate.report import fmt, pct
+
     caption = "regret: loss - best fixed expert; regret m, ratio m: against the best sequence with m switches"
     table = Table(title=title, caption=caption)
     for name in ("learner", "loss", "regret", "regret m", "ratio m", "FPR", "recovery", "calls"):
@@ -104,7 +107,7 @@ def simulate_command(
     steps: int | None = typer.Option(None, "--steps", min=10, help="Requests to simulate (default: the scenario's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same run."),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Independent replicas of the run, averaged."),
-    learners: str = typer.Option(",".join(DEFAULT_LEARNERS), "--learners", help="Comma-separated learners."),
+    learners: str = typer.Option(",".join(LEARNERS), "--learners", help="Comma-separated learners."),
     out: Path = typer.Option(Path("simulate-out"), "--out", file_okay=False, help="Folder for report and plots."),
     bandit_k: int | None = typer.Option(None, "--bandit-k", min=1, help="Experts per request in bandit mode."),
     bandit_always: str | None = typer.Option(
@@ -154,6 +157,7 @@ def _data_specs(
     overall_column: str | None,
 ) -> list[DataSpec]:
     from aegis_online.datasets import detect_format
+    from aegis_online.simulate.traffic import DataSpec
 
     options: dict[str, Any] = {}
     if text_column or label or overall_column:
@@ -279,6 +283,8 @@ def replay_command(
 
 def print_segments(report: dict[str, Any]) -> None:
     """False-positive rate and recall per data set, for every predictor."""
+    from aegis_online.simulate.report import pct
+
     if len(report.get("segments", [])) < 2:
         return
     table = Table(title="per data set: FPR on benign / recall on unsafe")
