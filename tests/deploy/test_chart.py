@@ -85,6 +85,9 @@ def test_feedback_workers_probe_health_and_read_the_config(example: tuple[Path, 
     hpa = _kind(manifests, "HorizontalPodAutoscaler")
     bound = hpa[0]["spec"]["maxReplicas"] if hpa else replicas
     assert bound <= values["kafka"]["partitions"]
+    (budget,) = _kind(manifests, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
 
 
 def test_ray_workers_are_ready_only_when_the_application_answers(example: tuple[Path, list[dict[str, Any]]]) -> None:
