@@ -90,6 +90,15 @@ def test_feedback_workers_probe_health_and_read_the_config(example: tuple[Path, 
     assert budget["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
 
 
+def test_helm_test_probes_the_serve_service(example: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, manifests = example
+    (pod,) = _kind(manifests, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (service,) = _kind(manifests, "RayService")
+    script = pod["spec"]["containers"][0]["args"][0]
+    assert f"http://{service['spec']['serveService']['metadata']['name']}:" in script and "/readyz" in script
+
+
 def test_ray_workers_are_ready_only_when_the_application_answers(example: tuple[Path, list[dict[str, Any]]]) -> None:
     _, manifests = example
     (service,) = _kind(manifests, "RayService")
