@@ -49,7 +49,9 @@ def create_app(service: ModerationService) -> FastAPI:
     record = DecisionRecorder(service.metrics, service.health.experts)
     moderate = ModerateServing(engine, record)
     moderations = OpenAIModerationServing(engine, record, config.limits, config.server.model_name)
-    feedback = FeedbackServing(engine, service.publisher, service.bus_health, service.metrics, config.limits)
+    feedback = FeedbackServing(
+        engine, service.publisher, service.bus_health, service.metrics, config.limits, service.ledger
+    )
     tenants = TenantServing(engine, config.learner.name)
     principal = principal_dependency(service.keys)
 

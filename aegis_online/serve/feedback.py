@@ -9,16 +9,17 @@ read the events are queued unverified (the worker checks them again and dead-let
 
 A 202 means the bus has the events durably (its acknowledgement was awaited). When the bus cannot take them the
 call fails with 503 and can be retried as is. The bus applies a *delivery* once (per partition offset), not an
-*event*: so this endpoint remembers the ids of the events it queued (``event_id``, or a digest of the content; the
-last ``RECENT_EVENTS`` of them, per ingress replica) and answers ``duplicate`` instead of queueing one again.
+*event*: so this endpoint records the events it queued (``event_id``, or a digest of the content) in the store's
+``FeedbackLedger``, shared by every ingress replica, and answers ``duplicate`` instead of queueing one again. An
+event another call is queueing at that moment is refused as ``in_progress`` (409, retry). While the store is
+unreachable the replica falls back to a ledger of its own (duplicates across replicas are then possible).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import OrderedDict
+from collections.abc import Callable
 
 from aegis_online.config import LimitsSection
 from aegis_online.engine import Engine
@@ -31,32 +32,15 @@ from aegis_online.serve.errors import ApiError, from_aegis_error
 from aegis_online.serve.metrics import ServiceMetrics
 from aegis_online.serve.models import ErrorDetail, FeedbackBatch, FeedbackOutcome, FeedbackReceipt
 from aegis_online.serve.resilience import DependencyHealth
-from aegis_online.state import PredictionRecord, StoreUnavailableError
+from aegis_online.state import (
+    EventKey,
+    FeedbackLedger,
+    MemoryFeedbackLedger,
+    PredictionRecord,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger("aegis_online.serve.feedback")
-
-RECENT_EVENTS = 200_000
-
-
-class RecentEvents:
-    """The ids of the last ``capacity`` events queued, per tenant: a retried call does not queue its events twice."""
-
-    def __init__(self, capacity: int = RECENT_EVENTS) -> None:
-        self.capacity = capacity
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        with self._lock:
-            return key in self._seen
-
-    def add(self, keys: list[tuple[str, str]]) -> None:
-        with self._lock:
-            for key in keys:
-                self._seen[key] = None
-                self._seen.move_to_end(key)
-            while len(self._seen) > self.capacity:
-                self._seen.popitem(last=False)
 
 
 class FeedbackServing:
@@ -67,13 +51,15 @@ class FeedbackServing:
         bus_health: DependencyHealth,
         metrics: ServiceMetrics,
         limits: LimitsSection,
+        ledger: FeedbackLedger | None = None,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.bus_health = bus_health
         self.metrics = metrics
         self.limits = limits
-        self.recent = RecentEvents()
+        self.local_ledger = MemoryFeedbackLedger()
+        self.ledger = ledger or self.local_ledger
         self._publishing = asyncio.Lock()
 
     async def __call__(self, body: FeedbackEvent | FeedbackBatch, principal: Principal) -> FeedbackReceipt:
@@ -94,15 +80,40 @@ class FeedbackServing:
         if single and errors[0] is not None:
             self.metrics.observe_feedback(0, 1)
             raise errors[0]
-        async with self._publishing:  # one call at a time decides what is new, so a retry racing it is a duplicate
-            fresh: dict[tuple[str, str], FeedbackEvent] = {}
-            for event, error in zip(scoped, errors, strict=True):
-                key = (event.tenant, event.idempotency_key)
-                if error is None and key not in self.recent:
-                    fresh.setdefault(key, event)
+        candidates: dict[EventKey, FeedbackEvent] = {}
+        for event, error in zip(scoped, errors, strict=True):
+            if error is None:
+                candidates.setdefault((event.tenant, event.idempotency_key), event)
+        fresh: dict[EventKey, FeedbackEvent] = {}
+        statuses: dict[EventKey, str] = {}
+        async with self._publishing:  # within a replica one call at a time; across replicas the ledger's claims
+            if candidates:
+                ledger, claimed = await asyncio.to_thread(self._reserve, list(candidates))
+                statuses = dict(zip(candidates, claimed, strict=True))
+                fresh = {k: e for k, e in candidates.items() if statuses[k] == FeedbackLedger.NEW}
             if fresh:
-                await asyncio.to_thread(self._publish, list(fresh.values()))
-                self.recent.add(list(fresh))
+                try:
+                    await asyncio.to_thread(self._publish, list(fresh.values()))
+                except ApiError:
+                    await asyncio.to_thread(self._settle, ledger.release, list(fresh))
+                    raise
+                await asyncio.to_thread(self._settle, ledger.confirm, list(fresh))
+        in_progress = ApiError(
+            409,
+            "another call is queueing this event right now; retry in a second",
+            field="event_id",
+            code="in_progress",
+            headers={"Retry-After": "1"},
+        )
+        errors = [
+            in_progress
+            if error is None and statuses.get((event.tenant, event.idempotency_key)) == FeedbackLedger.PENDING
+            else error
+            for event, error in zip(scoped, errors, strict=True)
+        ]
+        if single and errors[0] is not None:
+            self.metrics.observe_feedback(0, 1)
+            raise errors[0]
         outcomes = []
         queued = set()
         for i, (event, error) in enumerate(zip(scoped, errors, strict=True)):
@@ -148,6 +159,22 @@ class FeedbackServing:
         except AegisError as error:
             return from_aegis_error(error)
         return None
+
+    def _reserve(self, keys: list[EventKey]) -> tuple[FeedbackLedger, list[str]]:
+        """Claims in the shared ledger, or in this replica's own while the store is unreachable."""
+        try:
+            return self.ledger, self.ledger.reserve(keys)
+        except StoreUnavailableError as error:
+            log.warning("feedback ledger unreachable; deduplicating in this replica only: %s", error)
+            return self.local_ledger, self.local_ledger.reserve(keys)
+
+    @staticmethod
+    def _settle(step: Callable[[list[EventKey]], None], keys: list[EventKey]) -> None:
+        """Confirm or release claims; if the store fails now, the claims lapse on their own (``pending_ttl_s``)."""
+        try:
+            step(keys)
+        except StoreUnavailableError as error:
+            log.warning("feedback ledger unreachable after publishing; claims lapse on their own: %s", error)
 
     def _publish(self, events: list[FeedbackEvent]) -> None:
         try:

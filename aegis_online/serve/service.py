@@ -31,7 +31,9 @@ from aegis_online.serve.resilience import (
     ResilientPredictionLog,
 )
 from aegis_online.state import (
+    FeedbackLedger,
     LearnerStore,
+    MemoryFeedbackLedger,
     MemoryLearnerStore,
     MemoryPolicyStore,
     MemoryPredictionLog,
@@ -63,6 +65,7 @@ class Stores:
     learner: LearnerStore
     predictions: PredictionLog
     policies: PolicyStore
+    ledger: FeedbackLedger
     health: DependencyHealth | None
     dropped: Callable[[], int]
     description: str
@@ -76,11 +79,18 @@ def build_stores(config: ServiceConfig) -> Stores:
             learner=MemoryLearnerStore(snapshot_path=store.snapshot_path),
             predictions=MemoryPredictionLog(ttl_s=store.prediction_ttl_s),
             policies=MemoryPolicyStore(config.policies),
+            ledger=MemoryFeedbackLedger(ttl_s=store.prediction_ttl_s),
             health=None,
             dropped=lambda: 0,
             description="memory" + (f" (snapshot {store.snapshot_path})" if store.snapshot_path else ""),
         )
-    from aegis_online.state.redis_store import RedisLearnerStore, RedisPolicyStore, RedisPredictionLog, connect
+    from aegis_online.state.redis_store import (
+        RedisFeedbackLedger,
+        RedisLearnerStore,
+        RedisPolicyStore,
+        RedisPredictionLog,
+        connect,
+    )
 
     client = connect(store.redis_url or "", cluster=store.cluster, timeout_s=store.timeout_ms / 1000.0)
     health = DependencyHealth("store", retry_after_s=store.retry_after_s)
@@ -90,6 +100,7 @@ def build_stores(config: ServiceConfig) -> Stores:
         learner=CachedLearnerStore(RedisLearnerStore(client, store.prefix), health, store.weights_max_staleness_s),
         predictions=predictions,
         policies=SeededPolicyStore(policies, config.policies),
+        ledger=RedisFeedbackLedger(client, store.prefix, ttl_s=store.prediction_ttl_s),
         health=health,
         dropped=lambda: predictions.dropped,
         description="redis",
@@ -109,6 +120,7 @@ class ModerationService:
     metrics: ServiceMetrics
     bus_health: DependencyHealth
     store_description: str
+    ledger: FeedbackLedger
     _stopped: bool = field(default=False, repr=False)
 
     def start(self) -> None:
@@ -222,4 +234,5 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
         metrics=metrics,
         bus_health=bus_health,
         store_description=stores.description,
+        ledger=stores.ledger,
     )

@@ -6,6 +6,8 @@ The Redis backends live in ``state.redis_store`` and import ``redis`` only when 
 from aegis_online.state.base import (
     BatchCompute,
     BatchOutcome,
+    EventKey,
+    FeedbackLedger,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
@@ -14,14 +16,23 @@ from aegis_online.state.base import (
     StoreUnavailableError,
     UpdateBatch,
 )
-from aegis_online.state.memory import CachedPolicyStore, MemoryLearnerStore, MemoryPolicyStore, MemoryPredictionLog
+from aegis_online.state.memory import (
+    CachedPolicyStore,
+    MemoryFeedbackLedger,
+    MemoryLearnerStore,
+    MemoryPolicyStore,
+    MemoryPredictionLog,
+)
 
 __all__ = [
     "BatchCompute",
     "BatchOutcome",
     "CachedPolicyStore",
+    "EventKey",
+    "FeedbackLedger",
     "LearnerRecord",
     "LearnerStore",
+    "MemoryFeedbackLedger",
     "MemoryLearnerStore",
     "MemoryPolicyStore",
     "MemoryPredictionLog",

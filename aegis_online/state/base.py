@@ -183,3 +183,33 @@ class PolicyStore(abc.ABC):
     @abc.abstractmethod
     def put(self, policy: TenantPolicy) -> None:
         """Create or replace the policy of ``policy.tenant``."""
+
+
+#: An event as the feedback API knows it: (tenant, idempotency key).
+EventKey = tuple[str, str]
+
+
+class FeedbackLedger(abc.ABC):
+    """The feedback events the API has queued, shared by every ingress replica on the same store.
+
+    Kafka applies each *delivery* once (offset watermarks); this makes each *event* one delivery: a client that
+    retries a call (on any replica) gets ``duplicate`` for what was already queued. Three steps so that neither a
+    bus failure nor a crash loses an event: ``reserve`` claims keys atomically (two calls racing on one event get one
+    ``NEW`` and one ``PENDING``), ``confirm`` marks them ``QUEUED`` for ``ttl_s`` (as long as the prediction they
+    join is kept: later feedback is refused anyway), ``release`` frees them when the bus refused them. A reservation
+    lapses by itself after ``pending_ttl_s``, so a replica that dies between reserve and confirm blocks no one.
+    """
+
+    NEW, PENDING, QUEUED = "new", "pending", "queued"
+
+    @abc.abstractmethod
+    def reserve(self, keys: Sequence[EventKey]) -> list[str]:
+        """Claim each key; its status before the call: ``NEW`` (now claimed by this call), ``PENDING`` or ``QUEUED``."""
+
+    @abc.abstractmethod
+    def confirm(self, keys: Sequence[EventKey]) -> None:
+        """The claimed events are on the bus: remember them as queued."""
+
+    @abc.abstractmethod
+    def release(self, keys: Sequence[EventKey]) -> None:
+        """The claimed events did not reach the bus: forget the claims, so a retry queues them."""

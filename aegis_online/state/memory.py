@@ -9,13 +9,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aegis_online.policy import TenantPolicy
 from aegis_online.state.base import (
     BatchCompute,
     BatchOutcome,
+    EventKey,
+    FeedbackLedger,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
@@ -176,3 +178,61 @@ class CachedPolicyStore(PolicyStore):
     def put(self, policy: TenantPolicy) -> None:
         self.inner.put(policy)
         self._cache.pop(policy.tenant, None)
+
+
+class MemoryFeedbackLedger(FeedbackLedger):
+    """The ledger of one process: the embedded service, or an ingress replica while Redis is unreachable.
+
+    Bounded: past ``capacity`` keys the oldest are forgotten (so only a retry of an event that old can be queued
+    twice). ``clock`` is injectable for tests.
+
+    >>> ledger = MemoryFeedbackLedger()
+    >>> ledger.reserve([("acme", "e1")]), ledger.reserve([("acme", "e1")])
+    (['new'], ['pending'])
+    >>> ledger.confirm([("acme", "e1")]); ledger.reserve([("acme", "e1")])
+    ['queued']
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = 7 * 24 * 3600,
+        pending_ttl_s: float = 30.0,
+        capacity: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.pending_ttl_s = pending_ttl_s
+        self.capacity = capacity
+        self.clock = clock
+        self._entries: OrderedDict[EventKey, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def reserve(self, keys: Sequence[EventKey]) -> list[str]:
+        now = self.clock()
+        out = []
+        with self._lock:
+            for key in keys:
+                status, expires = self._entries.get(key, (self.NEW, 0.0))
+                if status == self.NEW or expires <= now:
+                    self._set(key, self.PENDING, now + self.pending_ttl_s)
+                    out.append(self.NEW)
+                else:
+                    out.append(status)
+        return out
+
+    def confirm(self, keys: Sequence[EventKey]) -> None:
+        expires = self.clock() + self.ttl_s
+        with self._lock:
+            for key in keys:
+                self._set(key, self.QUEUED, expires)
+
+    def release(self, keys: Sequence[EventKey]) -> None:
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    def _set(self, key: EventKey, status: str, expires: float) -> None:
+        self._entries[key] = (status, expires)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)

@@ -28,6 +28,8 @@ from aegis_online.policy import TenantPolicy
 from aegis_online.state.base import (
     BatchCompute,
     BatchOutcome,
+    EventKey,
+    FeedbackLedger,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
@@ -64,6 +66,20 @@ end
 for i = 1, n do redis.call('SET', KEYS[i], ARGV[2 + n + i]) end
 if ttl ~= '0' then redis.call('SET', KEYS[n + 1], '1', 'PX', ttl) end
 return 0
+"""
+
+
+# Claim each event key (a 'pending' marker) unless it is held; the reply is each key's status before the call.
+RESERVE_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, 'pending', 'NX', 'PX', ARGV[1]) then
+    out[i] = 'new'
+  else
+    out[i] = redis.call('GET', key) or 'new'
+  end
+end
+return out
 """
 
 
@@ -395,5 +411,57 @@ class RedisPolicyStore(_RedisBase, PolicyStore):
     def put(self, policy: TenantPolicy) -> None:
         try:
             self.client.set(self.key(policy.tenant), policy.model_dump_json())
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+
+class RedisFeedbackLedger(_RedisBase, FeedbackLedger):
+    """The feedback ledger in Redis: one small key per queued event, ``<prefix>fb:{<tenant>}:<event key>``, that
+    lives as long as a prediction can be joined (``ttl_s``). A tenant's keys share its hash tag, so one script call
+    per tenant claims them atomically, on Redis Cluster too."""
+
+    def __init__(self, client: Any, prefix: str = DEFAULT_PREFIX, *, ttl_s: float, pending_ttl_s: float = 30.0) -> None:
+        super().__init__(client, prefix)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.pending_ms = max(1, int(pending_ttl_s * 1000))
+        self._reserve = _Script(client, RESERVE_SCRIPT)
+
+    def key(self, event: EventKey) -> str:
+        tenant, event_key = event
+        return f"{self.prefix}fb:{{{tenant}}}:{event_key}"
+
+    def reserve(self, keys: Sequence[EventKey]) -> list[str]:
+        by_tenant: dict[str, list[int]] = {}
+        for i, (tenant, _) in enumerate(keys):
+            by_tenant.setdefault(tenant, []).append(i)
+        groups = list(by_tenant.values())
+        calls = [([self.key(keys[i]) for i in group], [self.pending_ms]) for group in groups]
+        try:
+            replies = self._reserve.run_many(calls)
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+        out = [self.NEW] * len(keys)
+        for group, reply in zip(groups, replies, strict=True):
+            for i, status in zip(group, reply, strict=True):
+                out[i] = status.decode() if isinstance(status, bytes) else str(status)
+        return out
+
+    def confirm(self, keys: Sequence[EventKey]) -> None:
+        self._pipelined([("set", self.key(k), self.QUEUED, self.ttl_ms) for k in keys])
+
+    def release(self, keys: Sequence[EventKey]) -> None:
+        self._pipelined([("delete", self.key(k)) for k in keys])
+
+    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        if not commands:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for name, key, *rest in commands:
+                if name == "set":
+                    pipe.set(key, rest[0], px=rest[1])
+                else:
+                    pipe.delete(key)
+            pipe.execute()
         except self._errors as error:
             raise StoreUnavailableError(f"redis: {error}") from error

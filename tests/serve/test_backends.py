@@ -96,6 +96,41 @@ def test_feedback_goes_to_kafka_and_a_worker_applies_it(
     assert wait_until(lambda: weight() > 0.9, 5)  # the service sees the worker's writes within the staleness bound
 
 
+def test_a_retry_on_another_replica_is_a_duplicate_and_kafka_gets_one_record(servers: Services) -> None:
+    """Two ingress replicas on one Redis and one topic: the client's retry lands on the other replica, which must
+    answer ``duplicate`` (the bus applies deliveries once, the shared ledger makes an event one delivery)."""
+    from aegis_online.feedback.kafka import KafkaFeedbackSource, ensure_topics
+
+    prefix, topic = unique("dup") + ":", unique("dup-feedback")
+    ensure_topics(servers.kafka, {topic: 1})
+    sections = {
+        "store": {"kind": "redis", "redis_url": servers.redis_url, "prefix": prefix},
+        "bus": {"kind": "kafka", "bootstrap_servers": servers.kafka, "topic": topic},
+    }
+    with (
+        TestClient(create_app(make_service(experts(), **sections))) as first,
+        TestClient(create_app(make_service(experts(), **sections))) as second,
+    ):
+        decision = first.post("/v1/moderate", json=conversation("kill"), headers=bearer(ACME_KEY)).json()
+        event = {"request_id": decision["request_id"], "label": "unsafe", "event_id": "client-retry-1"}
+        answers = [c.post("/v1/feedback", json=event, headers=bearer(ACME_KEY)) for c in (first, second, second)]
+        assert [a.json()["results"][0]["status"] for a in answers] == ["queued", "duplicate", "duplicate"]
+        again = {**event, "event_id": "client-retry-2"}  # another event on the same prediction is new
+        assert second.post("/v1/feedback", json=again, headers=bearer(ACME_KEY)).json()["results"][0]["status"] == (
+            "queued"
+        )
+    source = KafkaFeedbackSource(servers.kafka, topic, unique("dup-group"))
+    try:
+        records = []
+        deadline = time.monotonic() + 20
+        while len(records) < 2 and time.monotonic() < deadline:
+            records += source.poll(100, timeout_s=0.5)
+        records += source.poll(100, timeout_s=1.0)  # nothing more may come
+    finally:
+        source.close()
+    assert len(records) == 2
+
+
 @pytest.fixture()
 def own_redis(servers: Services) -> Iterator[dict[str, Any]]:
     """A Redis of this test's own, so that it can be stopped and started again."""

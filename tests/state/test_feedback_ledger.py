@@ -1,0 +1,82 @@
+"""The feedback ledger, in memory and on a real Redis: atomic claims, confirm, release, lapses, tenants apart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from aegis_online.state import FeedbackLedger, MemoryFeedbackLedger
+
+NEW, PENDING, QUEUED = FeedbackLedger.NEW, FeedbackLedger.PENDING, FeedbackLedger.QUEUED
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_ledger(request: pytest.FixtureRequest) -> Iterator[object]:
+    if request.param == "memory":
+        yield lambda **kw: MemoryFeedbackLedger(**kw)
+        return
+    from aegis_online.state.redis_store import RedisFeedbackLedger
+
+    client = request.getfixturevalue("redis_client")
+    prefix = request.getfixturevalue("prefix")
+    yield lambda **kw: RedisFeedbackLedger(client, prefix, **kw)
+
+
+def test_a_claim_is_new_once_then_pending_then_queued(make_ledger: object) -> None:
+    ledger = make_ledger(ttl_s=60)
+    keys = [("acme", "e1"), ("acme", "e2")]
+    assert ledger.reserve(keys) == [NEW, NEW]
+    assert ledger.reserve(keys) == [PENDING, PENDING]
+    ledger.confirm(keys[:1])
+    assert ledger.reserve(keys) == [QUEUED, PENDING]
+
+
+def test_a_released_claim_can_be_taken_again(make_ledger: object) -> None:
+    ledger = make_ledger(ttl_s=60)
+    assert ledger.reserve([("acme", "e1")]) == [NEW]
+    ledger.release([("acme", "e1")])
+    assert ledger.reserve([("acme", "e1")]) == [NEW]
+
+
+def test_claims_lapse_and_queued_events_expire(make_ledger: object) -> None:
+    ledger = make_ledger(ttl_s=0.3, pending_ttl_s=0.2)
+    assert ledger.reserve([("acme", "lapsed"), ("acme", "kept")]) == [NEW, NEW]
+    ledger.confirm([("acme", "kept")])
+    time.sleep(0.25)
+    assert ledger.reserve([("acme", "lapsed"), ("acme", "kept")]) == [NEW, QUEUED]
+    time.sleep(0.2)
+    assert ledger.reserve([("acme", "kept")]) == [NEW]
+
+
+def test_tenants_are_apart(make_ledger: object) -> None:
+    ledger = make_ledger(ttl_s=60)
+    assert ledger.reserve([("acme", "same-id"), ("globex", "same-id")]) == [NEW, NEW]
+
+
+def test_racing_claims_get_exactly_one_new(make_ledger: object) -> None:
+    """Sixteen callers (replicas) claim the same 50 events at once: each event is new for exactly one of them."""
+    ledger = make_ledger(ttl_s=60)
+    keys = [("acme", f"race-{i}") for i in range(50)]
+    results: list[list[str]] = []
+    barrier = threading.Barrier(16)
+
+    def claim() -> None:
+        barrier.wait()
+        results.append(ledger.reserve(keys))
+
+    threads = [threading.Thread(target=claim) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(len(keys)):
+        assert sorted(r[i] for r in results) == [NEW] + [PENDING] * 15
+
+
+def test_memory_ledger_forgets_the_oldest_past_its_capacity() -> None:
+    ledger = MemoryFeedbackLedger(capacity=2)
+    ledger.reserve([("a", "1"), ("a", "2"), ("a", "3")])
+    assert ledger.reserve([("a", "1"), ("a", "3")]) == [NEW, PENDING]
