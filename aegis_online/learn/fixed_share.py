@@ -9,18 +9,23 @@ import numpy as np
 from aegis_online.learn.base import Learner
 
 
-def fixed_share_step(weights: np.ndarray, decay: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
-    """One Fixed-Share round, returning normalised log-weights ``log((1 - alpha) w d / sum(w d) + alpha / N)``.
+def fixed_share_mix(weights: np.ndarray, decay: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
+    """One Fixed-Share round on weights: ``(1 - alpha) w d / sum(w d) + alpha / N``, normalised.
 
-    ``weights`` are the current weights (``exp`` of the stored log-weights) and ``decay`` is ``exp(-eta l)``; both
-    broadcast, so the default learner steps a whole grid of copies at once and computes ``decay`` once per ``eta``.
-    Working on weights is exact here: the share step keeps every weight at or above ``alpha / N`` and ``decay`` is
-    at least ``exp(-eta)``, so nothing can underflow, and the stored state stays in log space.
+    ``decay`` is ``exp(-eta l)``; both broadcast, so the default learner steps a whole grid of copies at once and
+    computes ``decay`` once per ``eta``. Working on weights is exact here: the share step keeps every weight at or
+    above ``alpha / N`` and ``decay`` is at least ``exp(-eta)``, so nothing can underflow.
     """
     n = weights.shape[-1]
     shifted = weights * decay
     shifted *= (1.0 - alpha) / np.einsum("...n->...", shifted)[..., None]
     shifted += alpha / n
+    return shifted
+
+
+def fixed_share_step(weights: np.ndarray, decay: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
+    """``fixed_share_mix`` as normalised log-weights (``FixedShare`` keeps its state in log space)."""
+    shifted = fixed_share_mix(weights, decay, alpha)
     return np.log(shifted, out=shifted)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from aegis_online.learn.ada_hedge import ada_hedge_gap, ada_hedge_log_weights
 from aegis_online.learn.base import Learner
-from aegis_online.learn.fixed_share import FixedShare, fixed_share_step
+from aegis_online.learn.fixed_share import FixedShare, fixed_share_mix
 
 #: Learning rates from slow (worst-case optimal at T ~ 10^5) to fast (recovers from a swap in tens of rounds).
 DEFAULT_ETAS: tuple[float, ...] = (1 / 64, 1 / 8, 1 / 2, 2.0, 8.0)
@@ -28,8 +28,10 @@ class FixedShareGrid(Learner):
 
     Guarantee: for losses in [0, 1], against the best fixed expert and against any sequence with ``m`` switches,
     ``regret <= min_k FixedShare_k bound + sqrt(T ln K) + 16/3 ln K + 2`` with ``K`` copies (AdaHedge's bound
-    against the best copy, plus that copy's bound). State: ``[Delta, L_1..L_K, logw_(1,1)..logw_(K,N)]``,
-    ``1 + K + K N`` floats (91 for the default 15 copies and 5 experts).
+    against the best copy, plus that copy's bound). State: ``[Delta, L_1..L_K, w_(1,1)..w_(K,N)]``,
+    ``1 + K + K N`` floats (91 for the default 15 copies and 5 experts). The copies keep plain weights, not logs:
+    the share step holds each at or above ``alpha / N`` (>= 2e-5 here), so they cannot underflow, and an update
+    then needs no ``exp`` or ``log`` per copy-weight, only one ``exp`` per (eta, expert) for the decay.
 
     >>> learner = FixedShareGrid(n_experts=2)
     >>> state = learner.init_state()
@@ -66,7 +68,7 @@ class FixedShareGrid(Learner):
         return 1 + self.n_copies + self.n_copies * self.n_experts
 
     def _initial_state(self) -> np.ndarray:
-        copies = np.full(self.n_copies * self.n_experts, -math.log(self.n_experts))
+        copies = np.full(self.n_copies * self.n_experts, 1.0 / self.n_experts)
         return np.concatenate([np.zeros(1 + self.n_copies), copies])
 
     def regret_bound(self, horizon: int, switches: int = 0) -> float:
@@ -86,19 +88,13 @@ class FixedShareGrid(Learner):
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         delta, cumulative, copies = self._split(states)
         meta = ada_hedge_log_weights(delta, cumulative)
-        # Copies' log-weights are >= log(alpha / N) and the meta weights sum to 1: no shift is needed.
-        return np.log(np.einsum("bk,bkn->bn", np.exp(meta), np.exp(copies)))
+        # Copies' weights are >= alpha / N and the meta weights sum to 1: the mixture is safe to take the log of.
+        return np.log(np.einsum("bk,bkn->bn", np.exp(meta), copies))
 
     def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:
-        b, k = states.shape[0], self.n_copies
-        delta, cumulative, copies = self._split(states)
-        weights = np.exp(copies)
+        delta, cumulative, weights = self._split(states)
         copy_losses = np.einsum("bkn,bn->bk", weights, losses)
         gap = ada_hedge_gap(ada_hedge_log_weights(delta, cumulative), copy_losses, delta)
         decay = np.exp(-self._eta_column * losses[:, None, None, :])
-        stepped = fixed_share_step(self._grid(weights), decay, self._alpha_grid)
-        new = np.empty_like(states)
-        new[:, :1] = delta + gap
-        new[:, 1 : 1 + k] = cumulative + copy_losses
-        new[:, 1 + k :] = stepped.reshape(b, -1)
-        return new
+        stepped = fixed_share_mix(self._grid(weights), decay, self._alpha_grid)
+        return np.concatenate([delta + gap, cumulative + copy_losses, stepped.reshape(states.shape[0], -1)], axis=1)
