@@ -132,6 +132,23 @@ def test_cpu_example_bundles_redis_with_aof_and_creates_strimzi_topics() -> None
     (redis,) = _kind(manifests, "StatefulSet")
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    (secret,) = [m for m in _kind(manifests, "Secret") if m["metadata"]["name"] == redis["metadata"]["name"]]
+    password = secret["stringData"]["password"]
+    assert len(password) == 32 and secret["stringData"]["url"].startswith(f"redis://:{password}@")
+    # The URL with the password reaches the Ray pods and the workers from that Secret, never through the config.
+    (service,) = _kind(manifests, "RayService")
+    (worker,) = _kind(manifests, "Deployment")
+    pods = [g["template"]["spec"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
+    for pod in [*pods, worker["spec"]["template"]["spec"]]:
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["AEGIS_SERVE_STORE__REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret["metadata"]["name"],
+            "key": "url",
+        }
+    assert password not in service["spec"]["serveConfigV2"]
+    (policy,) = _kind(manifests, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == redis["spec"]["selector"]["matchLabels"]
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
     topics = {t["spec"]["topicName"]: t for t in _kind(manifests, "KafkaTopic")}

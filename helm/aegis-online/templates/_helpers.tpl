@@ -47,15 +47,36 @@ app.kubernetes.io/part-of: aegis-online
 {{- define "aegis-online.keysDir" -}}/etc/aegis/keys{{- end -}}
 {{- define "aegis-online.configDir" -}}/etc/aegis/config{{- end -}}
 
-{{/* The Redis URL written into the config; an URL held in a Secret reaches the pods as AEGIS_SERVE_STORE__REDIS_URL
+{{/* The Secret (name and key) that holds the Redis URL: the bundled Redis's (its password is generated) or
+redis.external.existingSecret; empty for a plain redis.external.url. */}}
+{{- define "aegis-online.redisUrlSecret" -}}
+{{- if .Values.redis.bundled.enabled -}}
+{{- include "aegis-online.redisName" . }}/url
+{{- else if .Values.redis.external.existingSecret -}}
+{{- .Values.redis.external.existingSecret }}/{{ .Values.redis.external.existingSecretKey }}
+{{- end -}}
+{{- end -}}
+
+{{/* The Redis URL written into the config. A URL held in a Secret reaches the pods as AEGIS_SERVE_STORE__REDIS_URL
 instead (the environment wins over the config), and the config names where it comes from. */}}
 {{- define "aegis-online.redisUrl" -}}
-{{- if .Values.redis.bundled.enabled -}}
-{{- printf "redis://%s:6379/0" (include "aegis-online.redisName" .) -}}
-{{- else if .Values.redis.external.existingSecret -}}
-{{- printf "redis://secret-%s" .Values.redis.external.existingSecret -}}
+{{- $secret := include "aegis-online.redisUrlSecret" . -}}
+{{- if $secret -}}
+{{- printf "redis://from-secret-%s" (first (splitList "/" $secret)) -}}
 {{- else -}}
 {{- .Values.redis.external.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The environment entry that gives a pod the Redis URL from its Secret (nothing for a plain URL). */}}
+{{- define "aegis-online.redisEnv" -}}
+{{- $secret := include "aegis-online.redisUrlSecret" . -}}
+{{- if $secret -}}
+- name: AEGIS_SERVE_STORE__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ first (splitList "/" $secret) }}
+      key: {{ last (splitList "/" $secret) }}
 {{- end -}}
 {{- end -}}
 

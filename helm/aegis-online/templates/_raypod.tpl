@@ -29,12 +29,8 @@ spec:
         - {containerPort: 8080, name: ray-metrics}
       env:
         - {name: RAY_USAGE_STATS_ENABLED, value: "0"}
-        {{- if $root.Values.redis.external.existingSecret }}
-        - name: AEGIS_SERVE_STORE__REDIS_URL
-          valueFrom:
-            secretKeyRef:
-              name: {{ $root.Values.redis.external.existingSecret }}
-              key: {{ $root.Values.redis.external.existingSecretKey }}
+        {{- with include "aegis-online.redisEnv" $root }}
+        {{- . | nindent 8 }}
         {{- end }}
       {{- if ne .kind "head" }}
       # A pod joins the serve Service only when the application answers through its proxy. Liveness stays with
