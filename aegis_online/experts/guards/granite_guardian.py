@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from aegis_online.experts.base import ExpertInput
-from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardQuery
-from aegis_online.experts.guards.conversation import Exchange, last_exchange
-from aegis_online.experts.guards.verdict import ordered, paired, requested, yes_no_probability
+from aegis_online.experts.guards.conversation import Exchange
+from aegis_online.experts.guards.verdict import Requested
+from aegis_online.experts.guards.yes_no import YesNoPerPolicy
 from aegis_online.taxonomy import Category
 
 
@@ -115,7 +114,7 @@ def render(exchange: Exchange, definition: str) -> str:
     return f"<|start_of_role|>user<|end_of_role|>{text}<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>"
 
 
-class GraniteGuardian(GuardFamily):
+class GraniteGuardian(YesNoPerPolicy):
     """Granite Guardian 3.x (2B/8B; the prompt is the same).
 
     Parameters
@@ -132,7 +131,6 @@ class GraniteGuardian(GuardFamily):
     """
 
     name = "granite_guardian"
-    free_form = True
 
     def __init__(self, risks: Iterable[str] | None = None, definitions: Mapping[str, str] | None = None) -> None:
         chosen = tuple(RISKS if risks is None else risks)
@@ -143,37 +141,28 @@ class GraniteGuardian(GuardFamily):
         self.definitions = {name: risk.definition for name, risk in RISKS.items()} | dict(definitions or {})
         self.categories = frozenset().union(*(RISKS[r].targets for r in self.risks))
 
-    def _query(self, key: str, prompt: str) -> GuardQuery:
-        return GuardQuery(key=key, positive="Yes", negative="No", prompt=prompt, max_new_tokens=1)
+    @property
+    def policies(self) -> Sequence[str]:
+        return self.risks
 
-    def queries(self, item: ExpertInput) -> list[GuardQuery]:
-        asked = requested(self, item)
-        if not asked:
-            return []
-        exchange = last_exchange(item)
-        response = item.check == "response"
-        role = "Assistant" if response else "User"
-        out = [
-            self._query(risk, render(exchange, self.definitions[risk].replace("{role}", role)))
+    def policy_prompts(self, exchange: Exchange, asked: Requested, response: bool) -> list[tuple[str, str]]:
+        role = _role(response)
+        return [
+            (risk, render(exchange, self.definitions[risk].replace("{role}", role)))
             for risk in self.risks
             if RISKS[risk].targets & asked.canonical and (RISKS[risk].judges_responses or not response)
         ]
-        out += [self._query(c.id, render(exchange, custom_definition(c, role))) for c in asked.custom]
-        return out
 
-    def parse(
-        self, item: ExpertInput, queries: Sequence[GuardQuery], answers: Sequence[GuardAnswer]
-    ) -> dict[str, float]:
-        asked = requested(self, item)
-        custom = {c.id for c in asked.custom}
+    def custom_prompt(self, exchange: Exchange, category: Category, response: bool) -> str:
+        return render(exchange, custom_definition(category, _role(response)))
+
+    def canonical_scores(self, per_policy: dict[str, float], asked: Requested) -> dict[str, float]:
         scores: dict[str, float] = {}
-        for key, answer in paired(self.name, queries, answers):
-            p = yes_no_probability(self.name, key, answer)
-            if key in self.risks:
-                for cat_id in RISKS[key].targets & asked.canonical:
-                    scores[cat_id] = max(scores.get(cat_id, 0.0), p)
-            elif key in custom:
-                scores[key] = p
-            else:
-                raise ValueError(f"{self.name}: query key {key!r} does not belong to this item")
-        return ordered(scores, asked.custom)
+        for risk, p in per_policy.items():
+            for cat_id in RISKS[risk].targets & asked.canonical:
+                scores[cat_id] = max(scores.get(cat_id, 0.0), p)
+        return scores
+
+
+def _role(response: bool) -> str:
+    return "Assistant" if response else "User"

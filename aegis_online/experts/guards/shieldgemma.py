@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from aegis_online.experts.base import ExpertInput
-from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardQuery
-from aegis_online.experts.guards.conversation import Exchange, last_exchange
-from aegis_online.experts.guards.verdict import ordered, paired, requested, yes_no_probability
+from aegis_online.experts.guards.conversation import Exchange
+from aegis_online.experts.guards.verdict import Requested
+from aegis_online.experts.guards.yes_no import YesNoPerPolicy
 from aegis_online.taxonomy import SHIELDGEMMA, SHIELDGEMMA_MAP, Category
 
 HARM_TYPES: tuple[str, ...] = tuple(SHIELDGEMMA_MAP)
@@ -86,7 +85,7 @@ def render(exchange: Exchange, principle: str) -> str:
     )
 
 
-class ShieldGemma(GuardFamily):
+class ShieldGemma(YesNoPerPolicy):
     """ShieldGemma 2B/9B/27B (the prompt is the same for every size).
 
     Parameters
@@ -103,7 +102,6 @@ class ShieldGemma(GuardFamily):
     """
 
     name = "shieldgemma"
-    free_form = True
 
     def __init__(self, harm_types: Iterable[str] | None = None, definitions: Mapping[str, str] | None = None) -> None:
         chosen = tuple(HARM_TYPES if harm_types is None else harm_types)
@@ -114,37 +112,20 @@ class ShieldGemma(GuardFamily):
         self.definitions = {**DEFINITIONS, **(definitions or {})}
         self.categories = frozenset().union(*(SHIELDGEMMA_MAP[h] for h in self.harm_types))
 
-    def _query(self, key: str, prompt: str) -> GuardQuery:
-        return GuardQuery(key=key, positive="Yes", negative="No", prompt=prompt, max_new_tokens=1)
+    @property
+    def policies(self) -> Sequence[str]:
+        return self.harm_types
 
-    def queries(self, item: ExpertInput) -> list[GuardQuery]:
-        asked = requested(self, item)
-        if not asked:
-            return []
-        exchange = last_exchange(item)
-        response = item.check == "response"
-        out = [
-            self._query(harm, render(exchange, guideline(harm, self.definitions[harm], response)))
+    def policy_prompts(self, exchange: Exchange, asked: Requested, response: bool) -> list[tuple[str, str]]:
+        return [
+            (harm, render(exchange, guideline(harm, self.definitions[harm], response)))
             for harm in self.harm_types
             if SHIELDGEMMA_MAP[harm] & asked.canonical
         ]
-        out += [self._query(c.id, render(exchange, custom_guideline(c, response))) for c in asked.custom]
-        return out
 
-    def parse(
-        self, item: ExpertInput, queries: Sequence[GuardQuery], answers: Sequence[GuardAnswer]
-    ) -> dict[str, float]:
-        asked = requested(self, item)
-        custom = {c.id for c in asked.custom}
-        per_harm: dict[str, float] = {}
-        scores: dict[str, float] = {}
-        for key, answer in paired(self.name, queries, answers):
-            if key in self.harm_types:
-                per_harm[key] = yes_no_probability(self.name, key, answer)
-            elif key in custom:
-                scores[key] = yes_no_probability(self.name, key, answer)
-            else:
-                raise ValueError(f"{self.name}: query key {key!r} does not belong to this item")
-        projected = SHIELDGEMMA.scores_to_canonical(per_harm)
-        scores.update({cat_id: p for cat_id, p in projected.items() if cat_id in asked.canonical})
-        return ordered(scores, asked.custom)
+    def custom_prompt(self, exchange: Exchange, category: Category, response: bool) -> str:
+        return render(exchange, custom_guideline(category, response))
+
+    def canonical_scores(self, per_policy: dict[str, float], asked: Requested) -> dict[str, float]:
+        projected = SHIELDGEMMA.scores_to_canonical(per_policy)
+        return {cat_id: p for cat_id, p in projected.items() if cat_id in asked.canonical}
