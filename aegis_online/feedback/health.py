@@ -12,8 +12,8 @@ neither slow the worker nor be slowed by a dependency that hangs.
 * ``/readyz`` (readiness) asks "is the worker doing its job?": at least one poll completed, and the last round with
   records went through (it was not retried because the store or the bus refused it), and the loop is not stalled.
   The worker reports what it last saw: an idle worker does not probe Redis.
-* ``/metrics``: the worker's counters (``WorkerStats``) and the heartbeat age, names prefixed ``aegis_feedback_``;
-  through ``prometheus_client`` when it is installed (a private registry), else the same text written here.
+* ``/metrics``: the worker's counters (``WorkerStats``) and the heartbeat age, names prefixed ``aegis_feedback_``,
+  in Prometheus' text format, written here (a dozen lines: the worker needs no metrics library).
 """
 
 from __future__ import annotations
@@ -145,31 +145,11 @@ class WorkerHealth:
 
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
-        try:
-            from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        except ImportError:
-            return self._metrics_text().encode(), TEXT_CONTENT_TYPE
-
-        health = self
-
-        class Collector:
-            def collect(self) -> Iterator[Any]:
-                for kind, name, help_text, value in health.samples():
-                    family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-                    yield family(name, help_text, value=value)
-
-        registry = CollectorRegistry(auto_describe=False)  # private: never the process-wide default registry
-        registry.register(Collector())
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-
-    def _metrics_text(self) -> str:
-        """The text format by hand, as ``prometheus_client`` writes it (used when it is not installed)."""
         lines = []
         for kind, name, help_text, value in self.samples():
             full = name + "_total" if kind == "counter" else name
             lines += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}", f"{full} {float(value)!r}"]
-        return "\n".join(lines) + "\n"
+        return ("\n".join(lines) + "\n").encode(), TEXT_CONTENT_TYPE
 
 
 class _Handler(BaseHTTPRequestHandler):
