@@ -33,15 +33,21 @@ if TYPE_CHECKING:
     from aegis_online.engine import BanditConfig
     from aegis_online.feedback.worker import WorkerStats
 
-#: What a worker uses when neither an option nor ``--config`` says otherwise.
-DEFAULTS = {
-    "redis_url": "redis://127.0.0.1:6379/0",
-    "bootstrap_servers": "127.0.0.1:9092",
-    "topic": "aegis.feedback",
-    "dead_letter_topic": "aegis.feedback.dead-letter",
-    "learner": "default",
-    "prefix": "aegis:",
-}
+
+def defaults() -> dict[str, str]:
+    """What a worker uses when neither an option nor ``--config`` says otherwise: local servers, and the service
+    config's own defaults for what must match the service (read from its model, so the two cannot drift)."""
+    from aegis_online.config import BusSection, LearnerSection, StoreSection
+
+    bus = BusSection()
+    return {
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "bootstrap_servers": "127.0.0.1:9092",
+        "topic": bus.topic,
+        "dead_letter_topic": bus.dead_letter_topic,
+        "learner": LearnerSection().name,
+        "prefix": StoreSection().prefix,
+    }
 
 
 def resident_bytes() -> int:
@@ -57,7 +63,7 @@ def resident_bytes() -> int:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What must match the service: resolved from the options, then ``--config``, then ``DEFAULTS``."""
+    """What must match the service: resolved from the options, then ``--config``, then ``defaults()``."""
 
     experts: tuple[str, ...]
     redis_url: str
@@ -83,7 +89,7 @@ def resolve_settings(
     prefix: str | None = None,
 ) -> WorkerSettings:
     """Each setting from its option when given (not None), else from the service config at ``config_path``, else
-    from ``DEFAULTS``. Raises ``ConfigError`` when the config is invalid or is not one a worker serves (its store
+    from ``defaults()``. Raises ``ConfigError`` when the config is invalid or is not one a worker serves (its store
     must be Redis and its bus Kafka); ``typer.BadParameter`` when no expert is named anywhere."""
     from aegis_online.config import ConfigError, load_config
     from aegis_online.engine import BanditConfig
@@ -134,7 +140,8 @@ def resolve_settings(
     if not names:
         hint = "give at least one expert name" + ("" if config_path is not None else " (or --config)")
         raise typer.BadParameter(hint, param_hint="--experts")
-    values = {k: v if v is not None else from_config.get(k, DEFAULTS[k]) for k, v in explicit.items()}
+    fallback = defaults()
+    values = {k: v if v is not None else from_config.get(k, fallback[k]) for k, v in explicit.items()}
     learner_class = LEARNERS.get(values["learner"])
     if bandit is None and learner_class is not None and learner_class.bandit:
         bandit = BanditConfig(k=1)  # a bandit learner needs one; a worker never selects experts, so k is unused

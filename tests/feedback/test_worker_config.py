@@ -24,7 +24,7 @@ from state.services import spare_port, unique
 from aegis_online.config import ConfigError, load_config
 from aegis_online.engine import BanditConfig, Engine
 from aegis_online.feedback import loadgen
-from aegis_online.feedback.cli import DEFAULTS, resolve_settings
+from aegis_online.feedback.cli import defaults, resolve_settings
 from aegis_online.feedback.kafka import ensure_topics
 from aegis_online.feedback.processor import FeedbackProcessor
 from aegis_online.feedback.records import FeedbackRecord
@@ -195,7 +195,13 @@ def test_settings_resolve_option_then_config_then_default(servers, tmp_path, mon
 
     plain = resolve_settings(None, experts="a,b")  # no config: today's defaults
     assert plain.experts == ("a", "b")
-    assert {k: getattr(plain, k) for k in DEFAULTS} == DEFAULTS
+    assert {k: getattr(plain, k) for k in defaults()} == defaults()
+    assert (plain.topic, plain.dead_letter_topic, plain.learner, plain.prefix) == (
+        "aegis.feedback",
+        "aegis.feedback.dead-letter",
+        "default",
+        "aegis:",
+    )
     with pytest.raises(typer.BadParameter, match="expert"):
         resolve_settings(None)
 
