@@ -11,7 +11,8 @@ own ``fail`` checks), then on the rendered manifests:
   service configuration (``config_from_document``) with the catalog and API keys the chart renders, then the Ray
   Serve application is bound exactly as on the cluster (``build_app``); its resource needs must fit the worker
   groups (a replica no pod can hold would stay pending forever);
-- the feedback workers read the same configuration as the RayService (learner, prefix, experts, topics agree).
+- the feedback workers read the same configuration as the RayService (learner, prefix, experts, topics agree);
+  checked once ``serveConfigV2`` is valid.
 
 ``check_chart`` returns the problems (empty: the values file passes). ``aegis-online chart check`` prints them.
 """
@@ -108,7 +109,6 @@ def check_chart(values_file: Path | None, *, chart: Path = CHART_DIR, helm: Path
         report.problems.append(f"expected one RayService, rendered {len(services)}")
         return report
     report.problems += check_rayservice(services[0], report.manifests)
-    report.problems += check_feedback_workers(services[0], report.manifests)
     report.problems += check_kafka_topics(by_kind.get("KafkaTopic", []), report.manifests)
     report.problems += check_service_monitor(by_kind.get("ServiceMonitor", []), report.manifests)
     return report
@@ -267,6 +267,7 @@ def check_serve_config(service: dict[str, Any], manifests: list[dict[str, Any]])
     applications = document.get("applications") or []
     if len(applications) != 1 or applications[0].get("import_path") != IMPORT_PATH:
         return [f"{where}: expected one application with import_path {IMPORT_PATH}"]
+    problems += check_feedback_workers((applications[0].get("args") or {}).get("config"), manifests)
     with mounted_files(manifests) as paths:
         try:
             config = builder_config(applications[0].get("args"), paths)
@@ -387,12 +388,8 @@ def check_capacity(service: dict[str, Any], config: Any) -> list[str]:
     return problems
 
 
-def check_feedback_workers(service: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]:
-    """The workers' ConfigMap holds the very configuration the RayService embeds."""
-    document, _ = _serve_config(service)
-    if document is None:
-        return []
-    embedded = document["applications"][0]["args"]["config"]
+def check_feedback_workers(embedded: Any, manifests: list[dict[str, Any]]) -> list[str]:
+    """The workers' ConfigMap holds the very configuration the RayService embeds (``embedded``)."""
     configs = [m for m in manifests if m.get("kind") == "ConfigMap" and "serve-config.yaml" in (m.get("data") or {})]
     if len(configs) != 1:
         return [f"expected one ConfigMap with serve-config.yaml for the feedback workers, found {len(configs)}"]
