@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from aegis_online.experts.catalog import (
 from aegis_online.learn import DEFAULT_LEARNER, LEARNERS
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import MAX_MESSAGE_CHARS, TENANT_PATTERN
+from aegis_online.state.quotas import Bucket, ShareCap
 
 ENV_PREFIX = "AEGIS_SERVE_"
 MIN_KEY_CHARS = 16
@@ -58,6 +60,53 @@ class ServerSection(Section):
     model_name: str = Field(
         default="aegis-online", min_length=1, max_length=128, description="Reported as `model` by /v1/moderations."
     )
+    docs: bool = Field(
+        default=True, description="Serve the API pages /docs and /redoc (their assets ship with the service)."
+    )
+
+
+class AdmissionSection(Section):
+    """Admission control of the moderation routes (serve/admission.py): an AIMD concurrency limit that keeps the
+    time a request takes once started near ``target_share`` of the deadline, a FIFO queue no longer than the deadline
+    (or, when it stands, ``queue_target_share``) allows, and 503 + ``Retry-After`` at once for a request that cannot
+    start in time."""
+
+    enabled: bool = Field(default=True, description="false: every request starts at once (no limit, no queue).")
+    initial_limit: int = Field(default=4, ge=1, le=100_000, description="Requests in progress at start (inputs).")
+    min_limit: int = Field(default=1, ge=1, le=100_000, description="The limit never goes below this.")
+    max_limit: int = Field(default=512, ge=1, le=100_000, description="The limit never goes above this.")
+    target_share: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Latency target of a started request, as a share of deadline_ms: above it the limit shrinks "
+        "(x backoff), below it grows; the rest of the deadline is room for queueing.",
+    )
+    backoff: float = Field(default=0.9, ge=0.5, lt=1, description="Multiplicative decrease, once per round trip.")
+    queue_target_share: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Queueing delay target, as a share of deadline_ms (CoDel): once every request leaving the queue "
+        "for a round trip (target_share of the deadline) waited longer, the queue is standing, not absorbing a burst, "
+        "and a request is queued only if it should start within this.",
+    )
+    max_queue: int = Field(default=4096, ge=0, le=1_000_000, description="Most inputs waiting, whatever the deadline.")
+    reserve_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=0.5,
+        description="Share of deadline_ms kept for deciding and answering once the experts are done (or late), and "
+        "for what happens before the app sees a request (Ray's proxy): the experts get the rest.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdmissionSection:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                f"initial_limit: must lie between min_limit ({self.min_limit}) and max_limit ({self.max_limit})"
+            )
+        return self
 
 
 class LimitsSection(Section):
@@ -65,8 +114,10 @@ class LimitsSection(Section):
         default=2000,
         ge=1,
         le=120_000,
-        description="Budget of the experts per request; one that misses it is named in missing_experts and sleeps.",
+        description="Budget of a moderation request, queueing included: the experts get what is left of it (less "
+        "admission.reserve_share); one that misses it is named in missing_experts and sleeps.",
     )
+    admission: AdmissionSection = Field(default_factory=AdmissionSection, description="Load shedding.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_inputs: int = Field(default=32, ge=1, le=1024, description="Most inputs in one /v1/moderations call.")
     max_input_chars: int = Field(default=MAX_MESSAGE_CHARS, ge=1, le=MAX_MESSAGE_CHARS)
@@ -95,14 +146,40 @@ class Autoscaling(Section):
 class IngressSection(Section):
     replicas: int = Field(default=1, ge=1, le=256)
     autoscaling: Autoscaling | None = Field(default=None, description="Instead of a fixed number of replicas.")
-    num_cpus: float = Field(default=0.5, gt=0, le=64)
-    max_ongoing_requests: int = Field(default=64, ge=1, le=10_000)
+    num_cpus: float = Field(default=0.5, gt=0, le=64, description="Besides the experts placed in the ingress.")
+    max_ongoing_requests: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Requests Ray Serve hands one replica at once: high, so that admission control (limits."
+        "admission), which sees deadlines, decides what waits; the proxy would queue the rest unseen.",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=-1,
+        le=100_000,
+        description="Requests the Ray proxy holds while every replica has max_ongoing_requests; beyond, it answers "
+        "503 with Retry-After at once. -1: no bound.",
+    )
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _ray_accepts(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (no bound) or at least 1 (Ray Serve's rule)")
+        return value
 
 
 class ExpertServing(Section):
     """How one catalog expert is served: replicas, batching and resources (default: the catalog's hardware)."""
 
     name: str = Field(pattern=NAME_PATTERN)
+    placement: Literal["auto", "ingress", "replica"] = Field(
+        default="auto",
+        description="replica: a deployment of its own, called through a Ray handle; ingress: built inside each "
+        "ingress replica and called in process (no hop; CPU only, scales with the ingress); auto: ingress for a "
+        "catalog cost of cpu-light with one replica and no GPU, else replica.",
+    )
     replicas: int = Field(default=1, ge=1, le=256)
     autoscaling: Autoscaling | None = Field(default=None, description="Instead of a fixed number of replicas.")
     max_batch_size: int = Field(default=16, ge=1, le=1024)
@@ -126,7 +203,16 @@ class ExpertServing(Section):
                 f"max_batch_size ({self.max_batch_size}) must not exceed max_ongoing_requests "
                 f"({self.max_ongoing_requests}): larger batches can never fill"
             )
+        if self.placement == "ingress" and (self.replicas != 1 or self.autoscaling is not None):
+            raise ValueError("placement: an expert in the ingress scales with the ingress; drop replicas/autoscaling")
         return self
+
+    def in_ingress(self, spec: ExpertSpec) -> bool:
+        """Whether this expert runs inside the ingress process (see ``placement``)."""
+        if self.placement != "auto":
+            return self.placement == "ingress"
+        gpus = self.num_gpus if self.num_gpus is not None else spec.hardware.gpus
+        return spec.cost == "cpu-light" and not gpus and self.replicas == 1 and self.autoscaling is None
 
 
 class ExpertsSection(Section):
@@ -173,7 +259,19 @@ class LearnerSection(Section):
 
 class StoreSection(Section):
     kind: Literal["memory", "redis"] = "memory"
-    snapshot_path: Path | None = Field(default=None, description="memory: file the learned weights survive in.")
+    persist: bool = Field(
+        default=True,
+        description="memory: keep learner state, policies, the prediction log and queued feedback in an embedded "
+        "SQLite database under data_dir, so a restart loses nothing; false keeps everything in memory only.",
+    )
+    data_dir: Path = Field(
+        default=Path("aegis-data"),
+        description="memory with persist: folder of the embedded database (created 0700, files 0600); relative "
+        "paths are taken from the config file's folder, or the working directory.",
+    )
+    max_predictions: int = Field(
+        default=1_000_000, ge=1, description="memory: most prediction records kept (oldest evicted first)."
+    )
     redis_url: str | None = Field(default=None, description="redis: redis:// or rediss:// URL.")
     prefix: str = Field(default="aegis:", min_length=1, max_length=64)
     cluster: bool = False
@@ -189,8 +287,6 @@ class StoreSection(Section):
     def _backend_needs(self) -> StoreSection:
         if self.kind == "redis" and not self.redis_url:
             raise ValueError("redis_url: the redis store needs a URL (e.g. redis://127.0.0.1:6379/0)")
-        if self.kind == "redis" and self.snapshot_path is not None:
-            raise ValueError("snapshot_path: only the memory store keeps a snapshot file")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
         return self
@@ -219,8 +315,16 @@ class ApiKey(Section):
     name: str | None = Field(default=None, max_length=64, description="A label for logs; never the key.")
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN, description="Required for clients.")
-    role: Literal["client", "admin"] = "client"
+    tenant: str | None = Field(
+        default=None,
+        pattern=TENANT_PATTERN,
+        description="Required for clients; moderators and admins without one act for every tenant.",
+    )
+    role: Literal["client", "moderator", "admin"] = Field(
+        default="client",
+        description="client: moderates and labels for its tenant; moderator: also its labels train the global "
+        "weights; admin: everything, policies included.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> ApiKey:
@@ -239,10 +343,78 @@ class AuthSection(Section):
     protect_metrics: bool = Field(default=False, description="Require an admin key for /metrics.")
 
 
+class RateLimit(Section):
+    """One token bucket: ``rate`` units per ``per`` (a moderation input, or a feedback event), ``burst`` at once."""
+
+    rate: float = Field(gt=0, description="Units per period.")
+    per: Literal["second", "minute", "hour", "day"] = "second"
+    burst: float | None = Field(default=None, gt=0, description="Most units at once; default: one period's rate.")
+
+    def bucket(self) -> Bucket:
+        seconds = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}[self.per]
+        return Bucket(rate_per_s=self.rate / seconds, burst=self.burst if self.burst is not None else self.rate)
+
+
+class TenantRateLimits(Section):
+    """A tenant's buckets per endpoint class; every bucket of a class must have room for a call to pass."""
+
+    moderate: list[RateLimit] = Field(
+        default_factory=list, max_length=8, description="/v1/moderate and /v1/moderations (one unit per input)."
+    )
+    feedback: list[RateLimit] = Field(default_factory=list, max_length=8, description="/v1/feedback (per event).")
+
+
+class RateLimitsSection(Section):
+    """Per-tenant rate limits and quotas (429 with Retry-After); admin keys are not limited. Kept in Redis with the
+    redis store (shared by every replica), in the process otherwise."""
+
+    default: TenantRateLimits = Field(default_factory=TenantRateLimits, description="Tenants without their own.")
+    tenants: dict[str, TenantRateLimits] = Field(default_factory=dict, description="By tenant id.")
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_ids(cls, value: dict[str, TenantRateLimits]) -> dict[str, TenantRateLimits]:
+        bad = sorted(t for t in value if not re.fullmatch(TENANT_PATTERN, t))
+        if bad:
+            raise ValueError(f"not tenant ids: {bad}")
+        return value
+
+    def for_tenant(self, tenant: str) -> TenantRateLimits:
+        return self.tenants.get(tenant, self.default)
+
+
+class GlobalLearningSection(Section):
+    """Which feedback trains the global weights every tenant starts from (each tenant's own always learn)."""
+
+    contributors: list[str] = Field(
+        default_factory=list,
+        description="Tenants whose client keys' feedback also trains the global weights, within max_share. "
+        "Moderator and admin keys always do.",
+    )
+    max_share: float = Field(default=0.25, gt=0, le=1, description="Most of a window's global updates per tenant.")
+    window_s: float = Field(default=3600.0, gt=0, le=30 * 86400, description="Window of max_share.")
+    min_events: int = Field(default=20, ge=0, description="A contributor may always add this many per window.")
+
+    @field_validator("contributors")
+    @classmethod
+    def _tenant_ids(cls, value: list[str]) -> list[str]:
+        bad = sorted(t for t in value if not re.fullmatch(TENANT_PATTERN, t))
+        if bad:
+            raise ValueError(f"not tenant ids: {bad}")
+        return value
+
+    def cap(self) -> ShareCap:
+        return ShareCap(max_share=self.max_share, window_s=self.window_s, min_events=self.min_events)
+
+
 class RaySection(Section):
     address: str = Field(default="local", description="'local' starts a Ray instance; 'auto' or an address joins.")
     num_cpus: float | None = Field(default=None, gt=0, description="CPUs of a local Ray (default: all).")
-    temp_dir: Path | None = Field(default=None, description="Ray's session folder (default: a new /tmp folder).")
+    temp_dir: Path | None = Field(
+        default=None,
+        description="Where a local Ray's private session folders (aegis-ray-*) are made (default /tmp; keep it "
+        "short: Ray's socket paths inside must fit in 107 characters).",
+    )
 
 
 class ServiceConfig(Section):
@@ -257,6 +429,8 @@ class ServiceConfig(Section):
     bus: BusSection = Field(default_factory=BusSection)
     auth: AuthSection = Field(default_factory=AuthSection)
     policies: list[TenantPolicy] = Field(default_factory=list, description="Seeded when a tenant has none stored.")
+    rate_limits: RateLimitsSection = Field(default_factory=RateLimitsSection)
+    global_learning: GlobalLearningSection = Field(default_factory=GlobalLearningSection)
     ray: RaySection = Field(default_factory=RaySection)
 
     @field_validator("policies")
@@ -288,6 +462,13 @@ class ServiceConfig(Section):
         server.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
         return self.model_copy(update={"server": ServerSection.model_validate(server)})
 
+    def with_data_dir(self, data_dir: Path | None) -> ServiceConfig:
+        """A copy whose embedded store lives in ``data_dir`` (the command line's ``--data-dir``); None: unchanged."""
+        if data_dir is None:
+            return self
+        store = self.store.model_dump() | {"data_dir": data_dir}
+        return self.model_copy(update={"store": StoreSection.model_validate(store)})
+
     def expert_plan(self) -> list[tuple[ExpertSpec, ExpertServing]]:
         """The catalog entry and serving options of each expert to serve, in order; ConfigError when unknown."""
         try:
@@ -308,6 +489,12 @@ class ServiceConfig(Section):
             if serving.backend_options:
                 options = spec.backend_options | serving.backend_options
                 spec = ExpertSpec.model_validate(spec.model_dump() | {"backend_options": options})
+            gpus = serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus
+            if serving.placement == "ingress" and gpus:
+                raise ConfigError(
+                    f"experts.use.{i}.placement: {serving.name} needs {gpus:g} GPU and the ingress has none; "
+                    "use placement: replica"
+                )
             plan.append((spec, serving))
         if self.learner.bandit is not None and self.learner.bandit.k > len(plan):
             raise ConfigError(f"learner.bandit.k: {self.learner.bandit.k} is more than the {len(plan)} experts")
@@ -337,7 +524,7 @@ SECTIONS = tuple(ServiceConfig.model_fields)
 
 def _resolve_paths(document: dict[str, Any], base: Path) -> None:
     """Relative paths in the file are relative to the file, not to wherever the service was started."""
-    for section, key in (("experts", "catalog"), ("store", "snapshot_path"), ("auth", "keys_file")):
+    for section, key in (("experts", "catalog"), ("store", "data_dir"), ("auth", "keys_file")):
         value = document.get(section, {}).get(key) if isinstance(document.get(section), dict) else None
         if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
             document[section][key] = str((base / value).resolve())

@@ -28,13 +28,16 @@ from aegis_online.learn import DEFAULT_LEARNER, Learner, make_learner
 from aegis_online.learn.exp3ix import Exp3IX
 from aegis_online.policy import TenantPolicy, decide_category, overall_action, resolve_category
 from aegis_online.schemas import (
+    FAILURE_KINDS,
     Decision,
     ExpertContribution,
     ExpertOutput,
     FeedbackEvent,
     FeedbackResult,
     MissingExpert,
+    MissingKind,
     ModerationRequest,
+    UnscoredCategory,
     new_request_id,
 )
 from aegis_online.state import (
@@ -52,6 +55,8 @@ from aegis_online.state.replay import KeyUpdates, replay
 from aegis_online.taxonomy import CategorySet
 
 GLOBAL_SCOPE = "global"
+#: Order in which an unscored category names its reasons: the most actionable first.
+_KIND_ORDER: tuple[str, ...] = ("timeout", "error", "language", "not_queried", "not_covered")
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,10 @@ class Engine:
         assert isinstance(self.learner, Exp3IX)
         return self.learner.select(mean_state, self.bandit.k, self._rng, always=always)
 
-    async def moderate(self, request: ModerationRequest) -> Decision:
-        """Score the request with the experts under the deadline, combine, decide and log."""
+    async def moderate(self, request: ModerationRequest, *, deadline_s: float | None = None) -> Decision:
+        """Score the request with the experts under the deadline (``deadline_s``, default the engine's: what is
+        left of the request's budget after queueing), combine, decide and log."""
+        budget = self.deadline_s if deadline_s is None else deadline_s
         policy = self.policy(request.tenant)
         categories = self.categories_for(request, policy)
         chosen, propensities = self.select_experts(request.tenant, categories.ids, policy)
@@ -176,7 +183,7 @@ class Engine:
             covered = tuple(c for c in categories if expert.covers(c))
             if selected and covered:
                 item = ExpertInput(messages=tuple(request.messages), check=request.check, categories=covered)
-                calls.append(score_with_deadline(expert, [item], self.deadline_s))
+                calls.append(score_with_deadline(expert, [item], budget))
         results = await asyncio.gather(*calls)
         outputs = [batch[0] for batch in results]
         return self.decide(request, outputs, propensities=propensities, policy=policy, categories=categories)
@@ -200,26 +207,42 @@ class Engine:
             raise InvalidRequestError(f"outputs: unknown experts {sorted(unknown)}")
         matrix = np.full((len(cat_ids), len(self.experts)), np.nan)
         missing: list[MissingExpert] = []
-        for i, name in enumerate(self.expert_names):
+        #: why expert i gave no score (None: it answered)
+        absent: list[MissingKind | None] = []
+        for i, (name, expert) in enumerate(zip(self.expert_names, self.experts, strict=True)):
             out = by_name.get(name)
             if out is None:
-                reason = "not queried (bandit mode)" if propensities is not None else "covers none of the categories"
-                missing.append(MissingExpert(expert=name, reason=reason))
+                covers_any = any(expert.covers(cat) for cat in categories)
+                kind: MissingKind = "not_queried" if covers_any else "not_covered"
+                reason = "not queried (bandit mode)" if propensities is not None else "not queried"
+                missing.append(
+                    MissingExpert(
+                        expert=name, kind=kind, reason=reason if covers_any else "covers none of the categories"
+                    )
+                )
+                absent.append(kind)
             elif not out.ok:
-                missing.append(MissingExpert(expert=name, reason=out.error or "error"))
+                missing.append(MissingExpert(expert=name, kind=out.error_kind, reason=out.error or "error"))
+                absent.append(out.error_kind)
             else:
+                absent.append(None)
                 for c, cat in enumerate(cat_ids):
                     if cat in out.scores:
                         matrix[c, i] = out.scores[cat]
         states, scopes = self.load_states(request.tenant, cat_ids, policy)
         combination = combine(self.learner, states, matrix)
         strictness = policy.strictness_for(request.strictness)
+        unscored = self._unscored(categories, combination.scores, absent)
+        why = {u.category: u.kinds[0] for u in unscored}
         decisions = [
-            decide_category(policy, cat, None if np.isnan(s) else float(s), strictness, scopes[c])
+            decide_category(
+                policy, cat, None if np.isnan(s) else float(s), strictness, scopes[c], why.get(cat, "not_covered")
+            )
             for c, (cat, s) in enumerate(zip(cat_ids, combination.scores, strict=True))
         ]
-        degraded = bool(np.isnan(combination.scores).all())
-        action = policy.on_no_experts if degraded else overall_action(decisions)
+        nobody = bool(np.isnan(combination.scores).all()) and any(k in FAILURE_KINDS for k in absent)
+        degraded = bool(unscored) or nobody
+        action = policy.on_no_experts if nobody and policy.on_no_experts else overall_action(decisions)
         request_id = request.request_id or new_request_id()
         contributions = [
             ExpertContribution(
@@ -233,7 +256,7 @@ class Engine:
             for i, name in enumerate(self.expert_names)
             if name in by_name and by_name[name].ok
         ]
-        flagged = tuple(d.category for d in decisions if d.flagged)
+        flagged = tuple(d.category for d in decisions if d.flagged and d.score is not None)
         self.prediction_log.put(
             PredictionRecord(
                 request_id=request_id,
@@ -246,6 +269,7 @@ class Engine:
                 scores=combination.scores,
                 flagged=flagged,
                 propensities=propensities,
+                input_digest=request.input_digest,
             )
         )
         return Decision(
@@ -259,29 +283,71 @@ class Engine:
             experts=contributions,
             missing_experts=missing,
             degraded=degraded,
+            unscored=unscored,
         )
+
+    def _unscored(
+        self, categories: CategorySet, scores: np.ndarray, absent: Sequence[MissingKind | None]
+    ) -> list[UnscoredCategory]:
+        """Categories with no score although an expert of the ensemble covers them, with why (the failure kinds of
+        their covering experts; ``error`` for one that answered without the score). Categories no expert covers
+        are a gap of the deployment, reported per category as ``not_covered``, not a degradation."""
+        found = []
+        for c, cat in enumerate(categories):
+            if not np.isnan(scores[c]):
+                continue
+            experts = [i for i, expert in enumerate(self.experts) if expert.covers(cat)]
+            if not experts:
+                continue
+            kinds = sorted({absent[i] or "error" for i in experts}, key=_KIND_ORDER.index)
+            found.append(
+                UnscoredCategory(
+                    category=cat.id,
+                    kinds=kinds,
+                    experts=[self.expert_names[i] for i in experts],  # type: ignore[arg-type]
+                )
+            )
+        return found
 
     # -- feedback path -----------------------------------------------------------------------------------------
     def feedback(self, event: FeedbackEvent) -> FeedbackResult:
-        """Join the logged prediction and update the learner per labelled category, exactly once per event."""
+        """Join the logged prediction and update the learner per labelled category, exactly once per event.
+
+        Writes only the keys the event updates, plus the existing global keys a fresh tenant key starts from
+        (rewritten unchanged: their version guards the start state); an untrusted event never creates a global key.
+        """
         plan = self.plan_feedback(event, self.prediction_log.get(event.request_id))
         updates = _key_updates([plan], self.learner)
-        keys = list(updates.keys)
+        keys = updates.keys
+        touched = frozenset(updates.math.entry_key.tolist())
+        parents = [k for k in range(len(keys)) if k not in touched]
+        found = self.store.load([keys[k] for k in parents]) if parents else []
+        needed = sorted(touched | {k for k, r in zip(parents, found, strict=True) if r is not None})
         learner = self.learner
 
-        def update(current: list[LearnerRecord | None]) -> list[LearnerRecord]:
+        def update(loaded: list[LearnerRecord | None]) -> list[LearnerRecord]:
+            current: list[LearnerRecord | None] = [None] * len(keys)
+            for k, record in zip(needed, loaded, strict=True):
+                current[k] = record
             mask = np.ones(len(updates.math.entry_key), dtype=bool)
-            states = replay(learner, updates.math, current, mask, frozenset(range(len(keys))))
-            return [
-                LearnerRecord(
-                    state=states[k], updates=1 + (0 if r is None else r.updates), marks={} if r is None else r.marks
-                )
-                for k, r in enumerate(current)
-            ]
+            states = replay(learner, updates.math, current, mask, touched)
+            out = []
+            for k in needed:
+                r = current[k]
+                if k in touched:
+                    marks = {} if r is None else r.marks
+                    out.append(LearnerRecord(state=states[k], updates=1 + (0 if r is None else r.updates), marks=marks))
+                else:  # a parent read, not updated
+                    out.append(r if r is not None else LearnerRecord(state=learner.init_states(1)[0]))
+            return out
 
-        applied = self.store.apply(event.idempotency_key, keys, update)
+        applied = self.store.apply(event.idempotency_key, [keys[k] for k in needed], update)
         return FeedbackResult(
-            request_id=event.request_id, event_id=event.idempotency_key, applied=applied, categories=plan.labels
+            request_id=event.request_id,
+            event_id=event.idempotency_key,
+            applied=applied,
+            categories=plan.labels,
+            scopes=plan.scopes,
         )
 
     def plan_feedback(self, event: FeedbackEvent, record: PredictionRecord | None) -> PlannedFeedback:
@@ -308,6 +374,7 @@ class Engine:
             rows,
             [f"{ns}:{{{GLOBAL_SCOPE}}}:{c}" for c in cats],
             [] if tenant == GLOBAL_SCOPE else [f"{ns}:{{{tenant}}}:{c}" for c in cats],
+            event.trusted,
         )
 
     def feedback_batch(self, items: Sequence[tuple[PlannedFeedback, str, int]]) -> BatchApplied:
@@ -383,7 +450,9 @@ class BatchApplied(NamedTuple):
 
 class PlannedFeedback(NamedTuple):
     """A validated feedback event joined with its prediction: per labelled category (``rows`` of the prediction),
-    the global key and the tenant's key it updates, and the label. (A tuple: the worker makes one per event.)"""
+    the global key and the tenant's key, and the label. The tenant's keys always learn; the global keys learn only
+    from a ``trusted`` event, otherwise they are only read (a fresh tenant key starts from them). (A tuple: the
+    worker makes one per event.)"""
 
     event: FeedbackEvent
     record: PredictionRecord
@@ -391,6 +460,12 @@ class PlannedFeedback(NamedTuple):
     rows: list[int]
     shared_keys: list[str]
     own_keys: list[str]
+    trusted: bool = False
+
+    @property
+    def scopes(self) -> list[str]:
+        """Whose weights this event trains: the tenant's, and the global ones when trusted."""
+        return (["tenant"] if self.own_keys else []) + (["global"] if self.trusted else [])
 
 
 _ROWS: dict[int, tuple[tuple[str, ...], dict[str, int]]] = {}
@@ -460,14 +535,15 @@ def _key_updates(plans: Sequence[PlannedFeedback], learner: Learner) -> _BatchKe
         values = list(plan.labels.values())
         if own:
             entry_key += own
-            entry_parent += range(start + n, start + 2 * n)
+            entry_parent += range(start + n, start + 2 * n) if plan.trusted else [-1] * len(own)
             flat_rows += rows
             targets += values
-        entry_key += shared
-        entry_parent += [-1] * n
-        flat_rows += rows
-        targets += values
-        per_plan.append(len(own) + n)
+        if plan.trusted:  # an untrusted event's global keys stay in ``index``: read as parents, never updated
+            entry_key += shared
+            entry_parent += [-1] * n
+            flat_rows += rows
+            targets += values
+        per_plan.append(len(own) + (n if plan.trusted else 0))
         flat_records += [r] * per_plan[-1]
     key_parent = np.array(parent, dtype=np.int64)
     with_props = [p is not None for p in props]

@@ -17,15 +17,17 @@ from pydantic import Field, model_validator
 from aegis_online import taxonomy
 from aegis_online.schemas import (
     ACTION_SEVERITY,
+    STRICTNESS_NAMES,
     Action,
     CategoryDecision,
     CustomCategorySpec,
+    MissingKind,
     Model,
     Strictness,
     TenantId,
 )
 
-STRICTNESS_LEVELS: dict[str, float] = {"lenient": 0.2, "balanced": 0.5, "strict": 0.8}
+STRICTNESS_LEVELS: dict[str, float] = STRICTNESS_NAMES
 #: Logit shift per unit of strictness: strict (0.8) turns a 0.5 threshold into ~0.23, lenient (0.2) into ~0.77.
 STRICTNESS_SLOPE = 4.0
 _EPS = 1e-6
@@ -44,10 +46,12 @@ def shifted_threshold(base: float, strictness: float) -> float:
 
 
 class CategoryRule(Model):
-    """How one category is treated: its threshold at balanced strictness and the action when it is crossed."""
+    """How one category is treated: its threshold at balanced strictness, the action when it is crossed, and the
+    action when its experts could not score it."""
 
     threshold: float | None = Field(default=None, gt=0.0, lt=1.0, description="Overrides the policy's threshold.")
     action: Action | None = Field(default=None, description="allow: scored and reported, never acted on.")
+    on_unscored: Action | None = Field(default=None, description="Overrides the policy's on_unscored.")
 
 
 class TenantPolicy(Model):
@@ -67,8 +71,16 @@ class TenantPolicy(Model):
     action: Action = Field(default="block", description="Action for a crossed category without its own rule.")
     categories: dict[str, CategoryRule] = Field(default_factory=dict, description="Rules by category id or slug.")
     custom_categories: list[CustomCategorySpec] = Field(default_factory=list, max_length=32)
-    on_no_experts: Literal["allow", "block"] = Field(
-        default="allow", description="Fail open (allow) or closed (block) when no expert answers."
+    on_unscored: Action = Field(
+        default="flag",
+        description="Action for a category its experts could not score now (timed out, failed, not queried): "
+        "'could not check' is never a silent allow unless the tenant says so. Never more severe than the "
+        "category's own action.",
+    )
+    on_no_experts: Literal["allow", "block"] | None = Field(
+        default=None,
+        description="When set, the overall action when no expert answered at all (fail open or closed); "
+        "default: each category's on_unscored decides.",
     )
     personalise_after: int = Field(
         default=50, ge=0, description="Feedback events after which the tenant's own weights replace the global ones."
@@ -108,6 +120,14 @@ class TenantPolicy(Model):
         rule = self.categories.get(category_id)
         return rule.action if rule is not None and rule.action is not None else self.action
 
+    def unscored_action_for(self, category_id: str) -> Action:
+        """The action for ``category_id`` when it could not be scored: its ``on_unscored``, capped at the action a
+        crossed score would get (a check that could not run never costs more than one that failed)."""
+        rule = self.categories.get(category_id)
+        wanted = rule.on_unscored if rule is not None and rule.on_unscored is not None else self.on_unscored
+        crossed = self.action_for(category_id)
+        return wanted if ACTION_SEVERITY[wanted] <= ACTION_SEVERITY[crossed] else crossed
+
 
 def resolve_category(key: str, categories: taxonomy.CategorySet) -> str | None:
     """A category id from an id, a slug, or a custom category's name; None when unknown."""
@@ -120,13 +140,26 @@ def resolve_category(key: str, categories: taxonomy.CategorySet) -> str | None:
 
 
 def decide_category(
-    policy: TenantPolicy, category_id: str, score: float | None, strictness: Strictness | None, scope: str
+    policy: TenantPolicy,
+    category_id: str,
+    score: float | None,
+    strictness: Strictness | None,
+    scope: str,
+    unscored: MissingKind | None = None,
 ) -> CategoryDecision:
-    """The policy's verdict on one category's ensemble score (None: no expert covering it answered)."""
+    """The policy's verdict on one category's ensemble score.
+
+    ``score`` is None when no expert scored the category; ``unscored`` then says why. A category no expert of the
+    deployment covers (``not_covered``) is reported and allowed: a fixed gap of the deployment, not a failure.
+    Any other reason is a check that could not run now: the policy's ``on_unscored`` decides.
+    """
     threshold = policy.threshold_for(category_id, strictness)
-    action = policy.action_for(category_id)
-    crossed = score is not None and score >= threshold
-    flagged = crossed and action != "allow"
+    if score is None and unscored is not None and unscored != "not_covered":
+        action = policy.unscored_action_for(category_id)
+        flagged = action != "allow"
+    else:
+        action = policy.action_for(category_id)
+        flagged = score is not None and score >= threshold and action != "allow"
     return CategoryDecision(
         category=category_id,
         score=score,
@@ -134,6 +167,7 @@ def decide_category(
         flagged=flagged,
         action=action if flagged else "allow",
         weights_scope=scope,  # type: ignore[arg-type]
+        unscored=None if score is not None else (unscored or "not_covered"),
     )
 
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 32_000
@@ -26,8 +26,31 @@ Role = Literal["system", "user", "assistant", "tool"]
 Check = Literal["prompt", "response"]
 Action = Literal["allow", "flag", "block"]
 StrictnessName = Literal["lenient", "balanced", "strict"]
+#: Why an expert gave no score for a request, as code reads it (the free-text ``reason`` is for people):
+#: ``timeout`` (missed the deadline), ``error`` (raised, or answered without a score it covers), ``not_queried``
+#: (bandit mode left it out), ``not_covered`` (it covers none of the request's categories), ``language``
+#: (it does not read the request's language).
+MissingKind = Literal["timeout", "error", "not_queried", "not_covered", "language"]
+#: Kinds that mean "could have scored, did not": the ones that make a category unscored and a decision degraded.
+FAILURE_KINDS: frozenset[str] = frozenset({"timeout", "error", "not_queried", "language"})
+STRICTNESS_NAMES: dict[str, float] = {"lenient": 0.2, "balanced": 0.5, "strict": 0.8}
+
+
+def _strictness(value: object) -> str | float:
+    """A named level or a number in [0, 1]; anything else fails with one message that names both forms."""
+    if isinstance(value, str) and value in STRICTNESS_NAMES:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0:
+        return float(value)  # NaN fails the range check above
+    raise ValueError(f"must be 'lenient', 'balanced', 'strict' or a number in [0, 1], got {value!r}")
+
+
 #: A named level or a continuous value in [0, 1] (0 most lenient, 1 strictest).
-Strictness = StrictnessName | Annotated[float, Field(ge=0.0, le=1.0)]
+Strictness = Annotated[
+    StrictnessName | Annotated[float, Field(ge=0.0, le=1.0)],
+    BeforeValidator(_strictness),
+    Field(description="'lenient', 'balanced', 'strict', or a number in [0, 1] (0 most lenient, 1 strictest)."),
+]
 
 ACTION_SEVERITY: dict[str, int] = {"allow": 0, "flag": 1, "block": 2}
 
@@ -55,6 +78,15 @@ class ModerationRequest(Model):
     )
     request_id: RequestId | None = None
 
+    @property
+    def input_digest(self) -> str:
+        """A digest of what the experts are asked (messages, check, categories): a caller that reuses its
+        ``request_id`` for another input is told so, instead of overwriting the logged prediction."""
+        body = json.dumps(
+            [[[m.role, m.content] for m in self.messages], self.check, self.categories], separators=(",", ":")
+        )
+        return hashlib.sha256(body.encode()).hexdigest()[:32]
+
     @model_validator(mode="after")
     def _checked_turn_exists(self) -> ModerationRequest:
         role = "user" if self.check == "prompt" else "assistant"
@@ -72,6 +104,8 @@ class ExpertOutput(Model):
     scores: dict[str, Probability] = Field(default_factory=dict)
     latency_ms: float = Field(default=0.0, ge=0.0)
     error: str | None = None
+    #: set with ``error``: ``timeout`` when it missed its deadline, else ``error``
+    error_kind: Literal["timeout", "error"] = "error"
 
     @property
     def ok(self) -> bool:
@@ -80,11 +114,16 @@ class ExpertOutput(Model):
 
 class CategoryDecision(Model):
     category: str
-    score: Probability | None = Field(description="Ensemble risk; null when no expert covering it answered.")
+    score: Probability | None = Field(description="Ensemble risk; null when no expert scored it (see unscored).")
     threshold: Probability
     flagged: bool
     action: Action
     weights_scope: Literal["global", "tenant"]
+    unscored: MissingKind | None = Field(
+        default=None,
+        description="Why no expert scored this category (null: scored). not_covered: no expert of this deployment "
+        "reads it; any other kind: its experts could not answer now, so the policy's on_unscored decided.",
+    )
 
 
 class ExpertContribution(Model):
@@ -96,7 +135,16 @@ class ExpertContribution(Model):
 
 class MissingExpert(Model):
     expert: str
-    reason: str
+    kind: MissingKind = Field(description="Machine-readable: timeout, error, not_queried, not_covered, language.")
+    reason: str = Field(description="For people; code reads kind.")
+
+
+class UnscoredCategory(Model):
+    """A category the request asked for that no awake expert scored: what the policy could not check."""
+
+    category: str
+    kinds: list[MissingKind] = Field(description="Why its experts gave no score (timeout, error, ...).")
+    experts: list[str] = Field(description="The experts that cover it and did not score it.")
 
 
 class Decision(Model):
@@ -109,7 +157,12 @@ class Decision(Model):
     categories: list[CategoryDecision]
     experts: list[ExpertContribution]
     missing_experts: list[MissingExpert]
-    degraded: bool = Field(default=False, description="True when no expert answered and the fail mode decided.")
+    degraded: bool = Field(
+        default=False,
+        description="True when a category the experts normally score went unscored (listed in unscored): the "
+        "policy's on_unscored (or on_no_experts) decided it, not a score.",
+    )
+    unscored: list[UnscoredCategory] = Field(default_factory=list, description="Categories degraded, with why.")
 
 
 def _utc_now() -> datetime:
@@ -132,6 +185,12 @@ class FeedbackEvent(Model):
     source: Literal["moderator", "user_report", "automated"] = "moderator"
     time: datetime = Field(default_factory=_utc_now)
     event_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    trusted: bool = Field(
+        default=False,
+        description="Whether the event also trains the global weights every tenant starts from. The service sets "
+        "it from the caller's key (admin and moderator keys, or a contributing tenant within its share); a client "
+        "key that sends true is refused.",
+    )
 
     @model_validator(mode="after")
     def _one_kind_of_label(self) -> FeedbackEvent:
@@ -142,8 +201,12 @@ class FeedbackEvent(Model):
     @property
     def idempotency_key(self) -> str:
         """``event_id``, or a digest of what the event says (not when it was sent)."""
-        if self.event_id:
-            return self.event_id
+        return self.event_id or self.content_digest
+
+    @property
+    def content_digest(self) -> str:
+        """A digest of what the event says (request, tenant, labels, source; not when it was sent nor who may learn
+        from it): two events under one ``event_id`` with different digests are two different events."""
         body = json.dumps(
             [self.request_id, self.tenant, self.labels, self.label, self.source], sort_keys=True, default=str
         )
@@ -155,6 +218,10 @@ class FeedbackResult(Model):
     event_id: str
     applied: bool = Field(description="False when this event had been applied before (a duplicate).")
     categories: dict[str, float] = Field(description="The labels applied, per category id.")
+    scopes: list[Literal["tenant", "global"]] = Field(
+        default_factory=list,
+        description="Whose weights the event trains: the tenant's, and the global ones if trusted.",
+    )
 
 
 def new_request_id() -> str:

@@ -4,8 +4,10 @@ process, in the same run; and the per-request cost of the ingress itself.
 Cases, each at several concurrencies (requests in flight), on the same stream of real text:
 
 * ``in process``: ``Engine.moderate`` with the catalog's CPU experts built in this process (no HTTP, no Ray).
-* ``ray serve``: the service's Ray Serve application on local Ray (one replica per expert, ``@serve.batch``), called
-  over HTTP with httpx from this process.
+* ``ray serve, replicas``: the service's Ray Serve application on local Ray with every expert a deployment of its
+  own (one replica each, ``@serve.batch``), called over HTTP with httpx from this process.
+* ``ray serve, in ingress``: the same with the default placement: the ``cpu-light`` experts (profanity-check) are
+  built inside the ingress and called in process, MiniLM stays a deployment. Same Ray session, redeployed.
 
 Both see texts they have not seen before (MiniLM caches embeddings per process), after a warm-up. The client shares
 the machine with the service, as it does in the in-process case.
@@ -99,60 +101,106 @@ def in_process_case(texts: list[str], levels: Sequence[int], n: int) -> dict[int
     return results
 
 
-def served_config() -> ServiceConfig:
+def served_config(placement: str = "auto") -> ServiceConfig:
     """The CPU experts as the service runs them, with the torch threads the in-process experts have (all cores:
-    Ray would give a replica reserving half a CPU a single thread)."""
+    Ray would give a replica reserving half a CPU a single thread); ``placement`` for every expert."""
     threads = os.cpu_count() or 1
-    plan = [{"name": spec.name, "threads": threads} for spec, _ in ServiceConfig().expert_plan()]
+    plan = [
+        {"name": spec.name, "threads": threads, "placement": placement} for spec, _ in ServiceConfig().expert_plan()
+    ]
+    # Admission control off: this measures the serving path at fixed concurrencies (bench/overload.py measures
+    # admission control under overload); the embedded store in memory only.
+    limits = {"deadline_ms": 30_000, "admission": {"enabled": False}}
     return ServiceConfig.model_validate(
-        {"limits": {"deadline_ms": 30_000}, "ingress": {"num_cpus": 0.2}, "experts": {"use": plan}}
+        {"limits": limits, "ingress": {"num_cpus": 0.2}, "experts": {"use": plan}, "store": {"persist": False}}
     )
 
 
-def ray_case(texts: list[str], levels: Sequence[int], n: int) -> tuple[dict[int, tuple[float, float, float]], float]:
-    import httpx
+#: Ray Serve cases: name -> placement of every expert
+RAY_CASES = {"replicas": "replica", "in ingress": "auto"}
+RATIO_LABELS = {"replicas": "repl", "in ingress": "ingr"}
 
-    from aegis_online.serve.runtime import deploy, start_ray, start_serve, stop_ray
+
+def ray_cases(
+    texts: list[str], levels: Sequence[int], n: int
+) -> tuple[dict[str, dict[int, tuple[float, float, float]]], float]:
+    """Every ``RAY_CASES`` placement in one Ray session (redeployed between them); the first start-up time."""
+    from aegis_online.serve.runtime import APP_NAME, start_ray, start_serve, stop_ray
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     temp_dir = Path(tempfile.mkdtemp(prefix="aegis-ray-", dir="/tmp"))
     results = {}
-    started = time.perf_counter()
+    startup = 0.0
     try:
+        started = time.perf_counter()
         start_ray(address="local", temp_dir=temp_dir)
         start_serve("127.0.0.1", port)
-        deploy(served_config(), KeyTable({}))
-        startup = time.perf_counter() - started
+        for i, (name, placement) in enumerate(RAY_CASES.items()):
+            if i:
+                from ray import serve
 
-        async def measure() -> None:
-            limits = httpx.Limits(max_connections=max(levels) * 2, max_keepalive_connections=max(levels) * 2)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
-
-                async def post(text: str) -> None:
-                    body = {"messages": [{"role": "user", "content": text}]}
-                    response = await client.post("/v1/moderate", json=body)
-                    if response.status_code != 200:
-                        raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
-
-                warm = [f"{t} [serve warm-up]" for t in texts[:WARM_UP]]
-                await run_load(lambda i: post(warm[i]), len(warm), max(levels))
-                offset = 0
-                for c in levels:
-
-                    async def call(i: int, base: int = offset, c: int = c) -> None:
-                        await post(f"{texts[(base + i) % len(texts)]} [serve {c}:{i}]")
-
-                    await run_load(call, 2 * c, c)
-                    rps, lat = await run_load(lambda i, base=offset + 2 * c, c=c: call(i, base, c), n, c)
-                    results[c] = (rps, *percentiles(lat))
-                    offset += n + 2 * c
-
-        asyncio.run(measure())
+                serve.delete(APP_NAME)
+            results[name] = ray_case(port, served_config(placement), texts, levels, n, offset=i * 10 * n)
+            startup = startup or time.perf_counter() - started
     finally:
         stop_ray(temp_dir)
     return results, startup
+
+
+def ray_case(
+    port: int, config: ServiceConfig, texts: list[str], levels: Sequence[int], n: int, offset: int
+) -> dict[int, tuple[float, float, float]]:
+    """Deploy ``config`` (until it is ready) and measure it over HTTP at each level; texts from ``offset`` on."""
+    import httpx
+
+    from aegis_online.serve.runtime import deploy
+
+    deploy(config, KeyTable({}))
+    wait_ready(f"http://127.0.0.1:{port}")
+    results = {}
+
+    async def measure() -> None:
+        limits = httpx.Limits(max_connections=max(levels) * 2, max_keepalive_connections=max(levels) * 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
+
+            async def post(text: str) -> None:
+                body = {"messages": [{"role": "user", "content": text}]}
+                response = await client.post("/v1/moderate", json=body)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+
+            warm = [f"{t} [serve warm-up {offset}]" for t in texts[:WARM_UP]]
+            await run_load(lambda i: post(warm[i]), len(warm), max(levels))
+            base = offset
+            for c in levels:
+
+                async def call(i: int, base: int = base, c: int = c) -> None:
+                    await post(f"{texts[(base + i) % len(texts)]} [serve {c}:{base + i}]")
+
+                await run_load(call, 2 * c, c)
+                rps, lat = await run_load(lambda i, base=base + 2 * c, c=c: call(i, base, c), n, c)
+                results[c] = (rps, *percentiles(lat))
+                base += n + 2 * c
+
+    asyncio.run(measure())
+    return results
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> None:
+    """Until /readyz answers 200 (``deploy`` returns before the replicas have loaded their models)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the service at {url} was not ready within {timeout_s:.0f} s")
 
 
 class InstantExpert(Expert):
@@ -179,7 +227,8 @@ def ingress_cost(repeats: int) -> tuple[float, float]:
         InstantExpert("minilm-embedding", CANONICAL_IDS, 0.2),
         InstantExpert("profanity-check", ["S8", "S10", "S12"], 0.7),
     ]
-    service = build_service(ServiceConfig(), experts, KeyTable({}))
+    config = ServiceConfig.model_validate({"store": {"persist": False}})  # nothing written to disk
+    service = build_service(config, experts, KeyTable({}))
     engine = service.engine
     req = request("a benchmark prompt")
     outputs = [
@@ -267,20 +316,26 @@ def main() -> None:
 
     decide_us, request_us = ingress_cost(repeats)
     local = in_process_case(texts, levels, n)
-    served, startup = ray_case(texts, levels, n)
+    served, startup = ray_cases(texts, levels, n)
 
     print(f"Ray Serve start-up (ray.init + serve.start + deploy, models warmed up): {startup:.1f} s\n")
-    header = (
-        f"{'concurrency':>11} | {'in process':^26} | {'ray serve (HTTP)':^26} | {'ratio':>5}\n"
-        f"{'':>11} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'':>5}"
-    )
+    names = ["in process", *(f"ray serve, {name}" for name in RAY_CASES)]
+    head = " | ".join(f"{name:^26}" for name in names)
+    units = " | ".join(f"{'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}" for _ in names)
+    ratios = " ".join(f"{RATIO_LABELS[name]:>5}" for name in RAY_CASES)
+    header = f"{'concurrency':>11} | {head} | ratio\n{'':>11} | {units} | {ratios}"
     print(header)
     print("-" * len(header.splitlines()[1]))
     for c in levels:
-        lr, l50, l99 = local[c]
-        sr, s50, s99 = served[c]
-        print(f"{c:>11} | {lr:>8.1f} {l50:>8.1f} {l99:>8.1f} | {sr:>8.1f} {s50:>8.1f} {s99:>8.1f} | {sr / lr:>5.2f}")
-    print("\nratio = Ray Serve req/s / in-process req/s (same experts, same text, same run)\n")
+        cells = [local[c], *(served[name][c] for name in RAY_CASES)]
+        figures = " | ".join(f"{r:>8.1f} {p50:>8.1f} {p99:>8.1f}" for r, p50, p99 in cells)
+        shares = " ".join(f"{served[name][c][0] / local[c][0]:>5.2f}" for name in RAY_CASES)
+        print(f"{c:>11} | {figures} | {shares}")
+    print("\nratio = Ray Serve req/s / in-process req/s (same experts, same text, same run)")
+    if 1 in levels:
+        share = served["in ingress"][1][0] / local[1][0]
+        print(f"cpu-light experts in the ingress, concurrency 1: {share:.2f} of in-process (target >= 0.80)")
+    print()
     print("Ingress cost per request with instant experts (in process, no network):")
     rows = (
         ("combine + policy + prediction log (Engine.decide, 23 categories x 2 experts)", decide_us),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +26,47 @@ def test_learners_benchmark_quick_run_reports_default_learner_against_river() ->
     assert proc.returncode == 0, proc.stderr
     default_lines = [line for line in proc.stdout.splitlines() if line.startswith("default") and "x River" in line]
     assert len(default_lines) == 2, proc.stdout  # single and batched
+
+
+def test_gpu_guard_benchmark_tiny_cpu_run_reports_batches_and_sharing_ratio(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = tmp_path / "gpu_guard.json"
+    options = ["--tiny", "--device", "cpu", "--sharing", "processes", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_guard.py"), *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any("prompt tok/s" in line and "of peak" in line for line in lines), proc.stdout
+    for batch in (1, 4):  # one table row per batch size: batch | calls | req/s | ...
+        assert any(line.split("|")[0].strip() == str(batch) for line in lines if line.count("|") == 9), proc.stdout
+    assert any("ensemble/slowest" in line for line in lines), proc.stdout
+    figures = json.loads(out.read_text())
+    assert [row["batch"] for row in figures["single"]] == [1, 4]
+    assert all(row["requests_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in figures["single"])
+    sharing = figures["sharing"]
+    assert sharing["mode"] == "processes" and sharing["experts"] == 2
+    (together,) = sharing["levels"][0]["together"]
+    assert together["experts"] == 2 and together["ensemble_ratio"] > 0
+
+
+def test_overload_benchmark_quick_run_reports_goodput_under_overload() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "overload.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for multiple in ("2x", "4x"):
+        assert re.search(rf"^goodput at {multiple} overload: \d+\.\d\d of peak$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^p99 of admitted requests at 4x: \d+ ms, (within|over) the \d+ ms deadline$", proc.stdout, re.M)
+    assert "without admission control at 4x" in proc.stdout

@@ -64,7 +64,7 @@ def test_feedback_moves_weight_towards_the_expert_that_was_right() -> None:
     engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)])
     for _ in range(30):
         decision = moderate(engine, request())
-        engine.feedback(FeedbackEvent(request_id=decision.request_id, label="safe"))
+        engine.feedback(FeedbackEvent(request_id=decision.request_id, label="safe", trusted=True))
     weights = engine.weights("default", ["S1"])["S1"]
     assert weights["lo"] > 0.95 > 0.05 > weights["hi"]
     assert moderate(engine, request()).action == "allow"
@@ -141,20 +141,77 @@ def test_when_no_expert_answers_the_tenant_chooses_fail_open_or_closed(mode: str
     assert all(c.score is None for c in decision.categories)
 
 
+def test_a_category_only_a_failed_expert_covers_is_unscored_and_flagged_by_default() -> None:
+    engine = Engine([FixedExpert("fast", 0.1, categories=("S1",)), BrokenExpert("broken", 0.1, categories=("S8",))])
+    decision = moderate(engine, request())
+    s1, s8 = decision.categories
+    assert s1.score == pytest.approx(0.1) and s1.unscored is None and s1.action == "allow"
+    assert s8.score is None and s8.unscored == "error" and s8.action == "flag"
+    assert decision.degraded and decision.action == "flag"
+    assert [(u.category, u.kinds, u.experts) for u in decision.unscored] == [("S8", ["error"], ["broken"])]
+    assert [(m.expert, m.kind) for m in decision.missing_experts] == [("broken", "error")]
+    record = engine.prediction_log.get(decision.request_id)
+    assert record.flagged == ()  # on_unscored flagged S8, no score did: a binary label has nothing to blame
+
+
+def test_an_expert_asked_nothing_is_not_covered_and_does_not_degrade() -> None:
+    engine = Engine([FixedExpert("s1", 0.1, categories=("S1",)), FixedExpert("s12", 0.1, categories=("S12",))])
+    decision = moderate(engine, request())
+    assert not decision.degraded and decision.action == "allow"
+    assert [(m.expert, m.kind) for m in decision.missing_experts] == [("s12", "not_covered")]
+
+
 def test_tenant_weights_start_from_global_and_take_over_after_enough_feedback() -> None:
     policies = MemoryPolicyStore([TenantPolicy(tenant="strict-shop", personalise_after=5)])
     engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)], policies=policies)
-    for _ in range(20):  # the world at large says these are safe ...
+    for _ in range(20):  # the operator's moderators say these are safe ...
         d = moderate(engine, request())
-        engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe"))
-    for i in range(8):  # ... this tenant says they are harmful, while the others keep saying safe
+        engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe", trusted=True))
+    for i in range(8):  # ... this tenant says they are harmful, while the moderators keep saying safe
         d = moderate(engine, request(tenant="strict-shop"))
         assert d.categories[0].weights_scope == ("tenant" if i >= 5 else "global")
         engine.feedback(FeedbackEvent(request_id=d.request_id, tenant="strict-shop", labels={"S1": 1.0}))
         for _ in range(2):
             d = moderate(engine, request())
-            engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe"))
+            engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe", trusted=True))
     assert engine.weights("strict-shop", ["S1"])["S1"]["hi"] > 0.5 > engine.weights("default", ["S1"])["S1"]["hi"]
+
+
+def test_untrusted_feedback_trains_the_tenants_weights_and_never_the_global_ones() -> None:
+    policies = MemoryPolicyStore([TenantPolicy(tenant="acme", personalise_after=0)])
+    engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)], policies=policies)
+    d = moderate(engine, request())
+    engine.feedback(FeedbackEvent(request_id=d.request_id, label="safe", trusted=True))  # global learns a little
+    shared = engine.weights("global", ["S1"])["S1"]
+    for _ in range(20):
+        d = moderate(engine, request(tenant="acme"))
+        result = engine.feedback(FeedbackEvent(request_id=d.request_id, tenant="acme", labels={"S1": 1.0}))
+        assert result.scopes == ["tenant"]
+    assert engine.weights("global", ["S1"])["S1"] == shared
+    assert engine.weights("acme", ["S1"])["S1"]["hi"] > 0.9
+
+
+def test_the_batched_path_applies_the_same_scopes_as_the_direct_one() -> None:
+    def run(batched: bool) -> tuple[dict, dict]:
+        policies = MemoryPolicyStore([TenantPolicy(tenant="acme", personalise_after=0)])
+        engine = Engine([FixedExpert("hi", 0.9), FixedExpert("lo", 0.1)], policies=policies)
+        plans = []
+        for i in range(12):
+            d = moderate(engine, request(tenant="acme"))
+            event = FeedbackEvent(
+                request_id=d.request_id, tenant="acme", labels={"S1": float(i % 3 == 0)}, trusted=i < 4
+            )
+            if batched:
+                plans.append((engine.plan_feedback(event, engine.prediction_log.get(d.request_id)), "s", i))
+            else:
+                engine.feedback(event)
+        if batched:
+            assert all(engine.feedback_batch(plans).applied)
+        return engine.weights("global", ["S1"])["S1"], engine.weights("acme", ["S1"])["S1"]
+
+    direct, batched = run(False), run(True)
+    assert direct[0] == pytest.approx(batched[0], abs=1e-12) and direct[1] == pytest.approx(batched[1], abs=1e-12)
+    assert direct[0] != pytest.approx({"hi": 0.5, "lo": 0.5})  # the four trusted events moved the global weights
 
 
 def test_custom_categories_are_scored_only_by_free_form_experts() -> None:

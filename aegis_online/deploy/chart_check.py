@@ -12,7 +12,10 @@ own ``fail`` checks), then on the rendered manifests:
   Serve application is bound exactly as on the cluster (``build_app``); its resource needs must fit the worker
   groups (a replica no pod can hold would stay pending forever);
 - the feedback workers read the same configuration as the RayService (learner, prefix, experts, topics agree);
-  checked once ``serveConfigV2`` is valid.
+  checked once ``serveConfigV2`` is valid;
+- Ray's own ports: the token Secret ``authOptions`` names holds ``auth_token`` (when the chart renders it), and the
+  Ray NetworkPolicy selects every Ray pod and lets nothing but the Ray pods reach ports other than Serve's (8000)
+  and the dashboard the operator uses (8265).
 
 ``check_chart`` returns the problems (empty: the values file passes). ``aegis-online chart check`` prints them.
 """
@@ -109,6 +112,8 @@ def check_chart(values_file: Path | None, *, chart: Path = CHART_DIR, helm: Path
         report.problems.append(f"expected one RayService, rendered {len(services)}")
         return report
     report.problems += check_rayservice(services[0], report.manifests)
+    if not _schema_problems(services[0], RAYSERVICE_SCHEMA, ""):  # its groups are where the checks expect them
+        report.problems += check_ray_exposure(services[0], report.manifests)
     report.problems += check_kafka_topics(by_kind.get("KafkaTopic", []), report.manifests)
     report.problems += check_service_monitor(by_kind.get("ServiceMonitor", []), report.manifests)
     return report
@@ -160,6 +165,16 @@ RAYSERVICE_SCHEMA: dict[str, Any] = {
                     "properties": {
                         "rayVersion": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
                         "enableInTreeAutoscaling": {"type": "boolean"},
+                        # KubeRay >= 1.5.1 (mode), >= 1.6.0 (secretName): raycluster_types.go AuthOptions.
+                        "authOptions": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "mode": {"enum": ["token", "disabled"]},
+                                "secretName": {"type": "string", "minLength": 1},
+                                "enableK8sTokenAuth": {"type": "boolean"},
+                            },
+                        },
                         "autoscalerOptions": {
                             "type": "object",
                             "additionalProperties": False,
@@ -348,7 +363,7 @@ def cpu_quantity(value: Any) -> float:
 def check_capacity(service: dict[str, Any], config: Any) -> list[str]:
     """The Serve replicas the configuration starts with must fit the worker groups at their ceiling, and every
     expert must fit in one pod of some group (else Ray leaves it pending and the application never runs)."""
-    from aegis_online.serve.deployments import resource_needs
+    from aegis_online.serve.deployments import ingress_replica_needs, resource_needs
 
     where = f"{_where(service)} serveConfigV2"
     cluster = service["spec"]["rayClusterConfig"]
@@ -362,7 +377,15 @@ def check_capacity(service: dict[str, Any], config: Any) -> list[str]:
         count = 1 if name == "head" else group["maxReplicas"]
         pods.append((name, cpus, gpus, count))
     problems = []
+    ingress_cpus = ingress_replica_needs(config)["CPU"]
+    if not any(c >= ingress_cpus for _, c, _, _ in pods):
+        problems.append(
+            f"{where}: an ingress replica needs {ingress_cpus:g} CPU (its own and its in-ingress experts'); no Ray "
+            "pod has that; lower ingress.num_cpus or resize the groups"
+        )
     for spec, serving in config.expert_plan():
+        if serving.in_ingress(spec):
+            continue  # counted with the ingress replica
         cpus = serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus
         gpus = serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus
         if not any(c >= cpus and g >= gpus for _, c, g, _ in pods):
@@ -402,6 +425,64 @@ def check_feedback_workers(embedded: Any, manifests: list[dict[str, Any]]) -> li
     if configs[0]["metadata"]["name"] not in mounted:
         return ["the feedback-worker Deployment does not mount the serve-config ConfigMap"]
     return []
+
+
+#: Ports of the Ray pods that peers other than the release's Ray pods may reach: Serve's HTTP proxy, and the head's
+#: dashboard for the KubeRay operator. Everything else (GCS, raylet, object manager, workers, agents, metrics) is Ray's.
+RAY_OPEN_PORTS = {8000, 8265}
+_RAY_POLICY = "ray"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) applied to ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if (
+            (operator == "In" and labels.get(key) not in values)
+            or (operator == "NotIn" and labels.get(key) in values)
+            or (operator == "Exists" and not present)
+            or (operator == "DoesNotExist" and present)
+        ):
+            return False
+    return True
+
+
+def check_ray_exposure(service: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]:
+    """Ray's token Secret and the NetworkPolicy that keeps Ray's ports to the release's Ray pods."""
+    problems = []
+    cluster = service["spec"].get("rayClusterConfig") or {}
+    auth = cluster.get("authOptions") or {}
+    secrets = {m["metadata"]["name"]: m for m in manifests if m.get("kind") == "Secret"}
+    if auth.get("mode", "token") == "token" and auth.get("secretName") in secrets:
+        secret = secrets[auth["secretName"]]
+        if not ((secret.get("stringData") or {}).get("auth_token") or (secret.get("data") or {}).get("auth_token")):
+            problems.append(f"{_where(secret)}: authOptions.secretName names it, but it has no auth_token")
+    policies = [
+        m
+        for m in manifests
+        if m.get("kind") == "NetworkPolicy"
+        and (m["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == _RAY_POLICY
+    ]
+    for policy in policies:
+        selector = policy["spec"].get("podSelector") or {}
+        for name, group in _groups(service):
+            labels = (group["template"].get("metadata") or {}).get("labels") or {}
+            if not _selects(selector, labels):
+                problems.append(f"{_where(policy)}: does not select the Ray pods of group {name}")
+        for index, rule in enumerate(policy["spec"].get("ingress", [])):
+            peers = rule.get("from") or []
+            ray_only = bool(peers) and all((peer.get("podSelector") == selector and len(peer) == 1) for peer in peers)
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            if not ray_only and (not ports or not ports <= RAY_OPEN_PORTS):
+                shown = sorted(map(str, ports)) or "every port"
+                problems.append(
+                    f"{_where(policy)}: ingress[{index}] lets peers other than the Ray pods reach {shown}; only "
+                    f"{sorted(RAY_OPEN_PORTS)} may be open beyond them"
+                )
+    return problems
 
 
 def check_kafka_topics(topics: list[dict[str, Any]], manifests: list[dict[str, Any]]) -> list[str]:

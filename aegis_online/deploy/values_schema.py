@@ -23,7 +23,7 @@ SCHEMA_FILE = Path(__file__).resolve().parents[2] / "helm" / "aegis-online" / "v
 #: Section -> keys of that section the chart sets (None: the whole section), and the chart value to use instead.
 CHART_OWNED: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "server": (("host", "port"), "service.port"),
-    "store": (("kind", "redis_url", "snapshot_path"), "redis.*"),
+    "store": (("kind", "redis_url", "persist", "data_dir", "max_predictions"), "redis.*"),
     "bus": (None, "kafka.*"),
     "auth": (None, "auth.*"),
     "experts": (("catalog",), "catalog.extra"),

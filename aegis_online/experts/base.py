@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from aegis_online.schemas import Check, ExpertOutput, Message
 from aegis_online.taxonomy import Category
@@ -54,14 +55,15 @@ class Expert(abc.ABC):
 async def score_with_deadline(expert: Expert, batch: Sequence[ExpertInput], deadline_s: float) -> list[ExpertOutput]:
     """Run ``expert.score`` under a deadline; a timeout or an exception becomes a per-expert error output."""
     started = time.perf_counter()
+    kind: Literal["timeout", "error"] = "error"
     try:
         outputs = await asyncio.wait_for(expert.score(batch), timeout=deadline_s)
         if len(outputs) != len(batch):
             raise RuntimeError(f"returned {len(outputs)} outputs for {len(batch)} inputs")
         return outputs
     except asyncio.TimeoutError:
-        error = f"timed out after {deadline_s * 1000:.0f} ms"
+        error, kind = f"timed out after {deadline_s * 1000:.0f} ms", "timeout"
     except Exception as exc:  # an expert's failure must never fail the request
         error = f"{type(exc).__name__}: {exc}"
     elapsed = (time.perf_counter() - started) * 1000.0
-    return [ExpertOutput(expert=expert.name, latency_ms=elapsed, error=error) for _ in batch]
+    return [ExpertOutput(expert=expert.name, latency_ms=elapsed, error=error, error_kind=kind) for _ in batch]

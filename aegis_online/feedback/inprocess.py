@@ -1,13 +1,20 @@
 """The embedded feedback bus: an in-process queue with Kafka's shape (partitions keyed by tenant, offsets, commits),
 and a thread that drains it through the same ``FeedbackWorker`` as Kafka does.
 
-Events live in memory until committed: an embedded service that crashes loses the events not applied yet (the
-learner store's snapshot keeps what was applied). Use Kafka where that matters. ``publish`` blocks when
-``max_pending`` events wait, so a burst slows the feedback API down instead of growing memory without bound.
+With a ``QueueJournal`` (the embedded service's default: ``state.sqlite.SqliteQueueJournal``) the queue is durable
+like a topic: an event is journalled before ``publish`` returns and survives a power loss once its receipt's
+``wait`` returns (a group commit: one fsync for every event published before it); committed events are deleted;
+after a restart the uncommitted ones are delivered again and offsets go on from the highest ever issued, so the
+learner records' watermarks (which remember offsets) never mistake a new event for an applied one. Without a
+journal, events live in memory until committed and a crash loses those not applied yet.
+
+``publish`` blocks when ``max_pending`` events wait, so a burst slows the feedback API down instead of growing
+memory without bound.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
@@ -27,6 +34,9 @@ from aegis_online.feedback.processor import FeedbackProcessor
 from aegis_online.feedback.records import DeadLetter, FeedbackRecord
 from aegis_online.feedback.worker import FeedbackWorker, WorkerStats
 from aegis_online.schemas import FeedbackEvent
+from aegis_online.state import EventKey, JournalEntry, QueueJournal, StoreUnavailableError
+
+log = logging.getLogger("aegis_online.feedback.inprocess")
 
 
 class QueueFullError(RuntimeError):
@@ -34,46 +44,79 @@ class QueueFullError(RuntimeError):
 
 
 class _Done(Receipt):
-    def __init__(self, published: Published) -> None:
+    def __init__(self, published: Published, journal: QueueJournal | None = None, ticket: int = 0) -> None:
         self.published = published
+        self.journal = journal
+        self.ticket = ticket
 
     def wait(self, timeout_s: float | None = None) -> Published:
+        if self.journal is not None:
+            self.journal.sync(self.ticket)
         return self.published
 
 
 class InProcessFeedbackQueue(FeedbackPublisher, FeedbackSource):
-    """Partitions of (offset, key, value) in memory; one consumer; committed records are dropped."""
+    """Partitions of (offset, key, value) in memory, journalled when ``journal`` is given; one consumer; committed
+    records are dropped.
+
+    Partitions of an earlier run with more of them (``bus.partitions`` lowered) are kept until drained: their events
+    keep their offsets, so the watermarks still recognise those already applied.
+    """
 
     def __init__(
-        self, partitions: int = 1, *, topic: str = "feedback", max_pending: int = 100_000, publish_timeout_s: float = 5
+        self,
+        partitions: int = 1,
+        *,
+        topic: str = "feedback",
+        max_pending: int = 100_000,
+        publish_timeout_s: float = 5,
+        journal: QueueJournal | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
         self.max_pending = max_pending
         self.publish_timeout_s = publish_timeout_s
-        self._logs: list[deque[FeedbackRecord]] = [deque() for _ in range(partitions)]
-        self._next_offset = [0] * partitions
-        self._position = [0] * partitions
+        self.journal = journal
+        next_offsets, entries = journal.load(topic) if journal is not None else ({}, [])
+        count = max(partitions, 1 + max((*next_offsets, *(e.partition for e in entries)), default=-1))
+        self._logs: list[deque[FeedbackRecord]] = [deque() for _ in range(count)]
+        for e in entries:
+            self._logs[e.partition].append(FeedbackRecord(topic, e.partition, e.offset, e.key, e.value, e.timestamp_ms))
+        self._next_offset = [
+            max(next_offsets.get(p, 0), self._logs[p][-1].offset + 1 if self._logs[p] else 0) for p in range(count)
+        ]
+        self._position = [0] * count
         self._paused: set[int] = set()
-        self._pending = 0
+        self._pending = len(entries)
         self._cond = threading.Condition()
+        if entries:
+            log.info("%d feedback events from before the restart are queued again", len(entries))
 
     # -- publisher ------------------------------------------------------------------------------------------------
     def publish(self, event: FeedbackEvent) -> Receipt:
-        return self.publish_raw(event.tenant.encode(), event.model_dump_json().encode())
+        value = event.model_dump_json().encode()
+        return self._append(event.tenant.encode(), value, (event.tenant, event.idempotency_key))
 
     def publish_raw(self, key: bytes | None, value: bytes | None) -> Receipt:
         """Append raw bytes (tests use it to send what a broken producer would)."""
+        return self._append(key, value, None)
+
+    def _append(self, key: bytes | None, value: bytes | None, queued: EventKey | None) -> Receipt:
         p = 0 if key is None else zlib.crc32(key) % self.partitions
         with self._cond:
             if not self._cond.wait_for(lambda: self._pending < self.max_pending, self.publish_timeout_s):
                 raise QueueFullError(f"{self._pending} feedback events wait in the in-process queue")
             offset = self._next_offset[p]
+            record = FeedbackRecord(self.topic, p, offset, key, value, int(time.time() * 1000))
+            ticket = 0
+            if self.journal is not None:  # first: an offset is issued only once it is on disk
+                entry = JournalEntry(p, offset, key, value, record.timestamp_ms)
+                ticket = self.journal.append(self.topic, entry, queued)
             self._next_offset[p] += 1
-            self._logs[p].append(FeedbackRecord(self.topic, p, offset, key, value, int(time.time() * 1000)))
+            self._logs[p].append(record)
             self._pending += 1
             self._cond.notify_all()
-        return _Done(Published(self.topic, p, offset))
+        return _Done(Published(self.topic, p, offset), self.journal, ticket)
 
     # -- source ---------------------------------------------------------------------------------------------------
     def poll(self, max_records: int, timeout_s: float) -> list[FeedbackRecord]:
@@ -111,11 +154,16 @@ class InProcessFeedbackQueue(FeedbackPublisher, FeedbackSource):
             self._cond.notify_all()
 
     def commit(self, offsets: dict[Partition, int]) -> bool:
+        if self.journal is not None:
+            try:
+                self.journal.commit(self.topic, {p: offset for (_, p), offset in offsets.items()})
+            except StoreUnavailableError as error:  # harmless: applied events redelivered later are skipped
+                log.warning("could not delete committed feedback from the journal (the next commit will): %s", error)
         with self._cond:
             for (_, p), offset in offsets.items():
-                log = self._logs[p]
-                while log and log[0].offset < offset:
-                    log.popleft()
+                records = self._logs[p]
+                while records and records[0].offset < offset:
+                    records.popleft()
                     self._pending -= 1
             self._cond.notify_all()
         return True

@@ -73,7 +73,11 @@ def feedback(
             labels[allowed[int(j)]] = float(rng.random() < risk)
         events.append(
             FeedbackEvent(
-                request_id=record.request_id, tenant=record.tenant, labels=labels, event_id=f"fb-{first_id + i:08d}"
+                request_id=record.request_id,
+                tenant=record.tenant,
+                labels=labels,
+                event_id=f"fb-{first_id + i:08d}",
+                trusted=True,
             )
         )
     return events

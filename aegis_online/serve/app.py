@@ -12,16 +12,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Path, Query, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import TENANT_PATTERN, Decision, ModerationRequest
-from aegis_online.serve.access import principal_dependency
+from aegis_online.serve.access import principal_dependency, tenant_for
+from aegis_online.serve.admission import AdmissionControl, ArrivalStamp, arrival
 from aegis_online.serve.auth import Principal
 from aegis_online.serve.errors import ApiError, install_error_handlers
 from aegis_online.serve.feedback import FeedbackServing
-from aegis_online.serve.middleware import BodySizeLimit, RequestTiming
+from aegis_online.serve.middleware import BodySizeLimit, RequestTiming, RequireJson
 from aegis_online.serve.models import ErrorResponse, FeedbackBody, FeedbackReceipt, Liveness, Readiness, TenantWeights
 from aegis_online.serve.moderate import DecisionRecorder, ModerateServing
 from aegis_online.serve.openai_moderations import OpenAIModerationServing
@@ -48,9 +50,17 @@ def create_app(service: ModerationService) -> FastAPI:
     engine = service.engine
     record = DecisionRecorder(service.metrics, service.health.experts)
     moderate = ModerateServing(engine, record)
+    admission = AdmissionControl(config.limits.admission, config.limits.deadline_ms / 1000.0, service.metrics)
     moderations = OpenAIModerationServing(engine, record, config.limits, config.server.model_name)
     feedback = FeedbackServing(
-        engine, service.publisher, service.bus_health, service.metrics, config.limits, service.ledger
+        engine,
+        service.publisher,
+        service.bus_health,
+        service.metrics,
+        config.limits,
+        service.ledger,
+        gate=service.gate,
+        quotas=service.quotas,
     )
     tenants = TenantServing(engine, config.learner.name)
     principal = principal_dependency(service.keys)
@@ -63,7 +73,11 @@ def create_app(service: ModerationService) -> FastAPI:
         finally:
             await asyncio.to_thread(service.stop)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped in fastapi-offline: FastAPI's defaults load them from a CDN, which
+    # leaves /docs blank on a machine without Internet access. server.docs: false turns both pages off.
+    docs = {} if config.server.docs else {"docs_url": None, "redoc_url": None}
+    app = FastAPIOffline(
+        **docs,
         title="aegis-online",
         version="0.1.0",
         description=DESCRIPTION,
@@ -76,9 +90,12 @@ def create_app(service: ModerationService) -> FastAPI:
         ],
     )
     app.state.service = service
+    app.state.admission = admission
     install_error_handlers(app)
+    app.add_middleware(RequireJson)
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestTiming, metrics=service.metrics)
+    app.add_middleware(ArrivalStamp)  # outermost: the deadline runs from here
     tenant_path = Path(pattern=TENANT_PATTERN, description="Tenant id.")
 
     @app.post(
@@ -86,23 +103,34 @@ def create_app(service: ModerationService) -> FastAPI:
         response_model=Decision,
         tags=["moderation"],
         summary="Moderate a conversation (prompt or response check)",
-        responses=_errors(400, 401, 403, 409, 413, 422),
+        responses=_errors(400, 401, 403, 409, 413, 415, 422, 429, 503),
     )
-    async def moderate_route(body: ModerationRequest, caller: Principal = Depends(principal)) -> Decision:
-        return await moderate(body, caller)
+    async def moderate_route(
+        body: ModerationRequest, http: Request, caller: Principal = Depends(principal)
+    ) -> Decision:
+        tenant = tenant_for(caller, body.tenant if "tenant" in body.model_fields_set else None)
+        await asyncio.to_thread(service.quotas.check, caller, tenant, "moderate", 1)
+        async with admission.slot(arrival(http.scope)) as budget_s:
+            return await moderate(body, caller, deadline_s=budget_s)
 
     @app.post(
         "/v1/moderations",
         response_model=ModerationCreateResponse,
         tags=["moderation"],
         summary="OpenAI-compatible moderation",
-        responses=_errors(400, 401, 413, 422, openai=True),  # 422 only to replace FastAPI's default: it answers 400
+        # 422 only to replace FastAPI's default: it answers 400
+        responses=_errors(400, 401, 413, 415, 422, 429, 503, openai=True),
     )
     async def openai_moderations_route(
-        body: ModerationCreateRequest, response: Response, caller: Principal = Depends(principal)
+        body: ModerationCreateRequest, http: Request, response: Response, caller: Principal = Depends(principal)
     ) -> ModerationCreateResponse:
-        result, request_ids = await moderations(body, caller)
+        inputs = len(body.input) if isinstance(body.input, list) and all(isinstance(v, str) for v in body.input) else 1
+        await asyncio.to_thread(service.quotas.check, caller, caller.home_tenant, "moderate", inputs)
+        async with admission.slot(arrival(http.scope), inputs) as budget_s:
+            result, request_ids = await moderations(body, caller, deadline_s=budget_s)
         response.headers["X-Aegis-Request-Ids"] = ",".join(request_ids)
+        degraded = any(r.aegis is not None and r.aegis.degraded for r in result.results)
+        response.headers["X-Aegis-Degraded"] = "true" if degraded else "false"
         return result
 
     @app.post(
@@ -111,7 +139,7 @@ def create_app(service: ModerationService) -> FastAPI:
         status_code=202,
         tags=["feedback"],
         summary="Send feedback: one event, or a batch under 'events'",
-        responses=_errors(400, 401, 403, 404, 413, 422, 503),
+        responses=_errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     )
     async def feedback_route(body: FeedbackBody, caller: Principal = Depends(principal)) -> FeedbackReceipt:
         return await feedback(body, caller)
@@ -131,7 +159,7 @@ def create_app(service: ModerationService) -> FastAPI:
         response_model=TenantPolicy,
         tags=["tenants"],
         summary="Set a tenant's policy (admin)",
-        responses=_errors(400, 401, 403, 413, 422, 503),
+        responses=_errors(400, 401, 403, 413, 415, 422, 503),
     )
     async def put_policy_route(
         body: TenantPolicy, tenant: str = tenant_path, caller: Principal = Depends(principal)

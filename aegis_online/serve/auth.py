@@ -3,7 +3,11 @@
 Roles:
 
 * ``client``: moderates and sends feedback for its own tenant, and may read (not change) its own policy and weights.
-* ``admin``: everything, for every tenant, or for one tenant when the key names one.
+  Its feedback trains its tenant's weights only (and the global ones when the config lists the tenant among the
+  ``global_learning.contributors``, within its share).
+* ``moderator``: a client whose labels the operator trusts: they also train the global weights every tenant starts
+  from. For one tenant, or for every tenant when the key names none. Cannot change policies.
+* ``admin``: everything, for every tenant, or for one tenant when the key names one; its feedback is trusted too.
 
 Keys come from the config (``auth.keys``), a secrets file (``auth.keys_file``: YAML or JSON, a list under ``keys``)
 or the environment (``AEGIS_SERVE_AUTH__KEYS`` as JSON, ``AEGIS_SERVE_AUTH__KEYS_FILE``). They are hashed (SHA-256)
@@ -29,7 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from aegis_online.config import ApiKey, AuthSection, ConfigError, ServiceConfig, is_loopback
 
-Role = Literal["client", "admin"]
+Role = Literal["client", "moderator", "admin"]
 DEFAULT_TENANT = "default"
 
 
@@ -61,6 +65,11 @@ class Principal:
 
     def may_administer(self, tenant: str) -> bool:
         return self.role == "admin" and self.may_act_for(tenant)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether this caller's feedback trains the global weights (moderator and admin keys)."""
+        return self.role in ("moderator", "admin")
 
 
 OPEN_PRINCIPAL = Principal(name="development", role="admin", tenant=DEFAULT_TENANT, open_mode=True)

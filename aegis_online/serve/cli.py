@@ -1,22 +1,22 @@
 """``aegis-online serve`` and ``aegis-online serve-demo``: typer functions the top-level CLI registers.
 
-``serve`` validates the config, refuses an exposed address without API keys, starts a local Ray with the
-application, prints where it listens and serves until SIGINT or SIGTERM; then it stops Serve and Ray whatever
-happened. ``python -m aegis_online.serve.cli`` runs the same commands without the top-level CLI.
+``serve`` validates the config, refuses an exposed address without API keys, prints where state lives, then hands
+over to ``supervisor``: the Ray driver runs in a child process, and SIGINT, SIGTERM or SIGHUP at any moment stop
+Serve and Ray and leave no process or session folder behind (exit status: 0 stopped on request, 1 the application
+did not start or the driver died, 2 a configuration error). ``python -m aegis_online.serve.cli`` runs the same
+commands without the top-level CLI.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
 import typer
 
 CONFIG_HELP = "Service config (YAML); AEGIS_SERVE_* environment variables override it. Default: embedded defaults."
+DATA_DIR_HELP = "Folder of the embedded store (store.data_dir; default: the config's, ./aegis-data)."
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -28,17 +28,17 @@ def serve_command(
     host: str | None = typer.Option(None, "--host", help="Address to bind (default: the config's, 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port (default: the config's, 8000)."),
     config: Path | None = typer.Option(None, "--config", envvar="AEGIS_SERVE_CONFIG", dir_okay=False, help=CONFIG_HELP),
+    data_dir: Path | None = typer.Option(None, "--data-dir", file_okay=False, help=DATA_DIR_HELP),
     log_level: str = typer.Option("INFO", "--log-level", help="Level of the service's own log lines."),
 ) -> None:
     """Serve the moderation API with Ray Serve: one deployment per expert, a FastAPI ingress."""
-    from aegis_online.config import ConfigError, load_config
-    from aegis_online.serve.auth import load_key_table, require_safe_exposure
+    from aegis_online.config import ConfigError
+    from aegis_online.serve.launch import Launch, describe_state
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    launch = Launch(config, host, port, data_dir, log_level).absolute()
     try:
-        settings = load_config(config).with_server(host, port)
-        keys = load_key_table(settings.auth)
-        require_safe_exposure(settings, keys)
+        settings, keys = launch.resolve()
         plan = settings.expert_plan()
     except ConfigError as error:
         raise _fail(str(error)) from None
@@ -59,33 +59,13 @@ def serve_command(
         f"{settings.bus.kind}, {len(keys)} API keys",
         flush=True,
     )
-    stop = threading.Event()
+    print(f"aegis-online serve: state: {describe_state(settings)}", flush=True)
+    from aegis_online.serve import sessions
+    from aegis_online.serve.supervisor import run
 
-    def request_stop(signum: int, _frame: object) -> None:
-        print(f"aegis-online serve: signal {signum}, stopping", flush=True)
-        stop.set()
-
-    from aegis_online.serve.runtime import local_service
-
-    started = time.monotonic()
-    try:
-        with local_service(settings, keys) as url:
-            signal.signal(signal.SIGTERM, request_stop)
-            signal.signal(signal.SIGINT, request_stop)
-            print(
-                f"aegis-online serve: ready in {time.monotonic() - started:.0f} s at {url} "
-                f"(OpenAPI docs {url}/docs, OpenAI-compatible {url}/v1/moderations)",
-                flush=True,
-            )
-            while not stop.wait(0.5):
-                pass
-    except ConfigError as error:
-        raise _fail(str(error)) from None
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as error:  # a deployment that cannot start (missing model, failed warm-up...)
-        raise _fail(f"the application did not start: {error}", code=1) from None
-    print("aegis-online serve: stopped", flush=True)
+    code = run(launch, settings.ray.temp_dir or sessions.ROOT)
+    if code:
+        raise typer.Exit(code=code)
 
 
 def serve_demo_command(

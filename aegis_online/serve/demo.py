@@ -77,10 +77,16 @@ def _spare_port() -> int:
 
 
 def _write_setup(folder: Path, port: int) -> tuple[Path, dict[str, str]]:
-    """A config and a keys file (mode 0600) with fresh random keys: one client key per tenant, one admin key."""
+    """A config and a keys file (mode 0600) with fresh random keys: per tenant a client key (its application's
+    moderation calls) and a moderator key (its reviewers' verdicts, which the operator trusts to train the global
+    weights), and one admin key."""
     keys = {tenant: "demo-" + secrets.token_urlsafe(24) for tenant in TENANTS}
+    keys |= {f"{tenant}-moderators": "demo-mod-" + secrets.token_urlsafe(24) for tenant in TENANTS}
     keys["admin"] = "demo-admin-" + secrets.token_urlsafe(24)
     entries = [{"name": f"{t}-app", "key": keys[t], "tenant": t, "role": "client"} for t in TENANTS]
+    entries += [
+        {"name": f"{t}-moderators", "key": keys[f"{t}-moderators"], "tenant": t, "role": "moderator"} for t in TENANTS
+    ]
     entries.append({"name": "demo-ops", "key": keys["admin"], "role": "admin"})
     keys_file = folder / "keys.yaml"
     keys_file.touch(mode=0o600)
@@ -100,7 +106,10 @@ def _write_setup(folder: Path, port: int) -> tuple[Path, dict[str, str]]:
 def _start_service(config: Path, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    # The learned state lives in the demo's own folder: a second demo starts from scratch, and nothing is left behind.
+    state = config.parent / "state"
     command = [sys.executable, "-m", "aegis_online.serve.cli", "serve", "--config", str(config)]
+    command += ["--data-dir", str(state)]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -183,9 +192,8 @@ async def _stream(url: str, keys: dict[str, str], rows: list[LabelledPrompt], co
                 _, _, tenant, event = heapq.heappop(due)
                 batches[tenant].append(event)
             for tenant, events in batches.items():
-                response = await client.post(
-                    "/v1/feedback", json={"events": events}, headers={"Authorization": f"Bearer {keys[tenant]}"}
-                )
+                moderators = {"Authorization": f"Bearer {keys[f'{tenant}-moderators']}"}
+                response = await client.post("/v1/feedback", json={"events": events}, headers=moderators)
                 if response.status_code != 202:
                     log.errors[f"feedback {response.status_code}"] += len(events)
                     continue

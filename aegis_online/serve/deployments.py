@@ -11,6 +11,12 @@ unless the config overrides them.
 fan-out: every expert in parallel under the request's deadline; one that fails or is late is named in
 ``missing_experts`` and treated as asleep, and its Ray request is cancelled.
 
+Cheap experts (``placement``: by default catalog cost ``cpu-light``, i.e. profanity-check) are built inside the
+ingress instead and called in process: a Ray hop (serialisation, a queue, a batch wait, two event-loop turns) costs
+more than their work (about 4 ms), and on a small machine every hop's CPU is taken from the experts. Their work
+runs in a thread (``asyncio.to_thread`` in the backend), never on the ingress' event loop. They keep their place in
+the expert order (it names the learner's keys) and their CPUs are reserved by the ingress replica.
+
 ``build_app(config, keys)`` binds it all. Only key digests go to the ingress (``KeyTable.to_wire``).
 """
 
@@ -48,24 +54,9 @@ class ExpertDeployment:
     async def __init__(self, spec: dict[str, Any], serving: dict[str, Any]) -> None:
         self.spec = ExpertSpec.model_validate(spec)
         options = ExpertServing.model_validate(serving)
-        if options.threads:  # Ray starts a replica with OMP_NUM_THREADS = its CPUs, rounded up: 1 for a fraction
-            for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[variable] = str(options.threads)
-        self.expert = build_expert(self.spec)
+        self.expert = await build_ready_expert(self.spec, options, in_thread=False)
         self.score.set_max_batch_size(options.max_batch_size)
         self.score.set_batch_wait_timeout_s(options.batch_wait_timeout_ms / 1000.0)
-        started = time.perf_counter()
-        item = ExpertInput(
-            messages=(Message(role="user", content=WARM_UP_TEXT),),
-            check="prompt",
-            categories=tuple(c for c in CANONICAL if self.expert.covers(c)),
-        )
-        output = (await score_with_deadline(self.expert, [item], REPLICA_SCORE_TIMEOUT_S))[0]
-        if not output.ok:
-            raise RuntimeError(f"expert {self.spec.name} failed its warm-up: {output.error}")
-        if options.threads and "torch" in sys.modules:  # loaded by the warm-up, when the expert uses it
-            sys.modules["torch"].set_num_threads(options.threads)
-        log.info("expert %s ready in %.1f s", self.spec.name, time.perf_counter() - started)
 
     def describe(self) -> dict[str, Any]:
         """What the ingress needs to route to this expert: its name and coverage."""
@@ -78,6 +69,28 @@ class ExpertDeployment:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def score(self, items: list[ExpertInput]) -> list[ExpertOutput]:
         return await score_with_deadline(self.expert, items, REPLICA_SCORE_TIMEOUT_S)
+
+
+async def build_ready_expert(spec: ExpertSpec, options: ExpertServing, *, in_thread: bool) -> Expert:
+    """Build the expert of ``spec`` (in a thread when ``in_thread``: its imports and model load take seconds) and
+    score one text, so that the first real request does not pay for loading; fail loudly if it cannot."""
+    started = time.perf_counter()
+    if options.threads:  # Ray starts a replica with OMP_NUM_THREADS = its CPUs, rounded up: 1 for a fraction
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(options.threads)
+    expert = await asyncio.to_thread(build_expert, spec) if in_thread else build_expert(spec)
+    item = ExpertInput(
+        messages=(Message(role="user", content=WARM_UP_TEXT),),
+        check="prompt",
+        categories=tuple(c for c in CANONICAL if expert.covers(c)),
+    )
+    output = (await score_with_deadline(expert, [item], REPLICA_SCORE_TIMEOUT_S))[0]
+    if not output.ok:
+        raise RuntimeError(f"expert {spec.name} failed its warm-up: {output.error}")
+    if options.threads and "torch" in sys.modules:  # loaded by the warm-up, when the expert uses it
+        sys.modules["torch"].set_num_threads(options.threads)
+    log.info("expert %s ready in %.1f s", spec.name, time.perf_counter() - started)
+    return expert
 
 
 class RemoteExpert(Expert):
@@ -109,20 +122,32 @@ class RemoteExpert(Expert):
 @serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=10)
 @serve.ingress()
 class ModerationIngress:
-    """The HTTP entry point: the FastAPI app of ``create_app`` over the expert deployments."""
+    """The HTTP entry point: the FastAPI app of ``create_app`` over the expert deployments and the experts placed
+    in the ingress (``plan``: every expert in the engine's order, with its catalog entry and serving options;
+    ``experts``: the handles of those that are deployments)."""
 
     async def __init__(
-        self, config: dict[str, Any], keys: list[dict[str, Any]], experts: Mapping[str, DeploymentHandle]
+        self,
+        config: dict[str, Any],
+        keys: list[dict[str, Any]],
+        experts: Mapping[str, DeploymentHandle],
+        plan: Sequence[dict[str, Any]] = (),
     ) -> None:
         from aegis_online.serve.service import build_service
 
         self.config = ServiceConfig.model_validate(config)
-        described = await asyncio.gather(*(handle.describe.remote() for handle in experts.values()))
-        remote = [
-            RemoteExpert(d["name"], d["categories"], d["free_form"], handle)
-            for d, handle in zip(described, experts.values(), strict=True)
-        ]
-        self.service = build_service(self.config, remote, KeyTable.from_wire(keys))
+
+        async def expert(entry: dict[str, Any]) -> Expert:
+            handle = experts.get(entry["name"])
+            if handle is None:
+                spec, serving = ExpertSpec.model_validate(entry["spec"]), ExpertServing.model_validate(entry["serving"])
+                return await build_ready_expert(spec, serving, in_thread=True)
+            d = await handle.describe.remote()
+            return RemoteExpert(d["name"], d["categories"], d["free_form"], handle)
+
+        entries = list(plan) or [{"name": name} for name in experts]
+        built = await asyncio.gather(*(expert(entry) for entry in entries))
+        self.service = build_service(self.config, built, KeyTable.from_wire(keys))
 
     def __serve_build_asgi_app__(self) -> Any:
         from aegis_online.serve.app import create_app
@@ -137,7 +162,13 @@ def deployment_name(expert: str) -> str:
 def build_app(config: ServiceConfig, keys: KeyTable) -> serve.Application:
     """The Ray Serve application of ``config``: the expert deployments and the ingress, bound."""
     experts: dict[str, serve.Application] = {}
+    plan = []
     for spec, serving in config.expert_plan():
+        plan.append(
+            {"name": spec.name, "spec": spec.model_dump(mode="json"), "serving": serving.model_dump(mode="json")}
+        )
+        if serving.in_ingress(spec):
+            continue
         hardware = spec.hardware
         actor_options: dict[str, Any] = {
             "num_cpus": serving.num_cpus if serving.num_cpus is not None else hardware.cpus,
@@ -154,12 +185,20 @@ def build_app(config: ServiceConfig, keys: KeyTable) -> serve.Application:
         ).bind(spec.model_dump(mode="json"), serving.model_dump(mode="json"))
     # The ingress gets the config without the inline keys (their digests travel in ``keys``).
     wire_config = config.model_dump(mode="json", exclude={"auth": {"keys"}})
+    ingress = ingress_replica_needs(config)
+    ingress_options: dict[str, Any] = {"num_cpus": ingress["CPU"]}
+    if ingress["memory_gb"]:
+        ingress_options["memory"] = int(ingress["memory_gb"] * 1024**3)
     return ModerationIngress.options(
         name="ingress",
         **_replica_options(config.ingress.replicas, config.ingress.autoscaling),
         max_ongoing_requests=config.ingress.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.ingress.num_cpus},
-    ).bind(wire_config, keys.to_wire(), experts)
+        # The proxy queues what the ingress replicas cannot take, unseen by admission control: bounded, it refuses
+        # the rest at once with 503 and Retry-After.
+        max_queued_requests=config.ingress.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": 1},
+        ray_actor_options=ingress_options,
+    ).bind(wire_config, keys.to_wire(), experts, plan)
 
 
 def _replica_options(replicas: int, autoscaling: Autoscaling | None) -> dict[str, Any]:
@@ -174,12 +213,26 @@ def _replicas(replicas: int, autoscaling: Autoscaling | None, bound: str) -> int
     return autoscaling.max_replicas if bound == "max" else max(autoscaling.min_replicas, 1)
 
 
+def ingress_replica_needs(config: ServiceConfig) -> dict[str, float]:
+    """What one ingress replica reserves: its own CPUs plus those (and the memory) of the experts placed in it."""
+    cpus, memory_gb = config.ingress.num_cpus, 0.0
+    for spec, serving in config.expert_plan():
+        if serving.in_ingress(spec):
+            cpus += serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus
+            memory_gb += spec.hardware.memory_gb
+    return {"CPU": cpus, "memory_gb": memory_gb}
+
+
 def resource_needs(config: ServiceConfig, bound: str = "min") -> dict[str, float]:
     """CPUs and GPUs the application reserves, summed over replicas: at start (``min``: autoscaled deployments at
-    their floor, at least one replica) or at most (``max``: every autoscaled deployment at its ceiling)."""
-    cpus = _replicas(config.ingress.replicas, config.ingress.autoscaling, bound) * config.ingress.num_cpus
+    their floor, at least one replica) or at most (``max``: every autoscaled deployment at its ceiling). Experts
+    placed in the ingress count once per ingress replica."""
+    ingress = _replicas(config.ingress.replicas, config.ingress.autoscaling, bound)
+    cpus = ingress * ingress_replica_needs(config)["CPU"]
     gpus = 0.0
     for spec, serving in config.expert_plan():
+        if serving.in_ingress(spec):
+            continue
         replicas = _replicas(serving.replicas, serving.autoscaling, bound)
         cpus += replicas * (serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus)
         gpus += replicas * (serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus)

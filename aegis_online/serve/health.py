@@ -15,8 +15,8 @@ from aegis_online.schemas import Decision
 from aegis_online.serve.models import ComponentCheck, Readiness
 from aegis_online.serve.resilience import DependencyHealth
 
-#: Reasons the engine gives for an expert it did not ask: not failures.
-NOT_ASKED = ("not queried (bandit mode)", "covers none of the categories")
+#: Missing-expert kinds that are failures of the expert itself (not_queried, not_covered and language are choices).
+EXPERT_FAILURES = frozenset({"timeout", "error"})
 
 
 class ExpertHealth:
@@ -33,7 +33,7 @@ class ExpertHealth:
             for contribution in decision.experts:
                 self._failures[contribution.expert] = 0
             for missing in decision.missing_experts:
-                if missing.reason not in NOT_ASKED:
+                if missing.kind in EXPERT_FAILURES:
                     self._failures[missing.expert] = self._failures.get(missing.expert, 0) + 1
                     self._last_error[missing.expert] = missing.reason
 

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aegis_online.schemas import Decision
-from aegis_online.serve.health import NOT_ASKED
+from aegis_online.serve.health import EXPERT_FAILURES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -77,6 +77,19 @@ class _ScrapeTime(Collector):
         )
 
 
+class _AdmissionState(Collector):
+    """The admission controller's gauges, read when scraped."""
+
+    def __init__(self, state: Callable[[], tuple[float, int, int]]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        limit, in_flight, queued = self.state()
+        yield GaugeMetricFamily("aegis_admission_limit", "Moderation inputs allowed in progress at once.", value=limit)
+        yield GaugeMetricFamily("aegis_admission_in_flight", "Moderation inputs in progress.", value=in_flight)
+        yield GaugeMetricFamily("aegis_admission_queued", "Moderation inputs waiting to start.", value=queued)
+
+
 class ServiceMetrics:
     """The service's metrics and the few calls that update them."""
 
@@ -117,6 +130,13 @@ class ServiceMetrics:
         self.decisions = Counter(
             "aegis_decisions", "Moderation decisions by overall action.", ["action", "degraded"], registry=r
         )
+        self.degraded_decisions = Counter(
+            "aegis_degraded_decisions",
+            "Decisions in which a category went unscored, by why (timeout, error, not_queried, language); a decision "
+            "counts once per kind it shows.",
+            ["kind"],
+            registry=r,
+        )
         self.category_decisions = Counter(
             "aegis_category_decisions",
             "Per-category decisions by category and action.",
@@ -126,8 +146,22 @@ class ServiceMetrics:
         self.feedback_events = Counter(
             "aegis_feedback_events", "Feedback events received by the API, by outcome.", ["outcome"], registry=r
         )
+        self.admission = Counter(
+            "aegis_admission",
+            "Moderation requests by admission outcome: admitted (at once), admitted_after_wait (queued), refused "
+            "(503 at once: it could not start in time), refused_after_wait (503: it did not start in time).",
+            ["outcome"],
+            registry=r,
+        )
+        self.admission_wait = Histogram(
+            "aegis_admission_wait_seconds",
+            "Time from arrival to start of the moderation requests that waited in the admission queue.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         r.register(_ScrapeTime(feedback_applied, weights, store_degraded, predictions_dropped))
         self._category_children: dict[tuple[str, str], Counter] = {}
+        self._admission_state: _AdmissionState | None = None
 
     def observe_decision(self, decision: Decision) -> None:
         self.decisions.labels(decision.action, str(decision.degraded).lower()).inc()
@@ -141,9 +175,24 @@ class ServiceMetrics:
         for contribution in decision.experts:
             self.expert_latency.labels(contribution.expert).observe(contribution.latency_ms / 1000.0)
         for missing in decision.missing_experts:
-            if missing.reason not in NOT_ASKED:
-                reason = "timeout" if "timed out" in missing.reason else "error"
-                self.expert_failures.labels(missing.expert, reason).inc()
+            if missing.kind in EXPERT_FAILURES:
+                self.expert_failures.labels(missing.expert, missing.kind).inc()
+        if decision.degraded:
+            for kind in {k for u in decision.unscored for k in u.kinds} or {"no_expert"}:
+                self.degraded_decisions.labels(kind).inc()
+
+    def observe_admission(self, outcome: str, waited_s: float | None = None) -> None:
+        self.admission.labels(outcome).inc()
+        if waited_s is not None:
+            self.admission_wait.observe(waited_s)
+
+    def watch_admission(self, state: Callable[[], tuple[float, int, int]]) -> None:
+        """Report the admission controller's (limit, inputs in progress, inputs waiting) when scraped (the latest
+        controller's, if an app is built twice over one service)."""
+        if self._admission_state is not None:
+            self.registry.unregister(self._admission_state)
+        self._admission_state = _AdmissionState(state)
+        self.registry.register(self._admission_state)
 
     def observe_feedback(self, queued: int, rejected: int) -> None:
         if queued:

@@ -86,6 +86,31 @@ class BodySizeLimit:
         return f"the request body exceeds {self.max_bytes} bytes"
 
 
+class RequireJson:
+    """Answers 415 to a request body declared as anything but JSON (``application/json`` or ``*/*+json``).
+
+    Without it FastAPI reads such a body as a string and answers a puzzling 422 ("Input should be a valid
+    dictionary") to valid JSON sent as ``text/plain``. A body with no Content-Type is taken as JSON.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in _WITH_BODY:
+            declared = next((v for k, v in scope.get("headers", ()) if k == b"content-type"), None)
+            if declared is None:  # FastAPI would read it as a string: say what it is
+                scope = dict(scope, headers=[*scope.get("headers", ()), (b"content-type", b"application/json")])
+            else:
+                media = declared.split(b";", 1)[0].strip().lower()
+                if media and media != b"application/json" and not media.endswith(b"+json"):
+                    shown = media.decode(errors="replace")[:100]
+                    message = f"Content-Type {shown} is not supported: send the body as JSON (application/json)"
+                    await _send_error(send, scope.get("path", ""), 415, "unsupported_media_type", message)
+                    return
+        await self.app(scope, receive, send)
+
+
 class RequestTiming:
     """Counts requests and times them per route template (``/v1/tenants/{tenant}/policy``, never the raw path)."""
 

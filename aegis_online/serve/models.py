@@ -51,6 +51,10 @@ class FeedbackOutcome(Body):
     status: Literal["queued", "duplicate", "rejected"] = Field(
         description="queued now; duplicate: the same event id was queued before (it is applied once); rejected."
     )
+    scopes: list[Literal["tenant", "global"]] = Field(
+        default_factory=list,
+        description="For a queued event: whose weights it trains (the tenant's; the global ones too when trusted).",
+    )
     error: ErrorDetail | None = None
 
 
@@ -64,7 +68,10 @@ class FeedbackReceipt(Body):
 
 class CategoryWeights(Body):
     scope: Literal["global", "tenant"] = Field(description="Whose learned state the tenant's requests use.")
-    weights: dict[str, float] = Field(description="Weight of each expert (sums to 1).")
+    weights: dict[str, float] = Field(
+        description="Weight of each expert that scores this category (sums to 1); experts that do not score it are "
+        "left out."
+    )
 
 
 class TenantWeights(Body):

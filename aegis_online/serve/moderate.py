@@ -32,29 +32,43 @@ class ModerateServing:
         self.engine = engine
         self.record = record
 
-    async def __call__(self, request: ModerationRequest, principal: Principal) -> Decision:
+    async def __call__(
+        self, request: ModerationRequest, principal: Principal, *, deadline_s: float | None = None
+    ) -> Decision:
+        """``deadline_s``: what is left of the request's budget for the experts (default: the engine's)."""
         explicit = request.tenant if "tenant" in request.model_fields_set else None
         tenant = tenant_for(principal, explicit)
         if request.request_id is not None:
-            self._check_request_id(request.request_id, tenant)
+            self._check_request_id(request.request_id, tenant, request.input_digest)
         if tenant != request.tenant:
             request = request.model_copy(update={"tenant": tenant})
-        decision = await self.engine.moderate(request)
+        decision = await self.engine.moderate(request, deadline_s=deadline_s)
         self.record(decision)
         return decision
 
-    def _check_request_id(self, request_id: str, tenant: str) -> None:
-        """A caller-chosen request id may be reused by its own tenant (a retry) but never take another's: that would
-        overwrite the other tenant's logged prediction and break its feedback."""
+    def _check_request_id(self, request_id: str, tenant: str, digest: str) -> None:
+        """A caller-chosen request id may be reused by its own tenant for the same input (a retry), never for
+        another input nor by another tenant: either would overwrite the logged prediction that feedback joins."""
         try:
             record = self.engine.prediction_log.get(request_id)
         except StoreUnavailableError:
             return  # the write will not land either; nothing to protect
-        if record is not None and record.tenant != tenant:
+        if record is None:
+            return
+        if record.tenant != tenant:
             raise ApiError(
                 409,
                 "request_id: already used; choose another (or omit it)",
                 field="request_id",
                 type="conflict",
                 code="request_id_taken",
+            )
+        if record.input_digest and record.input_digest != digest:
+            raise ApiError(
+                409,
+                "request_id: already used for another input; a retry must send the same messages, check and "
+                "categories (or use a new request_id)",
+                field="request_id",
+                type="conflict",
+                code="request_id_reused",
             )

@@ -20,6 +20,7 @@ from aegis_online.serve.errors import ApiError
 from aegis_online.serve.moderate import DecisionRecorder
 from aegis_online.serve.protocol import (
     OPENAI_CATEGORIES,
+    AegisResultInfo,
     Categories,
     CategoryAppliedInputTypes,
     CategoryScores,
@@ -45,8 +46,9 @@ class OpenAIModerationServing:
         self.model_name = model_name
 
     async def __call__(
-        self, body: ModerationCreateRequest, principal: Principal
+        self, body: ModerationCreateRequest, principal: Principal, *, deadline_s: float | None = None
     ) -> tuple[ModerationCreateResponse, list[str]]:
+        """Every input in parallel; ``deadline_s``: what is left of the call's budget for the experts."""
         texts = self.texts(body)
         tenant = principal.home_tenant
         requests = [
@@ -55,7 +57,7 @@ class OpenAIModerationServing:
             )
             for text in texts
         ]
-        decisions = await asyncio.gather(*(self.engine.moderate(r) for r in requests))
+        decisions = await asyncio.gather(*(self.engine.moderate(r, deadline_s=deadline_s) for r in requests))
         for decision in decisions:
             self.record(decision)
         ids = [d.request_id for d in decisions]
@@ -101,18 +103,32 @@ class OpenAIModerationServing:
 
 
 def to_openai(decision: Decision) -> Moderation:
-    """One decision as an OpenAI moderation result."""
-    scores = {d.category: d.score or 0.0 for d in decision.categories}
+    """One decision as an OpenAI moderation result: a label's score is the highest of its related categories that
+    were scored (null when none was); the degradation, if any, is under ``aegis``."""
+    scores = {d.category: d.score for d in decision.categories if d.score is not None}
     flagged = {d.category for d in decision.categories if d.flagged}
-    label_scores: dict[str, float] = {}
+    unscored = {u.category for u in decision.unscored}
+    label_scores: dict[str, float | None] = {}
     label_flags: dict[str, bool] = {}
+    unscored_labels = []
     for label in OPENAI_CATEGORIES:
         related = OPENAI_OMNI.to_canonical[label]
-        label_scores[label] = max((scores.get(c, 0.0) for c in related), default=0.0)
+        known = [scores[c] for c in related if c in scores]
+        label_scores[label] = max(known) if known else None
         label_flags[label] = any(c in flagged for c in related)
+        if any(c in unscored for c in related):
+            unscored_labels.append(label)
     return Moderation(
         flagged=decision.flagged,
         categories=Categories.model_validate(label_flags),
         category_scores=CategoryScores.model_validate(label_scores),
         category_applied_input_types=_TEXT_ONLY,
+        aegis=AegisResultInfo(
+            request_id=decision.request_id,
+            action=decision.action,
+            degraded=decision.degraded,
+            unscored=unscored_labels,
+            unscored_categories=sorted(unscored),
+            missing_experts=[{"expert": m.expert, "kind": m.kind} for m in decision.missing_experts],
+        ),
     )

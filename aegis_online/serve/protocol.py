@@ -93,19 +93,21 @@ class Categories(_Wire):
 
 
 class CategoryScores(_Wire):
-    harassment: float
-    harassment_threatening: float = Field(alias="harassment/threatening")
-    hate: float
-    hate_threatening: float = Field(alias="hate/threatening")
-    illicit: float
-    illicit_violent: float = Field(alias="illicit/violent")
-    self_harm: float = Field(alias="self-harm")
-    self_harm_instructions: float = Field(alias="self-harm/instructions")
-    self_harm_intent: float = Field(alias="self-harm/intent")
-    sexual: float
-    sexual_minors: float = Field(alias="sexual/minors")
-    violence: float
-    violence_graphic: float = Field(alias="violence/graphic")
+    """Scores per label; null (never a made-up 0) for a label none of whose categories could be scored."""
+
+    harassment: float | None
+    harassment_threatening: float | None = Field(alias="harassment/threatening")
+    hate: float | None
+    hate_threatening: float | None = Field(alias="hate/threatening")
+    illicit: float | None
+    illicit_violent: float | None = Field(alias="illicit/violent")
+    self_harm: float | None = Field(alias="self-harm")
+    self_harm_instructions: float | None = Field(alias="self-harm/instructions")
+    self_harm_intent: float | None = Field(alias="self-harm/intent")
+    sexual: float | None
+    sexual_minors: float | None = Field(alias="sexual/minors")
+    violence: float | None
+    violence_graphic: float | None = Field(alias="violence/graphic")
 
 
 InputType = Literal["text", "image"]
@@ -127,11 +129,24 @@ class CategoryAppliedInputTypes(_Wire):
     violence_graphic: list[InputType] = Field(alias="violence/graphic")
 
 
+class AegisResultInfo(_Wire):
+    """This service's own facts about one result, under the extra key ``aegis`` (the openai SDK keeps unknown keys:
+    ``result.aegis`` or ``result.model_extra["aegis"]``). Degradation is here, never hidden in a made-up score."""
+
+    request_id: str = Field(description="The decision's request id: what /v1/feedback labels.")
+    action: Literal["allow", "flag", "block"] = Field(description="The tenant policy's action.")
+    degraded: bool = Field(description="True when a category could not be scored; its labels are in unscored.")
+    unscored: list[str] = Field(description="OpenAI labels with a related category that no expert could score.")
+    unscored_categories: list[str] = Field(description="The canonical categories that could not be scored.")
+    missing_experts: list[dict[str, str]] = Field(description="{expert, kind} of each expert that gave no score.")
+
+
 class Moderation(_Wire):
     flagged: bool = Field(description="Whether any of the categories is flagged.")
     categories: Categories
     category_scores: CategoryScores
     category_applied_input_types: CategoryAppliedInputTypes
+    aegis: AegisResultInfo | None = Field(default=None, description="aegis-online's extra facts (an extra key).")
 
 
 class ModerationCreateResponse(_Wire):

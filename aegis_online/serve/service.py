@@ -4,9 +4,10 @@
 the Ray ingress passes stand-ins for its expert deployments (``deployments.RemoteExpert``), tests and the benchmark
 pass experts that run in this process. Either way the engine is the same, so a decision means the same thing.
 
-Embedded defaults need no server: the memory stores (optionally with a snapshot file) and the in-process feedback
-queue drained by a worker thread in this process. ``store.kind: redis`` and ``bus.kind: kafka`` switch to the
-production backends; with Kafka the feedback workers run apart (``aegis-online feedback-worker``).
+Embedded defaults need no server: the SQLite stores in ``store.data_dir`` (``store.persist: false``: memory only)
+and the in-process feedback queue, journalled in the same database, drained by a worker thread in this process.
+``store.kind: redis`` and ``bus.kind: kafka`` switch to the production backends; with Kafka the feedback workers
+run apart (``aegis-online feedback-worker``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from aegis_online.feedback.bus import FeedbackPublisher
 from aegis_online.feedback.inprocess import EmbeddedFeedbackWorker, InProcessFeedbackQueue
 from aegis_online.policy import TenantPolicy
 from aegis_online.serve.auth import KeyTable
+from aegis_online.serve.feedback import GlobalLearningGate
 from aegis_online.serve.health import ExpertHealth, ServiceHealth
 from aegis_online.serve.metrics import ServiceMetrics
+from aegis_online.serve.quotas import TenantQuotas
 from aegis_online.serve.resilience import (
     CachedLearnerStore,
     DependencyHealth,
@@ -39,7 +42,14 @@ from aegis_online.state import (
     MemoryPredictionLog,
     PolicyStore,
     PredictionLog,
+    QueueJournal,
     StoreUnavailableError,
+)
+from aegis_online.state.quotas import (
+    ContributionCounter,
+    MemoryContributionCounter,
+    MemoryRateLimiter,
+    RateLimiter,
 )
 
 log = logging.getLogger("aegis_online.serve")
@@ -69,21 +79,45 @@ class Stores:
     health: DependencyHealth | None
     dropped: Callable[[], int]
     description: str
+    #: what the tenants' rate limits and global-learning shares are counted in (in process without Redis)
+    limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
+    contributions: ContributionCounter = field(default_factory=MemoryContributionCounter)
+    #: the in-process queue's journal (embedded and persistent), and what releases the stores at stop
+    journal: QueueJournal | None = None
+    close: Callable[[], None] = lambda: None
 
 
 def build_stores(config: ServiceConfig) -> Stores:
-    """The three stores of the config, wrapped for the request path when they live in a server."""
+    """The stores of the config, wrapped for the request path when they live in a server."""
     store = config.store
+    if store.kind == "memory" and store.persist:
+        from aegis_online.state.sqlite import open_sqlite_stores
+
+        embedded = open_sqlite_stores(
+            store.data_dir, prediction_ttl_s=store.prediction_ttl_s, max_predictions=store.max_predictions
+        )
+        return Stores(
+            learner=embedded.learner,
+            predictions=embedded.predictions,
+            policies=SeededPolicyStore(embedded.policies, config.policies),
+            ledger=embedded.ledger,
+            health=None,
+            dropped=lambda: 0,
+            description=f"sqlite ({embedded.data_dir})",
+            journal=embedded.journal,
+            close=embedded.close,
+        )
     if store.kind == "memory":
         return Stores(
-            learner=MemoryLearnerStore(snapshot_path=store.snapshot_path),
-            predictions=MemoryPredictionLog(ttl_s=store.prediction_ttl_s),
+            learner=MemoryLearnerStore(),
+            predictions=MemoryPredictionLog(ttl_s=store.prediction_ttl_s, max_records=store.max_predictions),
             policies=MemoryPolicyStore(config.policies),
             ledger=MemoryFeedbackLedger(ttl_s=store.prediction_ttl_s),
             health=None,
             dropped=lambda: 0,
-            description="memory" + (f" (snapshot {store.snapshot_path})" if store.snapshot_path else ""),
+            description="memory (nothing survives a restart)",
         )
+    from aegis_online.state.redis_quotas import RedisContributionCounter, RedisRateLimiter
     from aegis_online.state.redis_store import (
         RedisFeedbackLedger,
         RedisLearnerStore,
@@ -104,6 +138,8 @@ def build_stores(config: ServiceConfig) -> Stores:
         health=health,
         dropped=lambda: predictions.dropped,
         description="redis",
+        limiter=RedisRateLimiter(client, store.prefix),
+        contributions=RedisContributionCounter(client, store.prefix),
     )
 
 
@@ -121,6 +157,9 @@ class ModerationService:
     bus_health: DependencyHealth
     store_description: str
     ledger: FeedbackLedger
+    quotas: TenantQuotas
+    gate: GlobalLearningGate
+    close_stores: Callable[[], None] = lambda: None
     _stopped: bool = field(default=False, repr=False)
 
     def start(self) -> None:
@@ -137,7 +176,8 @@ class ModerationService:
         )
 
     def stop(self) -> None:
-        """Apply what the in-process queue still holds, then release the bus and the stores (a snapshot is written)."""
+        """Apply what the in-process queue still holds (what it cannot stays journalled), then release the bus and the
+        stores."""
         if self._stopped:
             return
         self._stopped = True
@@ -146,7 +186,7 @@ class ModerationService:
             if not self.worker.drain(timeout_s=10.0):
                 log.warning("stopping with %d feedback events not applied", self.worker.queue.pending())
             self.worker.stop()
-        for close in (self.publisher.close, self.engine.store.close):
+        for close in (self.publisher.close, self.engine.store.close, self.close_stores):
             try:
                 close()
             except Exception:  # closing must go on whatever one backend does
@@ -178,6 +218,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             topic=config.bus.topic,
             max_pending=config.bus.max_pending,
             publish_timeout_s=config.limits.feedback_ack_timeout_s,
+            journal=stores.journal,
         )
         # Short polls and back-offs: the queue and the worker share the process; latency matters more than calls.
         publisher, worker = queue, EmbeddedFeedbackWorker(engine, queue, poll_timeout_s=0.05, backoff_max_s=1.0)
@@ -235,4 +276,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
         bus_health=bus_health,
         store_description=stores.description,
         ledger=stores.ledger,
+        quotas=TenantQuotas(config.rate_limits, stores.limiter),
+        gate=GlobalLearningGate(config.global_learning, stores.contributions),
+        close_stores=stores.close,
     )

@@ -34,7 +34,12 @@ class TenantServing:
         if "tenant" not in policy.model_fields_set:
             policy = policy.model_copy(update={"tenant": tenant})
         elif policy.tenant != tenant:
-            raise ApiError(422, f"tenant: the body names {policy.tenant!r}, the path {tenant!r}", field="tenant")
+            raise ApiError(
+                403,
+                f"tenant: the body names {policy.tenant!r}, the path {tenant!r}; a policy is set through its own path",
+                field="tenant",
+                code="wrong_tenant",
+            )
         try:
             await asyncio.to_thread(self.engine.policies.put, policy)
         except StoreUnavailableError:
@@ -63,15 +68,14 @@ class TenantServing:
         states, scopes = self.engine.load_states(tenant, cats, policy)
         weights = self.engine.learner.weights(states)
         names = self.engine.expert_names
-        return TenantWeights(
-            tenant=tenant,
-            learner=self.learner_name,
-            experts=list(names),
-            categories={
-                cat: CategoryWeights(
-                    scope=scopes[i],  # type: ignore[arg-type]
-                    weights=dict(zip(names, map(float, weights[i]), strict=True)),
-                )
-                for i, cat in enumerate(cats)
-            },
-        )
+        categories = {}
+        for i, cat in enumerate(cats):
+            # Only the experts that score this category, renormalised: the weights its decisions use when they all
+            # answer (an expert that never scores it keeps its prior, which means nothing).
+            covering = [j for j, expert in enumerate(self.engine.experts) if expert.covers(known[cat])]
+            total = float(sum(weights[i][j] for j in covering))
+            categories[cat] = CategoryWeights(
+                scope=scopes[i],  # type: ignore[arg-type]
+                weights={names[j]: float(weights[i][j]) / total for j in covering} if total > 0 else {},
+            )
+        return TenantWeights(tenant=tenant, learner=self.learner_name, experts=list(names), categories=categories)

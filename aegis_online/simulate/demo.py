@@ -69,7 +69,7 @@ async def run_demo(steps: int = 3000, seed: int = 7, max_delay: int = 60) -> tup
         truth = world.labels[t]
         _score_accuracy(report, decision, truth, world)
         labels = {c: float(truth[i]) for i, c in enumerate(CATEGORIES)}
-        event = FeedbackEvent(request_id=decision.request_id, tenant=tenant, labels=labels)
+        event = FeedbackEvent(request_id=decision.request_id, tenant=tenant, labels=labels, trusted=True)
         heapq.heappush(pending, (t + int(rng.integers(1, max_delay)), t, event))
         while pending and pending[0][0] <= t:
             report.feedback_applied += engine.feedback(heapq.heappop(pending)[2]).applied

@@ -73,11 +73,17 @@ class FeedbackRejectedError(Exception):
 def feedback_event(row: LabelledText, categories: Sequence[str], request_id: str, tenant: str) -> FeedbackEvent | None:
     """The moderator's verdict on a row: per-category labels where the data has them, else safe/unsafe, else none."""
     labels = {c: float(v) for c in categories if (v := row.label(c)) is not None}
+    # The dataset's labels are the operator's own: they train the global weights too (over HTTP the service
+    # decides that from the key the replay uses).
     if labels:
-        return FeedbackEvent(request_id=request_id, tenant=tenant, labels=labels, event_id=f"{request_id}:fb")
+        return FeedbackEvent(
+            request_id=request_id, tenant=tenant, labels=labels, event_id=f"{request_id}:fb", trusted=True
+        )
     if row.unsafe is not None:
         verdict = "unsafe" if row.unsafe else "safe"
-        return FeedbackEvent(request_id=request_id, tenant=tenant, label=verdict, event_id=f"{request_id}:fb")
+        return FeedbackEvent(
+            request_id=request_id, tenant=tenant, label=verdict, event_id=f"{request_id}:fb", trusted=True
+        )
     return None
 
 
@@ -130,7 +136,7 @@ class ReplayLog:
                     self.outputs[t, cat[c], i] = s
         for missing in decision.missing_experts:
             i = exp.get(missing.expert)
-            if i is not None and not missing.reason.startswith(("not queried", "covers none")):
+            if i is not None and missing.kind in ("timeout", "error"):
                 self.queried[t, i] = True  # it was called and failed: the call was spent
 
 

@@ -175,7 +175,8 @@ class ServiceClient:
         return parse_decision(response.json())
 
     def feedback(self, event: FeedbackEvent) -> FeedbackResult:
-        response = self._post(FEEDBACK_PATH, event.model_dump(mode="json", exclude_none=True))
+        # Whose weights an event trains is the service's call, from this client's key: never sent.
+        response = self._post(FEEDBACK_PATH, event.model_dump(mode="json", exclude_none=True, exclude={"trusted"}))
         if response.status_code in (200, 201, 202):
             try:
                 body = response.json()

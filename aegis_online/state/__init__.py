@@ -1,6 +1,7 @@
 """Where learner state, the prediction log and tenant policies live: small interfaces, embedded and server backends.
 
-The Redis backends live in ``state.redis_store`` and import ``redis`` only when used.
+The Redis backends live in ``state.redis_store`` and import ``redis`` only when used; the embedded, persistent ones
+in ``state.sqlite``.
 """
 
 from aegis_online.state.base import (
@@ -8,11 +9,13 @@ from aegis_online.state.base import (
     BatchOutcome,
     EventKey,
     FeedbackLedger,
+    JournalEntry,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
     PredictionLog,
     PredictionRecord,
+    QueueJournal,
     StoreUnavailableError,
     UpdateBatch,
 )
@@ -30,6 +33,7 @@ __all__ = [
     "CachedPolicyStore",
     "EventKey",
     "FeedbackLedger",
+    "JournalEntry",
     "LearnerRecord",
     "LearnerStore",
     "MemoryFeedbackLedger",
@@ -39,6 +43,7 @@ __all__ = [
     "PolicyStore",
     "PredictionLog",
     "PredictionRecord",
+    "QueueJournal",
     "StoreUnavailableError",
     "UpdateBatch",
 ]

@@ -1,4 +1,5 @@
-"""Interfaces of the three stores the engine needs. Implementations: ``memory`` (embedded), Redis (production).
+"""Interfaces of the stores the engine and the feedback API need. Implementations: ``memory`` (in-process only),
+``sqlite`` (embedded and persistent: the default of a single-process service), Redis (production).
 
 The learner store has two write operations, both idempotent, and in both the learner's math stays in Python
 (``learn/``), passed in as a function of the current records: it exists once, whatever the backend.
@@ -102,7 +103,7 @@ class LearnerStore(abc.ABC):
         """
 
     def close(self) -> None:
-        """Release connections and flush what must survive (a snapshot)."""
+        """Release connections."""
         return None
 
 
@@ -128,6 +129,9 @@ class PredictionRecord:
     scores: np.ndarray
     flagged: tuple[str, ...] = ()
     propensities: np.ndarray | None = field(default=None)
+    #: digest of what was checked (messages, check, categories): a caller reusing its request id for other content
+    #: is refused instead of overwriting this record ("" when unknown).
+    input_digest: str = ""
 
     def to_dict(self) -> dict:
         """A JSON-safe form (NaN becomes None) for stores that serialise."""
@@ -142,6 +146,7 @@ class PredictionRecord:
             "scores": [None if np.isnan(v) else float(v) for v in self.scores],
             "flagged": list(self.flagged),
             "propensities": None if self.propensities is None else self.propensities.tolist(),
+            "input_digest": self.input_digest,
         }
 
     @classmethod
@@ -158,6 +163,7 @@ class PredictionRecord:
             scores=np.array(data["scores"], dtype=np.float64),
             flagged=tuple(data.get("flagged", ())),
             propensities=None if props is None else np.array(props, dtype=np.float64),
+            input_digest=data.get("input_digest", ""),
         )
 
 
@@ -198,13 +204,18 @@ class FeedbackLedger(abc.ABC):
     ``NEW`` and one ``PENDING``), ``confirm`` marks them ``QUEUED`` for ``ttl_s`` (as long as the prediction they
     join is kept: later feedback is refused anyway), ``release`` frees them when the bus refused them. A reservation
     lapses by itself after ``pending_ttl_s``, so a replica that dies between reserve and confirm blocks no one.
+
+    A claim keeps the digest of the event's content it was made with: the same key with other content (a client
+    reusing an event id for other labels) is ``CONFLICT``, not a duplicate.
     """
 
-    NEW, PENDING, QUEUED = "new", "pending", "queued"
+    NEW, PENDING, QUEUED, CONFLICT = "new", "pending", "queued", "conflict"
 
     @abc.abstractmethod
-    def reserve(self, keys: Sequence[EventKey]) -> list[str]:
-        """Claim each key; its status before the call: ``NEW`` (now claimed by this call), ``PENDING`` or ``QUEUED``."""
+    def reserve(self, keys: Sequence[EventKey], digests: Sequence[str] | None = None) -> list[str]:
+        """Claim each key; its status before the call: ``NEW`` (now claimed by this call), ``PENDING`` or ``QUEUED``,
+        or ``CONFLICT`` when it is held with a digest other than ``digests[i]`` (a claim without digest, or a call
+        without digests, never conflicts)."""
 
     @abc.abstractmethod
     def confirm(self, keys: Sequence[EventKey]) -> None:
@@ -213,3 +224,37 @@ class FeedbackLedger(abc.ABC):
     @abc.abstractmethod
     def release(self, keys: Sequence[EventKey]) -> None:
         """The claimed events did not reach the bus: forget the claims, so a retry queues them."""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One queued entry of an in-process queue partition, as the journal keeps it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class QueueJournal(abc.ABC):
+    """What makes the in-process feedback queue durable: every published entry until it is committed, and the next
+    offset of every partition, which never goes back (the learner records' watermarks remember offsets, so an
+    offset issued twice would be skipped as already applied)."""
+
+    @abc.abstractmethod
+    def load(self, topic: str) -> tuple[dict[int, int], list[JournalEntry]]:
+        """Next offset per partition, and the entries not committed yet in (partition, offset) order."""
+
+    @abc.abstractmethod
+    def append(self, topic: str, entry: JournalEntry, queued: EventKey | None = None) -> int:
+        """Keep ``entry`` (surviving a crash of the process once this returns) and mark ``queued`` queued in the
+        feedback ledger in the same transaction; returns a ticket for ``sync``."""
+
+    @abc.abstractmethod
+    def sync(self, ticket: int) -> None:
+        """Block until the entry of ``ticket`` (and every one before it) survives a power loss too."""
+
+    @abc.abstractmethod
+    def commit(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Forget the entries below ``offsets[partition]``: they were applied."""

@@ -1,4 +1,4 @@
-"""Byte encodings of learner records and prediction records, shared by the Redis store and the snapshot file.
+"""Byte encodings of learner records and prediction records, shared by the Redis and the embedded SQLite stores.
 
 Doubles are stored as raw IEEE-754 float64 bytes: every value, NaN, infinities and subnormals included, comes back
 bit for bit (a decimal text form needs ``%.17g`` and costs about 2.5x the bytes). A learner record's first 8 bytes
@@ -10,11 +10,14 @@ Learner record, format 1::
     u64 BE updates | u8 format=1 | u16 LE n_state | u16 LE n_marks | f64 LE state[n_state]
     | n_marks x (u8 len, stream name utf-8, i64 LE offset)
 
-Prediction record, format 1 (strings are utf-8; lists are joined with U+001F)::
+Prediction record, format 2 (strings are utf-8; lists are joined with U+001F)::
 
-    b"P" | u8 format=1 | u8 has_propensities | f64 LE created | u16 LE C | u16 LE N | 6 x u16 LE string length
-    | request_id | tenant | check | experts | categories | flagged
+    b"P" | u8 format=2 | u8 has_propensities | f64 LE created | u16 LE C | u16 LE N | 7 x u16 LE string length
+    | request_id | tenant | check | experts | categories | flagged | input_digest
     | f64 LE outputs[C*N] | f64 LE scores[C] | f64 LE propensities[N] (when present)
+
+Format 1, written before the input digest existed, is format 2 without the last string; it is still read (as an
+empty digest), since logged predictions outlive an upgrade by their TTL.
 
 The feedback worker decodes one per event, so the header is packed, not JSON (4x faster to read), and the expert
 and category lists, the same in nearly every record, are decoded once and shared.
@@ -30,12 +33,12 @@ import numpy as np
 from aegis_online.state.base import LearnerRecord, PredictionRecord
 
 LEARNER_FORMAT = 1
-PREDICTION_FORMAT = 1
+PREDICTION_FORMAT = 2
 VERSION_BYTES = 8
 _LEARNER_HEAD = struct.Struct(">QBHH")
 _HEAD_LE = struct.Struct("<BHH")
 _MARK_OFFSET = struct.Struct("<q")
-_PREDICTION_HEAD = struct.Struct("<cB?dHH6H")
+_PREDICTION_HEADS = {1: struct.Struct("<cB?dHH6H"), 2: struct.Struct("<cB?dHH7H")}
 _U16 = struct.Struct("<H")
 _SEP = "\x1f"
 _F64 = np.dtype("<f8")
@@ -95,10 +98,11 @@ def encode_prediction(record: PredictionRecord) -> bytes:
             _SEP.join(record.experts),
             _SEP.join(record.categories),
             _SEP.join(record.flagged),
+            record.input_digest,
         )
     ]
     has_props = record.propensities is not None
-    head = _PREDICTION_HEAD.pack(
+    head = _PREDICTION_HEADS[PREDICTION_FORMAT].pack(
         b"P",
         PREDICTION_FORMAT,
         has_props,
@@ -116,13 +120,14 @@ def encode_prediction(record: PredictionRecord) -> bytes:
 
 
 def decode_prediction(blob: bytes) -> PredictionRecord:
+    head = _PREDICTION_HEADS.get(blob[1]) if len(blob) > 1 and blob[:1] == b"P" else None
+    if head is None:
+        raise CodecError(f"not a prediction record of format {', '.join(map(str, _PREDICTION_HEADS))}")
     try:
-        magic, fmt, has_props, created, n_cat, n_exp, *sizes = _PREDICTION_HEAD.unpack_from(blob)
+        _, _, has_props, created, n_cat, n_exp, *sizes = head.unpack_from(blob)
     except struct.error:
         raise CodecError(f"prediction record of {len(blob)} bytes is truncated") from None
-    if magic != b"P" or fmt != PREDICTION_FORMAT:
-        raise CodecError(f"not a prediction record of format {PREDICTION_FORMAT}")
-    pos = _PREDICTION_HEAD.size
+    pos = head.size
     fields = []
     for size in sizes:
         fields.append(blob[pos : pos + size])
@@ -142,6 +147,7 @@ def decode_prediction(blob: bytes) -> PredictionRecord:
         scores=values[n_cat * n_exp : n_cat * n_exp + n_cat],
         flagged=_names(fields[5]),
         propensities=values[n_cat * n_exp + n_cat :] if has_props else None,
+        input_digest=fields[6].decode() if len(fields) > 6 else "",
     )
 
 

@@ -1,7 +1,5 @@
-"""Embedded, in-process stores: what ``make demo`` and the tests run on with no servers.
-
-``MemoryLearnerStore`` can keep an on-disk snapshot (``state/snapshot.py``) so that learned weights survive a
-restart of an embedded service.
+"""In-process stores: what the tests, the simulator and ``store.persist: false`` run on. Nothing survives the
+process; the embedded service persists with the SQLite stores (``state.sqlite``), which build on these.
 """
 
 from __future__ import annotations
@@ -9,8 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 from aegis_online.policy import TenantPolicy
 from aegis_online.state.base import (
@@ -27,37 +24,20 @@ from aegis_online.state.base import (
     UpdateBatch,
 )
 from aegis_online.state.batch import finished_records, pending_entries
-from aegis_online.state.snapshot import read_snapshot, write_snapshot
 
 
 class MemoryLearnerStore(LearnerStore):
     """Learner records in a dict, applied under a lock; applied event ids are remembered (bounded, oldest out).
 
-    With ``snapshot_path``, the records (watermarks included) and the remembered event ids are loaded from that
-    file at start, written to it at most every ``snapshot_every_s`` seconds after a change, and on ``close``. A
-    write is atomic (temporary file, fsync, rename): a crash leaves the previous snapshot, so at most the last
-    ``snapshot_every_s`` seconds of learning are lost (0 snapshots on every write).
+    Reads take no lock (one dict look-up per key: the request path reads records on every call). Every write goes
+    through ``_save``, which a persistent subclass extends to write the records first (``SqliteLearnerStore``).
     """
 
-    def __init__(
-        self,
-        max_remembered_events: int = 1_000_000,
-        *,
-        snapshot_path: str | Path | None = None,
-        snapshot_every_s: float = 5.0,
-    ) -> None:
+    def __init__(self, max_remembered_events: int = 1_000_000) -> None:
         self._records: dict[str, LearnerRecord] = {}
         self._applied: OrderedDict[str, None] = OrderedDict()
         self._max_events = max_remembered_events
         self._lock = threading.Lock()
-        self.snapshot_path = None if snapshot_path is None else Path(snapshot_path)
-        self.snapshot_every_s = snapshot_every_s
-        self._dirty = False
-        self._saved_at = time.monotonic()
-        if self.snapshot_path is not None and self.snapshot_path.exists():
-            records, applied = read_snapshot(self.snapshot_path)
-            self._records.update(records)
-            self._applied.update(dict.fromkeys(applied[-max_remembered_events:]))
 
     def load(self, keys: Sequence[str]) -> list[LearnerRecord | None]:
         records = self._records
@@ -65,16 +45,12 @@ class MemoryLearnerStore(LearnerStore):
 
     def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
         with self._lock:
-            if event_id in self._applied:
+            if self._was_applied(event_id):
                 return False
             new = update([self._records.get(k) for k in keys])
             if len(new) != len(keys):
                 raise ValueError(f"update returned {len(new)} records for {len(keys)} keys")
-            self._records.update(zip(keys, new, strict=True))
-            self._applied[event_id] = None
-            if len(self._applied) > self._max_events:
-                self._applied.popitem(last=False)
-            self._changed()
+            self._save(dict(zip(keys, new, strict=True)), event_id)
             return True
 
     def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
@@ -84,35 +60,23 @@ class MemoryLearnerStore(LearnerStore):
             if pending.any():
                 wanted = frozenset(int(k) for k in batch.entry_key[pending])
                 states = compute(records, pending, wanted)
-                for k, record in finished_records(batch, records, pending, states).items():
-                    self._records[batch.keys[k]] = record
-                self._changed()
+                finished = finished_records(batch, records, pending, states)
+                self._save({batch.keys[k]: record for k, record in finished.items()}, None)
             return BatchOutcome(applied=pending)
 
     def keys(self) -> list[str]:
         return list(self._records)
 
-    def save(self) -> None:
-        """Write the snapshot now (no-op without ``snapshot_path``)."""
-        if self.snapshot_path is None:
-            return
-        with self._lock:
-            self._save_locked()
+    def _was_applied(self, event_id: str) -> bool:
+        return event_id in self._applied
 
-    def close(self) -> None:
-        if self._dirty:
-            self.save()
-
-    def _changed(self) -> None:
-        self._dirty = True
-        if self.snapshot_path is not None and time.monotonic() - self._saved_at >= self.snapshot_every_s:
-            self._save_locked()
-
-    def _save_locked(self) -> None:
-        assert self.snapshot_path is not None
-        write_snapshot(self.snapshot_path, self._records, list(self._applied))
-        self._dirty = False
-        self._saved_at = time.monotonic()
+    def _save(self, records: Mapping[str, LearnerRecord], event_id: str | None) -> None:
+        """Make ``records`` current and remember ``event_id`` (None: a batch); called under the lock, all or nothing."""
+        self._records.update(records)
+        if event_id is not None:
+            self._applied[event_id] = None
+            if len(self._applied) > self._max_events:
+                self._applied.popitem(last=False)
 
 
 class MemoryPredictionLog(PredictionLog):
@@ -187,10 +151,11 @@ class MemoryFeedbackLedger(FeedbackLedger):
     twice). ``clock`` is injectable for tests.
 
     >>> ledger = MemoryFeedbackLedger()
-    >>> ledger.reserve([("acme", "e1")]), ledger.reserve([("acme", "e1")])
+    >>> key = ("acme", "e1")
+    >>> ledger.reserve([key], ["d1"]), ledger.reserve([key], ["d1"])
     (['new'], ['pending'])
-    >>> ledger.confirm([("acme", "e1")]); ledger.reserve([("acme", "e1")])
-    ['queued']
+    >>> ledger.confirm([key]); ledger.reserve([key], ["d1"]), ledger.reserve([key], ["other content"])
+    (['queued'], ['conflict'])
     """
 
     def __init__(
@@ -204,35 +169,38 @@ class MemoryFeedbackLedger(FeedbackLedger):
         self.pending_ttl_s = pending_ttl_s
         self.capacity = capacity
         self.clock = clock
-        self._entries: OrderedDict[EventKey, tuple[str, float]] = OrderedDict()
+        #: key -> (status, expires, digest of the content it was claimed with; None: unknown)
+        self._entries: OrderedDict[EventKey, tuple[str, float, str | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def reserve(self, keys: Sequence[EventKey]) -> list[str]:
+    def reserve(self, keys: Sequence[EventKey], digests: Sequence[str] | None = None) -> list[str]:
         now = self.clock()
         out = []
         with self._lock:
-            for key in keys:
-                status, expires = self._entries.get(key, (self.NEW, 0.0))
+            for i, key in enumerate(keys):
+                digest = None if digests is None else digests[i]
+                status, expires, held = self._entries.get(key, (self.NEW, 0.0, None))
                 if status == self.NEW or expires <= now:
-                    self._set(key, self.PENDING, now + self.pending_ttl_s)
+                    self._set(key, self.PENDING, now + self.pending_ttl_s, digest)
                     out.append(self.NEW)
                 else:
-                    out.append(status)
+                    out.append(self.CONFLICT if digest and held and digest != held else status)
         return out
 
     def confirm(self, keys: Sequence[EventKey]) -> None:
         expires = self.clock() + self.ttl_s
         with self._lock:
             for key in keys:
-                self._set(key, self.QUEUED, expires)
+                held = self._entries.get(key)
+                self._set(key, self.QUEUED, expires, None if held is None else held[2])
 
     def release(self, keys: Sequence[EventKey]) -> None:
         with self._lock:
             for key in keys:
                 self._entries.pop(key, None)
 
-    def _set(self, key: EventKey, status: str, expires: float) -> None:
-        self._entries[key] = (status, expires)
+    def _set(self, key: EventKey, status: str, expires: float, digest: str | None) -> None:
+        self._entries[key] = (status, expires, digest)
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)

@@ -69,17 +69,36 @@ return 0
 """
 
 
-# Claim each event key (a 'pending' marker) unless it is held; the reply is each key's status before the call.
+# A ledger value is '<status>:<content digest>' ('pending' or 'queued'; keys written before digests existed hold the
+# bare status, read as an unknown digest). ARGV[1]: the claim's TTL in ms; ARGV[1 + i]: key i's digest ('': unknown).
+# Claim each event key unless it is held; the reply is each key's status before the call, or 'conflict' when it is
+# held with another digest.
 RESERVE_SCRIPT = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('SET', key, 'pending', 'NX', 'PX', ARGV[1]) then
+  local digest = ARGV[1 + i] or ''
+  if redis.call('SET', key, 'pending:' .. digest, 'NX', 'PX', ARGV[1]) then
     out[i] = 'new'
   else
-    out[i] = redis.call('GET', key) or 'new'
+    local held = redis.call('GET', key) or 'new'
+    local status, held_digest = string.match(held, '^(%a+):?(.*)$')
+    if digest ~= '' and held_digest ~= '' and held_digest ~= digest then
+      out[i] = 'conflict'
+    else
+      out[i] = status
+    end
   end
 end
 return out
+"""
+
+# Mark each event key queued for ARGV[1] ms, keeping the digest it was claimed with.
+CONFIRM_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  local held = redis.call('GET', key) or ''
+  redis.call('SET', key, 'queued:' .. (string.match(held, '^%a+:(.*)$') or ''), 'PX', ARGV[1])
+end
+return 0
 """
 
 
@@ -425,43 +444,48 @@ class RedisFeedbackLedger(_RedisBase, FeedbackLedger):
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.pending_ms = max(1, int(pending_ttl_s * 1000))
         self._reserve = _Script(client, RESERVE_SCRIPT)
+        self._confirm = _Script(client, CONFIRM_SCRIPT)
 
     def key(self, event: EventKey) -> str:
         tenant, event_key = event
         return f"{self.prefix}fb:{{{tenant}}}:{event_key}"
 
-    def reserve(self, keys: Sequence[EventKey]) -> list[str]:
-        by_tenant: dict[str, list[int]] = {}
-        for i, (tenant, _) in enumerate(keys):
-            by_tenant.setdefault(tenant, []).append(i)
-        groups = list(by_tenant.values())
-        calls = [([self.key(keys[i]) for i in group], [self.pending_ms]) for group in groups]
-        try:
-            replies = self._reserve.run_many(calls)
-        except self._errors as error:
-            raise StoreUnavailableError(f"redis: {error}") from error
+    def reserve(self, keys: Sequence[EventKey], digests: Sequence[str] | None = None) -> list[str]:
+        groups = self._by_tenant(keys)
+        digests = [""] * len(keys) if digests is None else digests
+        calls = [([self.key(keys[i]) for i in g], [self.pending_ms, *(digests[i] for i in g)]) for g in groups]
         out = [self.NEW] * len(keys)
-        for group, reply in zip(groups, replies, strict=True):
+        for group, reply in zip(groups, self._run(self._reserve, calls), strict=True):
             for i, status in zip(group, reply, strict=True):
                 out[i] = status.decode() if isinstance(status, bytes) else str(status)
         return out
 
     def confirm(self, keys: Sequence[EventKey]) -> None:
-        self._pipelined([("set", self.key(k), self.QUEUED, self.ttl_ms) for k in keys])
+        self._run(self._confirm, [([self.key(keys[i]) for i in g], [self.ttl_ms]) for g in self._by_tenant(keys)])
 
     def release(self, keys: Sequence[EventKey]) -> None:
-        self._pipelined([("delete", self.key(k)) for k in keys])
-
-    def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> None:
-        if not commands:
+        if not keys:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for name, key, *rest in commands:
-                if name == "set":
-                    pipe.set(key, rest[0], px=rest[1])
-                else:
-                    pipe.delete(key)
+            for key in keys:
+                pipe.delete(self.key(key))
             pipe.execute()
+        except self._errors as error:
+            raise StoreUnavailableError(f"redis: {error}") from error
+
+    @staticmethod
+    def _by_tenant(keys: Sequence[EventKey]) -> list[list[int]]:
+        """Indices of ``keys`` per tenant: one script call each, its keys in one hash slot."""
+        groups: dict[str, list[int]] = {}
+        for i, (tenant, _) in enumerate(keys):
+            groups.setdefault(tenant, []).append(i)
+        return list(groups.values())
+
+    def _run(self, script: _Script, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        if not calls:
+            return []
+        try:
+            return script.run_many(calls)
         except self._errors as error:
             raise StoreUnavailableError(f"redis: {error}") from error

@@ -147,7 +147,7 @@ def test_cpu_example_bundles_redis_with_aof_and_creates_strimzi_topics() -> None
             "key": "url",
         }
     assert password not in service["spec"]["serveConfigV2"]
-    (policy,) = _kind(manifests, "NetworkPolicy")
+    (policy,) = [p for p in _kind(manifests, "NetworkPolicy") if p["metadata"]["name"] == redis["metadata"]["name"]]
     assert policy["spec"]["podSelector"]["matchLabels"] == redis["spec"]["selector"]["matchLabels"]
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"

@@ -67,7 +67,7 @@ def expected_updates(engine: Engine, events: Sequence[FeedbackEvent], records: S
     by_id = {r.request_id: r for r in records}
     for e in events:
         plan = engine.plan_feedback(e, by_id[e.request_id])
-        for key in plan.shared_keys + plan.own_keys:
+        for key in (plan.shared_keys if plan.trusted else []) + plan.own_keys:
             counts[key] = counts.get(key, 0) + 1
     return counts
 

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +14,9 @@ from aegis_online.experts import Expert
 from aegis_online.serve.app import create_app
 
 from .helpers import make_service, spare_port
+
+#: A server script the restart tests run as a subprocess (it imports ``helpers`` as a top-level module), not tests.
+collect_ignore = ["restart_server.py"]
 
 
 @pytest.fixture
@@ -41,10 +42,13 @@ def client(service_factory: Callable[..., TestClient]) -> TestClient:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[dict[str, Any]]:
-    """One local Ray + Serve for every Ray test of the session, on 127.0.0.1 and a spare port; always shut down."""
+    """One local Ray + Serve for every Ray test of the session, on 127.0.0.1 and a spare port; always shut down.
+
+    ``start_ray`` closes it as the service's is (loopback only, token auth), so every Ray test runs that way."""
+    from aegis_online.serve import sessions
     from aegis_online.serve.runtime import start_ray, start_serve, stop_ray
 
-    temp_dir = Path(tempfile.mkdtemp(prefix="aegis-ray-", dir="/tmp"))
+    temp_dir = sessions.create()
     port = spare_port()
     try:
         start_ray(address="local", temp_dir=temp_dir, num_cpus=os.cpu_count() or 2)

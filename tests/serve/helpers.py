@@ -89,8 +89,10 @@ def default_experts(**overrides: Any) -> list[Expert]:
 
 
 def make_config(**sections: Any) -> ServiceConfig:
+    """A service config for tests: memory only unless ``store`` says ``persist`` (never an ``aegis-data/`` here)."""
     base: dict[str, Any] = {"limits": {"deadline_ms": 500}}
     base.update(sections)
+    base["store"] = {"persist": False, **base.get("store", {})}
     return ServiceConfig.model_validate(base)
 
 

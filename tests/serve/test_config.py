@@ -177,4 +177,5 @@ def test_the_example_config_and_keys_file_are_valid(tmp_path: Path, monkeypatch:
     config = load_config(root / "serve-config.yaml")
     assert [spec.name for spec, _ in config.expert_plan()] == ["profanity-check", "minilm-embedding"]
     table = load_key_table(config.auth)
-    assert len(table) == 3 and table.authenticate("replace-with-a-random-token-for-operators").role == "admin"
+    assert len(table) == 4 and table.authenticate("replace-with-a-random-token-for-operators").role == "admin"
+    assert table.authenticate("replace-with-a-random-token-for-reviewers").role == "moderator"

@@ -29,6 +29,7 @@ def service(ray_session: dict[str, Any]) -> Iterator[str]:
         {
             "limits": {"deadline_ms": 10_000},  # 2 shared cores: generous, the first batches warm caches up
             "ingress": {"num_cpus": 0.2},
+            "store": {"persist": False},  # nothing written where Ray's workers happen to run
             "policies": [{"tenant": "acme", "personalise_after": 0}],
         }
     )
@@ -62,6 +63,19 @@ def test_moderate_fans_out_to_the_expert_deployments_and_decides(service: str) -
     assert {c["category"]: c for c in body["categories"]}["S12"]["flagged"]
     benign = post(service, "/v1/moderate", conversation("What is the capital of France?")).json()
     assert benign["action"] == "allow"
+
+
+def test_a_cpu_light_expert_answers_from_inside_the_ingress(service: str) -> None:
+    from ray import serve
+
+    from aegis_online.serve.runtime import APP_NAME
+
+    # profanity-check (catalog cost cpu-light) has no deployment: the ingress built it and calls it in process
+    assert set(serve.status().applications[APP_NAME].deployments) == {"ingress", "expert-minilm-embedding"}
+    body = post(service, "/v1/moderate", conversation("what the fuck is this shit")).json()
+    experts = {e["expert"]: e for e in body["experts"]}
+    assert body["missing_experts"] == [] and experts["profanity-check"]["scores"]["S12"] > 0.8
+    assert "aegis_admission_limit" in httpx.get(f"{service}/metrics", timeout=10).text
 
 
 def test_concurrent_requests_are_batched_and_all_answered(service: str) -> None:

@@ -50,7 +50,7 @@ def make_app(engine: Engine, fail_first: int = 0, queued: bool = False) -> Any:
     def feedback(event: FeedbackEvent):
         state["feedbacks"] += 1
         try:
-            result = engine.feedback(event)
+            result = engine.feedback(event.model_copy(update={"trusted": True}))  # as for an operator's key
         except UnknownRequestError as error:
             return refuse(error, 404)
         except AegisError as error:

@@ -91,7 +91,7 @@ def engine_scores(stream: Stream, learner: str) -> np.ndarray:
             scores[t, stream.categories.index(d.category)] = d.score
         if stream.arrival[0, t] < stream.steps:
             labels = {c: float(stream.feedback[0, t, k]) for k, c in enumerate(stream.categories) if c in active}
-            event = FeedbackEvent(request_id=f"r{t}", tenant=tenant, labels=labels)
+            event = FeedbackEvent(request_id=f"r{t}", tenant=tenant, labels=labels, trusted=True)
             heapq.heappush(pending, (int(stream.arrival[0, t]), t, event))
     return scores
 

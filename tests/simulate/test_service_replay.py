@@ -65,8 +65,8 @@ def test_a_refused_request_stops_with_the_services_reason_and_refused_feedback_i
     engine = Engine(experts(), learner="default")
     with serve(make_app(engine)) as url, ServiceClient(url, retries=0) as client:
         bad = ModerationRequest(messages=[Message(role="user", content="zap")], categories=["S17"])
-        decision = client.moderate(bad)  # S17 is known but no expert covers it: degraded, not refused
-        assert decision.degraded
+        decision = client.moderate(bad)  # S17 is known but no expert covers it: reported, not refused
+        assert decision.categories[0].score is None and not decision.flagged
         with pytest.raises(ServiceError, match="invalid_request"):
             client.moderate(ModerationRequest(messages=[Message(role="user", content="x")], categories=["nope"]))
         with pytest.raises(FeedbackRejectedError) as refused:

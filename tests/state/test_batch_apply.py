@@ -1,5 +1,5 @@
 """``Engine.feedback_batch`` (the worker's path) equals ``Engine.feedback`` event by event, applies each stream
-position once however it is redelivered, and the memory store's snapshot survives a restart."""
+position once however it is redelivered. (The SQLite store's survival of a restart: test_sqlite_store.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from aegis_online.feedback import loadgen
 from aegis_online.feedback.service import LoggedExpert
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog
-from aegis_online.state.snapshot import read_snapshot
 
 EXPERTS = ("a", "b", "c", "d")
 
@@ -35,7 +34,10 @@ def mixed_events(records, rng: np.random.Generator) -> list[FeedbackEvent]:
             events.append(loadgen.feedback([r], rng, labels_per_event=int(rng.integers(1, 4)), first_id=i)[0])
         else:
             label = "safe" if kind == 1 else "unsafe"
-            events.append(FeedbackEvent(request_id=r.request_id, tenant=r.tenant, label=label, event_id=f"e{i}"))
+            trusted = bool(rng.integers(2))  # half train the global weights too, half only the tenant's
+            events.append(
+                FeedbackEvent(request_id=r.request_id, tenant=r.tenant, label=label, event_id=f"e{i}", trusted=trusted)
+            )
     return events
 
 
@@ -120,39 +122,3 @@ def test_watermarks_are_per_stream_so_partitions_do_not_shadow_each_other() -> N
     assert all(engine.feedback_batch([(p, "topic:1", 3) for p in plans[1:2]]).applied)  # lower offset, other stream
     marks = engine.store.load([engine.state_key("global", next(iter(plans[0].labels)))])[0].marks
     assert marks["topic:0"] == 50
-
-
-def test_the_snapshot_keeps_learned_weights_and_watermarks_across_a_restart(tmp_path) -> None:
-    path = tmp_path / "learner.snapshot"
-    records, events = scenario(8, n=150)
-    engine = make_engine(store=MemoryLearnerStore(snapshot_path=path, snapshot_every_s=3600))
-    for r in records:
-        engine.prediction_log.put(r)
-    engine.feedback(events[0])
-    planned = [
-        (engine.plan_feedback(e, r), "q:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True)) if i > 0
-    ]
-    engine.feedback_batch(planned)
-    weights = engine.weights("t1")
-    engine.store.close()  # a clean stop writes the snapshot
-
-    restarted = make_engine(store=MemoryLearnerStore(snapshot_path=path))
-    for r in records:
-        restarted.prediction_log.put(r)
-    assert restarted.weights("t1") == weights
-    assert not any(restarted.feedback_batch(planned).applied)  # watermarks came back: a replay changes nothing
-    assert not restarted.feedback(events[0]).applied  # and so did the remembered event ids
-    stored, _ = read_snapshot(path)
-    assert set(stored) == set(engine.store.keys())
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_the_snapshot_is_written_periodically_not_only_at_close(tmp_path) -> None:
-    path = tmp_path / "learner.snapshot"
-    records, events = scenario(9, n=30)
-    engine = make_engine(store=MemoryLearnerStore(snapshot_path=path, snapshot_every_s=0))
-    for e, r in zip(events, records, strict=True):
-        engine.prediction_log.put(r)
-        engine.feedback(e)
-    stored, ids = read_snapshot(path)  # no close(): as after a crash
-    assert len(ids) == len(events) and stored

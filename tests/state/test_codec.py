@@ -75,3 +75,35 @@ def test_truncated_or_foreign_bytes_are_refused(cut: int) -> None:
         decode_prediction(encode_prediction(record)[:cut])
     with pytest.raises(CodecError):
         decode_learner(struct.pack(">QBHH", 1, 9, 0, 0))  # an unknown format
+
+
+def test_a_prediction_record_keeps_its_input_digest() -> None:
+    record = loadgen.predictions(1, ["acme"], ["a", "b"], np.random.default_rng(4))[0]
+    record = record.__class__(**{**record.__dict__, "input_digest": "sha256:" + "ab" * 32})
+    blob = encode_prediction(record)
+    assert blob[1] == 2  # format 2
+    assert decode_prediction(blob).input_digest == record.input_digest
+
+
+def test_a_format_1_prediction_record_is_still_read_with_an_empty_digest() -> None:
+    """Records logged before the upgrade are read until their TTL ends (format 1: six strings, no digest)."""
+    record = loadgen.predictions(1, ["acme"], ["a", "b"], np.random.default_rng(5))[0]
+    strings = [
+        s.encode()
+        for s in (
+            record.request_id,
+            record.tenant,
+            record.check,
+            "\x1f".join(record.experts),
+            "\x1f".join(record.categories),
+            "\x1f".join(record.flagged),
+        )
+    ]
+    head = struct.pack(
+        "<cB?dHH6H", b"P", 1, False, record.created, len(record.categories), 2, *(len(s) for s in strings)
+    )
+    old = head + b"".join(strings) + record.outputs.astype("<f8").tobytes() + record.scores.astype("<f8").tobytes()
+    back = decode_prediction(old)
+    assert back.input_digest == "" and back.request_id == record.request_id and back.flagged == record.flagged
+    assert bits(back.outputs) == bits(record.outputs) and bits(back.scores) == bits(record.scores)
+    assert decode_prediction(encode_prediction(back)).input_digest == ""  # and written again as format 2

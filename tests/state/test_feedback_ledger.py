@@ -1,22 +1,31 @@
-"""The feedback ledger, in memory and on a real Redis: atomic claims, confirm, release, lapses, tenants apart."""
+"""The feedback ledger, in memory, in SQLite and on a real Redis: atomic claims, confirm, release, lapses, tenants
+apart, and the same event id with other content refused as a conflict."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from aegis_online.state import FeedbackLedger, MemoryFeedbackLedger
 
-NEW, PENDING, QUEUED = FeedbackLedger.NEW, FeedbackLedger.PENDING, FeedbackLedger.QUEUED
+NEW, PENDING, QUEUED, CONFLICT = FeedbackLedger.NEW, FeedbackLedger.PENDING, FeedbackLedger.QUEUED, "conflict"
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_ledger(request: pytest.FixtureRequest) -> Iterator[object]:
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     if request.param == "memory":
         yield lambda **kw: MemoryFeedbackLedger(**kw)
+        return
+    if request.param == "sqlite":
+        from aegis_online.state.sqlite import Database, SqliteFeedbackLedger
+
+        db = Database(tmp_path / "state.db")
+        yield lambda **kw: SqliteFeedbackLedger(db, **kw)
+        db.close()
         return
     from aegis_online.state.redis_store import RedisFeedbackLedger
 
@@ -76,7 +85,37 @@ def test_racing_claims_get_exactly_one_new(make_ledger: object) -> None:
         assert sorted(r[i] for r in results) == [NEW] + [PENDING] * 15
 
 
+def test_the_same_key_with_other_content_is_a_conflict(make_ledger: object) -> None:
+    ledger = make_ledger(ttl_s=60)
+    keys = [("acme", "e1"), ("acme", "e2"), ("globex", "e1")]
+    assert ledger.reserve(keys, ["d1", "d2", "d3"]) == [NEW, NEW, NEW]
+    assert ledger.reserve(keys, ["d1", "other", "d3"]) == [PENDING, CONFLICT, PENDING]
+    ledger.release(keys[1:2])
+    assert ledger.reserve(keys[1:2], ["other"]) == [NEW]  # released: the key is free for any content
+    ledger.confirm(keys)
+    assert ledger.reserve(keys, ["d1", "d2", "other"]) == [QUEUED, CONFLICT, CONFLICT]
+    assert ledger.reserve(keys) == [QUEUED] * 3  # no digests: nothing to compare
+
+
+def test_a_claim_without_digest_never_conflicts(make_ledger: object) -> None:
+    ledger = make_ledger(ttl_s=60)
+    assert ledger.reserve([("acme", "e1")]) == [NEW]
+    assert ledger.reserve([("acme", "e1")], ["d1"]) == [PENDING]
+
+
 def test_memory_ledger_forgets_the_oldest_past_its_capacity() -> None:
     ledger = MemoryFeedbackLedger(capacity=2)
     ledger.reserve([("a", "1"), ("a", "2"), ("a", "3")])
     assert ledger.reserve([("a", "1"), ("a", "3")]) == [NEW, PENDING]
+
+
+def test_redis_reads_the_values_written_before_digests(redis_client: object, prefix: str) -> None:
+    """Keys of an older release hold the bare status ('queued'); they stay duplicates, never conflicts."""
+    from aegis_online.state.redis_store import RedisFeedbackLedger
+
+    ledger = RedisFeedbackLedger(redis_client, prefix, ttl_s=60)
+    redis_client.set(ledger.key(("acme", "old")), "queued", px=60_000)
+    assert ledger.reserve([("acme", "old")], ["d1"]) == [QUEUED]
+    ledger.reserve([("acme", "new")], ["d1"])
+    ledger.confirm([("acme", "new")])
+    assert redis_client.get(ledger.key(("acme", "new"))) == b"queued:d1"

@@ -38,6 +38,19 @@ app.kubernetes.io/part-of: aegis-online
 {{- printf "%s-redis" (include "aegis-online.fullname" .) -}}
 {{- end -}}
 
+{{/* The release's Ray pods (head and worker groups): what the Ray NetworkPolicy protects and lets in. */}}
+{{- define "aegis-online.rayPodSelector" -}}
+matchLabels:
+  {{- include "aegis-online.selectorLabels" . | nindent 2 }}
+matchExpressions:
+  - {key: app.kubernetes.io/component, operator: In, values: [ray-head, ray-cpu-worker, ray-gpu-worker]}
+{{- end -}}
+
+{{/* The Secret with Ray's auth token (key auth_token): ray.auth.existingSecret or the chart's. */}}
+{{- define "aegis-online.rayAuthSecret" -}}
+{{- default (printf "%s-ray-auth" (include "aegis-online.fullname" .)) .Values.ray.auth.existingSecret -}}
+{{- end -}}
+
 {{- define "aegis-online.keysSecret" -}}
 {{- default (printf "%s-api-keys" (include "aegis-online.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}

@@ -35,6 +35,13 @@ rayservice.yaml, so every render runs it. */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and $v.ray.auth.existingSecret (not $v.ray.auth.enabled) -}}
+{{- fail "ray.auth: existingSecret is set but ray.auth.enabled is false; Ray would run without token authentication" -}}
+{{- end -}}
+{{- $np := $v.ray.networkPolicy -}}
+{{- if and $np.enabled $np.serveFrom $v.metrics.serviceMonitor.enabled (not $np.metricsFrom) -}}
+{{- fail "ray.networkPolicy.metricsFrom: Prometheus scrapes /metrics on the Serve port, which ray.networkPolicy.serveFrom restricts; list Prometheus's pods in metricsFrom (or leave serveFrom empty)" -}}
+{{- end -}}
 {{- if and (not $v.ray.cpuWorkers.enabled) (not $v.ray.gpuWorkers.enabled) (not $v.ray.head.schedulable) -}}
 {{- fail "ray: no pod can run Serve replicas: enable ray.cpuWorkers or ray.gpuWorkers, or set ray.head.schedulable" -}}
 {{- end -}}
