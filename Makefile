@@ -34,11 +34,15 @@ demo-drift: $(STAMP)
 
 test: $(STAMP) $(HELM)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
+# lint-imports: the import contracts of pyproject.toml (code layers, forbidden imports); the graph builds in
+# well under a second, so no cache folder in the tree.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(PY) bench/learners.py

@@ -1,7 +1,7 @@
 """aegis-online: an online-learning ensemble of content-safety experts.
 
-Layers (imports point one way, down this list): ``taxonomy`` and ``schemas``; ``learn`` (pure numpy);
-``ensemble`` and ``policy``; ``engine``; then the outer ring (``simulate``, ``cli``, and later the servers).
+The code layers, and what each may import, are declared once: the ``layers`` contract of ``[tool.importlinter]``
+in ``pyproject.toml`` (checked by ``lint-imports``; README.md quotes it, ``docs/architecture.md`` maps it).
 """
 
 __version__ = "0.1.0"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from aegis_online.experts.catalog import (
+from aegis_online.catalog import (
     NAME_PATTERN,
     CatalogError,
     ExpertSpec,
@@ -37,7 +36,7 @@ from aegis_online.experts.catalog import (
 )
 from aegis_online.learn import DEFAULT_LEARNER, LEARNERS
 from aegis_online.policy import TenantPolicy
-from aegis_online.schemas import MAX_MESSAGE_CHARS, TENANT_PATTERN
+from aegis_online.schemas import MAX_MESSAGE_CHARS, TenantId
 from aegis_online.state.quotas import Bucket, ShareCap
 
 ENV_PREFIX = "AEGIS_SERVE_"
@@ -120,7 +119,12 @@ class LimitsSection(Section):
     admission: AdmissionSection = Field(default_factory=AdmissionSection, description="Load shedding.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_inputs: int = Field(default=32, ge=1, le=1024, description="Most inputs in one /v1/moderations call.")
-    max_input_chars: int = Field(default=MAX_MESSAGE_CHARS, ge=1, le=MAX_MESSAGE_CHARS)
+    max_input_chars: int = Field(
+        default=MAX_MESSAGE_CHARS,
+        ge=1,
+        le=MAX_MESSAGE_CHARS,
+        description="Most characters of one /v1/moderations input and of one /v1/moderate message (longer: 4xx).",
+    )
     max_feedback_batch: int = Field(default=1000, ge=1, le=100_000, description="Most events in one feedback call.")
     feedback_ack_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Wait for the bus to take an event.")
 
@@ -245,9 +249,15 @@ class BanditSection(Section):
     always: list[str] = Field(default_factory=list, description="Experts queried on every request.")
 
 
+BANDIT_LEARNERS = tuple(sorted(name for name, cls in LEARNERS.items() if cls.bandit))
+
+
 class LearnerSection(Section):
     name: str = Field(default=DEFAULT_LEARNER, description="Online learner of the weights (learn.LEARNERS).")
-    bandit: BanditSection | None = None
+    bandit: BanditSection | None = Field(
+        default=None,
+        description=f"Bandit mode: query k experts per request; needs name: {' or '.join(BANDIT_LEARNERS)}.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -255,6 +265,19 @@ class LearnerSection(Section):
         if value not in LEARNERS:
             raise ValueError(f"unknown learner {value!r}; choose one of {sorted(LEARNERS)}")
         return value
+
+    @model_validator(mode="after")
+    def _bandit_learner(self) -> LearnerSection:
+        # The learner is an explicit choice: bandit mode never swaps the named learner for another behind its back.
+        bandit_learner = LEARNERS[self.name].bandit
+        if self.bandit is not None and not bandit_learner:
+            raise ValueError(
+                f"name: bandit mode (learner.bandit) learns only from the experts it queried and needs a bandit "
+                f"learner; set learner.name: {' or '.join(BANDIT_LEARNERS)} (got {self.name!r})"
+            )
+        if self.bandit is None and bandit_learner:
+            raise ValueError(f"bandit: {self.name} is a bandit learner; set learner.bandit: {{k: ...}}")
+        return self
 
 
 class StoreSection(Section):
@@ -315,9 +338,8 @@ class ApiKey(Section):
     name: str | None = Field(default=None, max_length=64, description="A label for logs; never the key.")
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    tenant: str | None = Field(
+    tenant: TenantId | None = Field(
         default=None,
-        pattern=TENANT_PATTERN,
         description="Required for clients; moderators and admins without one act for every tenant.",
     )
     role: Literal["client", "moderator", "admin"] = Field(
@@ -369,15 +391,7 @@ class RateLimitsSection(Section):
     redis store (shared by every replica), in the process otherwise."""
 
     default: TenantRateLimits = Field(default_factory=TenantRateLimits, description="Tenants without their own.")
-    tenants: dict[str, TenantRateLimits] = Field(default_factory=dict, description="By tenant id.")
-
-    @field_validator("tenants")
-    @classmethod
-    def _tenant_ids(cls, value: dict[str, TenantRateLimits]) -> dict[str, TenantRateLimits]:
-        bad = sorted(t for t in value if not re.fullmatch(TENANT_PATTERN, t))
-        if bad:
-            raise ValueError(f"not tenant ids: {bad}")
-        return value
+    tenants: dict[TenantId, TenantRateLimits] = Field(default_factory=dict, description="By tenant id.")
 
     def for_tenant(self, tenant: str) -> TenantRateLimits:
         return self.tenants.get(tenant, self.default)
@@ -386,7 +400,7 @@ class RateLimitsSection(Section):
 class GlobalLearningSection(Section):
     """Which feedback trains the global weights every tenant starts from (each tenant's own always learn)."""
 
-    contributors: list[str] = Field(
+    contributors: list[TenantId] = Field(
         default_factory=list,
         description="Tenants whose client keys' feedback also trains the global weights, within max_share. "
         "Moderator and admin keys always do.",
@@ -394,14 +408,6 @@ class GlobalLearningSection(Section):
     max_share: float = Field(default=0.25, gt=0, le=1, description="Most of a window's global updates per tenant.")
     window_s: float = Field(default=3600.0, gt=0, le=30 * 86400, description="Window of max_share.")
     min_events: int = Field(default=20, ge=0, description="A contributor may always add this many per window.")
-
-    @field_validator("contributors")
-    @classmethod
-    def _tenant_ids(cls, value: list[str]) -> list[str]:
-        bad = sorted(t for t in value if not re.fullmatch(TENANT_PATTERN, t))
-        if bad:
-            raise ValueError(f"not tenant ids: {bad}")
-        return value
 
     def cap(self) -> ShareCap:
         return ShareCap(max_share=self.max_share, window_s=self.window_s, min_events=self.min_events)
@@ -486,10 +492,8 @@ class ServiceConfig(Section):
                 raise ConfigError(
                     f"experts.use.{i}: unknown expert {serving.name!r}; the catalog has {sorted(by_name)}"
                 )
-            if serving.backend_options:
-                options = spec.backend_options | serving.backend_options
-                spec = ExpertSpec.model_validate(spec.model_dump() | {"backend_options": options})
-            gpus = serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus
+            spec = _as_served(f"experts.use.{i}", spec, serving)
+            gpus = spec.hardware.gpus
             if serving.placement == "ingress" and gpus:
                 raise ConfigError(
                     f"experts.use.{i}.placement: {serving.name} needs {gpus:g} GPU and the ingress has none; "
@@ -499,6 +503,27 @@ class ServiceConfig(Section):
         if self.learner.bandit is not None and self.learner.bandit.k > len(plan):
             raise ConfigError(f"learner.bandit.k: {self.learner.bandit.k} is more than the {len(plan)} experts")
         return plan
+
+
+def _as_served(where: str, spec: ExpertSpec, serving: ExpertServing) -> ExpertSpec:
+    """The catalog entry as ``serving`` runs it: its backend_options under the config's, its GPUs the config's
+    ``num_gpus`` when given; validated again, so the entry's own rules hold for what is served."""
+    if not serving.backend_options and serving.num_gpus is None:
+        return spec
+    options = spec.backend_options | serving.backend_options
+    gpus = serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus
+    shards = options.get("tensor_parallel_size", 1) if spec.backend == "vllm" else 1
+    if isinstance(shards, int) and shards > 1 and gpus != shards:
+        raise ConfigError(
+            f"{where}.num_gpus: {spec.name} shards over tensor_parallel_size {shards}, one whole GPU each; "
+            f"set num_gpus: {shards}"
+        )
+    document = spec.model_dump() | {"backend_options": options, "hardware": spec.hardware.model_dump() | {"gpus": gpus}}
+    try:
+        return ExpertSpec.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise ConfigError(f"{where}: {problems}") from None
 
 
 class _Settings(ServiceConfig, BaseSettings):  # type: ignore[misc]

@@ -8,19 +8,56 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 32_000
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
+#: Tenant ids refused in any letter case. ``global`` is the scope of the weights every tenant starts from (their
+#: learner keys are tagged ``{global}`` where a tenant's are tagged with its id), so a tenant by that name would read
+#: and train them as its own. The stores compare ids exactly, but ``Global`` and ``GLOBAL`` are refused too: an id one
+#: letter's case away from the global scope is a mistake waiting to happen, in a key listing or a dashboard.
+RESERVED_TENANT_IDS: frozenset[str] = frozenset({"global"})
+
+
+def check_tenant_id(value: str) -> str:
+    """``value`` if it is a tenant id (``TENANT_PATTERN``, not reserved); else ``ValueError`` saying why.
+
+    >>> check_tenant_id("acme")
+    'acme'
+    >>> try:
+    ...     check_tenant_id("Global")
+    ... except ValueError as error:
+    ...     print(error)  # doctest: +ELLIPSIS
+    'Global' is reserved: 'global' (in any case) names the global weights every tenant starts from; ...
+    """
+    if not re.fullmatch(TENANT_PATTERN, value):
+        raise ValueError(f"{value!r} is not a tenant id (1-64 letters, digits, '_', '.', '-'; a letter or digit first)")
+    if value.casefold() in RESERVED_TENANT_IDS:  # a ValueError whose type (the API's error code) says why
+        raise PydanticCustomError(
+            "reserved_tenant",
+            f"{value!r} is reserved: 'global' (in any case) names the global weights every tenant starts from; "
+            "choose another tenant id",
+        )
+    return value
+
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-TenantId = Annotated[str, Field(pattern=TENANT_PATTERN, description="Tenant id: letters, digits, '_', '.', '-'.")]
+#: A tenant id wherever one enters (requests, feedback events, policies, API keys, the config): the pattern, checked
+#: first (it is also the OpenAPI schema's), then ``check_tenant_id`` for the reserved ids.
+TenantId = Annotated[
+    str,
+    Field(pattern=TENANT_PATTERN, description="Tenant id: letters, digits, '_', '.', '-'; not 'global' (reserved)."),
+    AfterValidator(check_tenant_id),
+]
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 Role = Literal["system", "user", "assistant", "tool"]
 Check = Literal["prompt", "response"]

@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without an install, and let
 
 from aegis_online.feedback import loadgen  # noqa: E402
 from aegis_online.feedback.kafka import KafkaFeedbackPublisher, ensure_topics  # noqa: E402
-from aegis_online.feedback.service import redis_engine  # noqa: E402
+from aegis_online.feedback.redis_applier import redis_applier  # noqa: E402
 from aegis_online.state.codec import encode_learner  # noqa: E402
 
 EXPERTS = ("guard-a", "guard-b", "classifier-c", "profanity-d", "embedding-e")
@@ -141,12 +141,12 @@ def strategies(args, engine, client, events, predictions) -> list[tuple[str, flo
     """(name, events/s, Redis CPU us per event) of each write strategy, with the Kafka leg taken out."""
     out = []
     n = min(len(events), 20_000 if not args.quick else 2_000)
-    plans = [engine.plan_feedback(e, p) for e, p in zip(events[:n], predictions[:n], strict=True)]
+    plans = [engine.plan(e, p) for e, p in zip(events[:n], predictions[:n], strict=True)]
     prefix = f"strategy-{uuid.uuid4().hex[:6]}:"
-    cas_engine = redis_engine(args.redis_url, EXPERTS, learner=args.learner, prefix=prefix)
+    cas_engine = redis_applier(args.redis_url, EXPERTS, learner=args.learner, prefix=prefix)
     cpu0, start = redis_cpu_seconds(client), time.perf_counter()
     for i in range(0, n, args.batch_size):
-        cas_engine.feedback_batch([(p, "bench:0", i + j) for j, p in enumerate(plans[i : i + args.batch_size])])
+        cas_engine.apply_batch([(p, "bench:0", i + j) for j, p in enumerate(plans[i : i + args.batch_size])])
     seconds, cpu = time.perf_counter() - start, redis_cpu_seconds(client) - cpu0
     out.append((f"compare-and-set, batches of {args.batch_size} (the worker's path)", n / seconds, cpu / n * 1e6))
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 def pipeline_run(args, servers, workers: int, predictions, payloads, out_dir: Path) -> dict:
     """One end-to-end run with ``workers`` worker processes on a fresh topic and key prefix."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-    engine = redis_engine(args.redis_url, EXPERTS, learner=args.learner, prefix=prefix)
+    engine = redis_applier(args.redis_url, EXPERTS, learner=args.learner, prefix=prefix)
     client = engine.store.client
     for i in range(0, len(predictions), 5000):
         engine.prediction_log.put_many(predictions[i : i + 5000])

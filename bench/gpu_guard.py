@@ -21,7 +21,7 @@ Parts, each against a baseline measured in the same run:
   TFLOP/s for an H100/H200 SXM; FLOPs = 2 x parameters used per token x tokens, prompt and generated, without
   padding: the embedding is a lookup and the LM head runs only at each row's last position).
 * **experts sharing one GPU**, under Ray Serve where ray is installed (each expert a deployment with
-  ``@serve.batch``, as ``aegis_online.serve.deployments.ExpertDeployment``, holding ``1/N`` of the GPU; a closed
+  ``@serve.batch``, as ``aegis_online.rayserve.deployments.ExpertDeployment``, holding ``1/N`` of the GPU; a closed
   loop of C requests in flight, each sent to every expert of the ensemble and done when all have answered, as the
   engine fans out), else as separate processes on the GPU (each scoring batches of C back to back). Each expert
   alone, then 2 (and N) together: the ensemble's requests/s (every request judged by every expert) against the
@@ -135,7 +135,7 @@ ANSWER_SENTENCES = (
 
 
 def user_texts() -> list[str]:
-    from aegis_online.serve.demo_data import FALLBACK  # written prompts: everyday requests and harmful ones
+    from aegis_online.demos.prompts import FALLBACK  # written prompts: everyday requests and harmful ones
 
     return [p.text for p in FALLBACK]
 

@@ -50,11 +50,12 @@ try:
 except ModuleNotFoundError:  # run from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aegis_online.client import AegisClient, APIError, AsyncAegisClient, ClientError, RetryPolicy
 from aegis_online.config import ServiceConfig
+from aegis_online.demos.prompts import demo_prompts
 from aegis_online.experts import Expert, ExpertInput
-from aegis_online.schemas import ExpertOutput
+from aegis_online.schemas import Decision, ExpertOutput, Message, ModerationRequest
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.demo_data import demo_prompts
 
 console = Console(highlight=False)
 
@@ -121,23 +122,27 @@ class Load:
         started = time.monotonic()
         opens, closes = started + settle_s, started + settle_s + measure_s
         limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-        async with httpx.AsyncClient(base_url=self.url, timeout=120, limits=limits) as client:
+        # No retries inside a call: a refused client's wait (Retry-After) is part of what is measured, below.
+        once = RetryPolicy(attempts=1)
+        async with AsyncAegisClient(self.url, timeout=120, retry=once, limits=limits) as client:
 
             async def one_client() -> None:
                 while time.monotonic() < closes:
                     i = next(self._next)
-                    body = {"messages": [{"role": "user", "content": f"{self.texts[i % len(self.texts)]} #{i}"}]}
+                    text = f"{self.texts[i % len(self.texts)]} #{i}"
+                    request = ModerationRequest(messages=[Message(role="user", content=text)])
                     sent = time.monotonic()
+                    decision: Decision | ClientError
                     try:
-                        response = await client.post("/v1/moderate", json=body)
-                    except httpx.HTTPError:
-                        response = None
+                        decision = await client.moderate(request)
+                    except ClientError as error:
+                        decision = error
                     done = time.monotonic()
                     pause = 0.0
                     if opens <= done <= closes:
-                        pause = self._record(window, response, done - sent)
-                    elif response is not None and response.status_code == 503:
-                        pause = _retry_after(response)
+                        pause = self._record(window, decision, done - sent)
+                    elif _refused(decision):
+                        pause = _retry_after(decision)
                     if pause:
                         await asyncio.sleep(min(pause, max(closes - time.monotonic(), 0.0)))
 
@@ -157,40 +162,39 @@ class Load:
         progress.update(task, completed=settle_s + measure_s)
         return window
 
-    def _record(self, window: Window, response: Any, seconds: float) -> float:
-        """Count one response; the pause its client takes before the next request."""
-        if response is None:
-            window.errors += 1
-            return 0.1
-        if response.status_code == 503:
+    def _record(self, window: Window, answer: Decision | ClientError, seconds: float) -> float:
+        """Count one answer; the pause its client takes before the next request."""
+        if _refused(answer):
             window.refused += 1
-            return _retry_after(response)
-        if response.status_code != 200:
+            return _retry_after(answer)
+        if not isinstance(answer, Decision):  # another status, or no answer at all
             window.errors += 1
             return 0.1
         window.latencies.append(seconds)
-        degraded = bool(response.json().get("degraded"))
-        window.degraded += degraded
-        window.good += not degraded and seconds <= self.deadline_s
+        window.degraded += answer.degraded
+        window.good += not answer.degraded and seconds <= self.deadline_s
         return 0.0
 
 
-async def _admission_limit(client: Any) -> float | None:
+async def _admission_limit(client: AsyncAegisClient) -> float | None:
     """The service's ``aegis_admission_limit``; None when admission control counted nothing (it is off)."""
     try:
-        lines = (await client.get("/metrics")).text.splitlines()
-    except Exception:  # a figure for the report only
+        lines = (await client.metrics()).splitlines()
+    except ClientError:  # a figure for the report only
         return None
     if not any(line.startswith("aegis_admission_total{") for line in lines):
         return None
     return next((float(line.split()[1]) for line in lines if line.startswith("aegis_admission_limit ")), None)
 
 
-def _retry_after(response: Any) -> float:
-    try:
-        return max(float(response.headers.get("Retry-After", "1")), 0.0)
-    except ValueError:
-        return 1.0
+def _refused(answer: Decision | ClientError) -> bool:
+    return isinstance(answer, APIError) and answer.status == 503
+
+
+def _retry_after(answer: Decision | ClientError) -> float:
+    """What the refusal's ``Retry-After`` says (1 s when it says nothing readable)."""
+    wait = answer.retry_after if isinstance(answer, APIError) else None
+    return 1.0 if wait is None else wait
 
 
 # -- the service under test ----------------------------------------------------------------------------------------
@@ -225,11 +229,10 @@ def served_config(admission: bool) -> ServiceConfig:
 def ray_services() -> Iterator[dict[bool, str]]:
     """A local Ray + Serve with two applications side by side, with and without admission control (each with its
     own expert replicas; one is idle while the other is measured); yields their URLs by ``admission``."""
-    import httpx
     from ray import serve
 
-    from aegis_online.serve.deployments import build_app
-    from aegis_online.serve.runtime import LOGGING, start_ray, start_serve, stop_ray
+    from aegis_online.rayserve.deployments import build_app
+    from aegis_online.rayserve.runtime import LOGGING, start_ray, start_serve, stop_ray
 
     port = spare_port()
     temp_dir = Path(tempfile.mkdtemp(prefix="aegis-ray-", dir="/tmp"))
@@ -243,10 +246,8 @@ def ray_services() -> Iterator[dict[bool, str]]:
             serve.run(app, name=name, route_prefix=prefix, blocking=False, logging_config=LOGGING)
         deadline = time.monotonic() + 300
         for url in urls.values():
-            while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{url} did not become ready")
-                time.sleep(0.5)
+            with AegisClient(url, timeout=5) as client:  # ready, or degraded: both answer 200
+                client.wait_ready(max(deadline - time.monotonic(), 0.0), poll_s=0.5, accept_degraded=True)
         yield urls
     finally:
         stop_ray(temp_dir)

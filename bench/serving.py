@@ -5,7 +5,8 @@ Cases, each at several concurrencies (requests in flight), on the same stream of
 
 * ``in process``: ``Engine.moderate`` with the catalog's CPU experts built in this process (no HTTP, no Ray).
 * ``ray serve, replicas``: the service's Ray Serve application on local Ray with every expert a deployment of its
-  own (one replica each, ``@serve.batch``), called over HTTP with httpx from this process.
+  own (one replica each, ``@serve.batch``), called over HTTP from this process with the project's client
+  (``aegis_online.client.AsyncAegisClient``, no retries: a refusal is an error of the run).
 * ``ray serve, in ingress``: the same with the default placement: the ``cpu-light`` experts (profanity-check) are
   built inside the ingress and called in process, MiniLM stays a deployment. Same Ray session, redeployed.
 
@@ -39,13 +40,14 @@ try:
 except ModuleNotFoundError:  # run from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aegis_online.client import AegisClient, AsyncAegisClient, RetryPolicy
 from aegis_online.config import ServiceConfig
+from aegis_online.demos.prompts import demo_prompts
 from aegis_online.engine import Engine
 from aegis_online.experts import Expert, ExpertInput
-from aegis_online.experts.catalog import build_expert
+from aegis_online.experts.build import build_expert
 from aegis_online.schemas import ExpertOutput, Message, ModerationRequest
 from aegis_online.serve.auth import KeyTable
-from aegis_online.serve.demo_data import demo_prompts
 from aegis_online.taxonomy import CANONICAL_IDS
 
 WARM_UP = 32
@@ -125,7 +127,7 @@ def ray_cases(
     texts: list[str], levels: Sequence[int], n: int
 ) -> tuple[dict[str, dict[int, tuple[float, float, float]]], float]:
     """Every ``RAY_CASES`` placement in one Ray session (redeployed between them); the first start-up time."""
-    from aegis_online.serve.runtime import APP_NAME, start_ray, start_serve, stop_ray
+    from aegis_online.rayserve.runtime import APP_NAME, start_ray, start_serve, stop_ray
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -155,21 +157,20 @@ def ray_case(
     """Deploy ``config`` (until it is ready) and measure it over HTTP at each level; texts from ``offset`` on."""
     import httpx
 
-    from aegis_online.serve.runtime import deploy
+    from aegis_online.rayserve.runtime import deploy
 
+    url = f"http://127.0.0.1:{port}"
     deploy(config, KeyTable({}))
-    wait_ready(f"http://127.0.0.1:{port}")
+    wait_ready(url)
     results = {}
 
     async def measure() -> None:
         limits = httpx.Limits(max_connections=max(levels) * 2, max_keepalive_connections=max(levels) * 2)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as client:
+        once = RetryPolicy(attempts=1)
+        async with AsyncAegisClient(url, timeout=120, retry=once, limits=limits) as client:
 
             async def post(text: str) -> None:
-                body = {"messages": [{"role": "user", "content": text}]}
-                response = await client.post("/v1/moderate", json=body)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+                await client.moderate(request(text))  # an error status raises APIError
 
             warm = [f"{t} [serve warm-up {offset}]" for t in texts[:WARM_UP]]
             await run_load(lambda i: post(warm[i]), len(warm), max(levels))
@@ -189,18 +190,10 @@ def ray_case(
 
 
 def wait_ready(url: str, timeout_s: float = 300.0) -> None:
-    """Until /readyz answers 200 (``deploy`` returns before the replicas have loaded their models)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the service at {url} was not ready within {timeout_s:.0f} s")
+    """Until /readyz answers 200, ready or degraded (``deploy`` returns before the replicas have loaded their
+    models)."""
+    with AegisClient(url, timeout=5) as client:
+        client.wait_ready(timeout_s, poll_s=0.5, accept_degraded=True)
 
 
 class InstantExpert(Expert):

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from state.services import Services, services, unique  # tests/ is on sys.path (this file's folder, rootdir mode)
+
+from tests.state.services import Services, services, unique
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -11,11 +15,39 @@ from aegis_online.cli import app
 runner = CliRunner()
 
 
+def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` in a fresh interpreter: what a shell user gets, module import order included."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def _commands(help_text: str) -> set[str]:
+    """The first word of each row of typer's help panels: command names (and options)."""
+    return set(re.findall(r"^│ (\S+)\s", help_text, flags=re.MULTILINE))
+
+
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in ("demo", "policy", "experts"):
         assert command in result.output
+
+
+def test_experts_help_lists_list_score_and_train_head() -> None:
+    # every experts command is registered by the time `python -m aegis_online.cli` runs the app
+    result = _run_module("aegis_online.cli", "experts", "--help")
+    assert result.returncode == 0, result.stderr
+    assert {"list", "score", "train-head"} <= _commands(result.stdout), result.stdout
+
+
+def test_python_dash_m_aegis_online_runs_the_command_line() -> None:
+    result = _run_module("aegis_online", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: aegis-online" in result.stdout
+    commands = {"demo", "policy", "experts", "serve", "serve-demo", "simulate", "replay", "feedback-worker", "chart"}
+    assert commands <= _commands(result.stdout), result.stdout
 
 
 def test_demo_adapts_to_the_swap_and_writes_a_plot(tmp_path: Path) -> None:
@@ -30,7 +62,7 @@ def test_demo_report_shows_the_ensemble_beating_every_expert() -> None:
 
     import numpy as np
 
-    from aegis_online.simulate.demo import run_demo
+    from aegis_online.demos.drift import run_demo
 
     engine, report, _ = asyncio.run(run_demo(steps=1200, seed=3))
     accuracy = {who: float(np.mean(hits)) for who, hits in report.correct.items()}

@@ -75,10 +75,10 @@ def test_the_same_feedback_event_is_applied_once() -> None:
     decision = moderate(engine, request())
     event = FeedbackEvent(request_id=decision.request_id, labels={"S1": 0.0})
     first = engine.feedback(event)
-    state_after_first = engine.store.load([engine.state_key("global", "S1")])[0]
+    state_after_first = engine.store.load([engine.keyspace.key("global", "S1")])[0]
     again = engine.feedback(FeedbackEvent(request_id=decision.request_id, labels={"S1": 0.0}))  # a retried send
     assert first.applied and not again.applied
-    assert engine.store.load([engine.state_key("global", "S1")])[0] is state_after_first
+    assert engine.store.load([engine.keyspace.key("global", "S1")])[0] is state_after_first
 
 
 def test_redelivered_event_with_an_explicit_id_changes_nothing() -> None:
@@ -229,7 +229,7 @@ def test_custom_categories_are_scored_only_by_free_form_experts() -> None:
 
 def test_bandit_mode_queries_k_experts_always_including_the_cheap_one() -> None:
     experts = [FixedExpert(f"e{i}", 0.1 * (i + 1)) for i in range(5)]
-    engine = Engine(experts, bandit=BanditConfig(k=2, always=("e0",)), seed=3)
+    engine = Engine(experts, learner="exp3-ix", bandit=BanditConfig(k=2, always=("e0",)), seed=3)
     for _ in range(200):
         d = moderate(engine, request())
         answered = {e.expert for e in d.experts}
@@ -263,4 +263,9 @@ def test_engine_rejects_inconsistent_configuration() -> None:
     with pytest.raises(ValueError, match="unique"):
         Engine([FixedExpert("a", 0.1), FixedExpert("a", 0.2)])
     with pytest.raises(ValueError, match=r"bandit\.always"):
-        Engine([FixedExpert("a", 0.1)], bandit=BanditConfig(k=1, always=("zz",)))
+        Engine([FixedExpert("a", 0.1)], learner="exp3-ix", bandit=BanditConfig(k=1, always=("zz",)))
+    # bandit mode never swaps the learner behind the caller's back: another learner is refused, not replaced
+    with pytest.raises(ValueError, match="needs learner exp3-ix, not 'default'"):
+        Engine([FixedExpert("a", 0.1)], learner="default", bandit=BanditConfig(k=1))
+    with pytest.raises(ValueError, match="BanditConfig"):
+        Engine([FixedExpert("a", 0.1)], learner="exp3-ix")

@@ -273,7 +273,7 @@ def _serve_config(service: dict[str, Any]) -> tuple[dict[str, Any] | None, list[
 
 def check_serve_config(service: dict[str, Any], manifests: list[dict[str, Any]]) -> list[str]:
     """serveConfigV2 as Ray validates it, then the application built from it as the cluster would."""
-    from aegis_online.serve.kuberay import IMPORT_PATH
+    from aegis_online.rayserve.kuberay import IMPORT_PATH
 
     document, problems = _serve_config(service)
     if document is None:
@@ -286,8 +286,8 @@ def check_serve_config(service: dict[str, Any], manifests: list[dict[str, Any]])
     with mounted_files(manifests) as paths:
         try:
             config = builder_config(applications[0].get("args"), paths)
+            from aegis_online.rayserve.deployments import build_app
             from aegis_online.serve.auth import KeyTable, load_key_table
-            from aegis_online.serve.deployments import build_app
 
             keys_file = config.auth.keys_file
             if keys_file is not None and Path(keys_file).is_file():
@@ -307,7 +307,7 @@ def check_serve_config(service: dict[str, Any], manifests: list[dict[str, Any]])
 def builder_config(args: Any, paths: dict[str, Path]) -> Any:
     """The service configuration ``app_builder`` would build from ``args``, its mounted paths mapped to ``paths``."""
     from aegis_online.config import config_from_document
-    from aegis_online.serve.kuberay import ARGS_SOURCE, BuilderArgs
+    from aegis_online.rayserve.kuberay import ARGS_SOURCE, BuilderArgs
 
     config = dict(BuilderArgs.model_validate(args).config)
     for section, key in (("experts", "catalog"), ("auth", "keys_file")):
@@ -363,7 +363,7 @@ def cpu_quantity(value: Any) -> float:
 def check_capacity(service: dict[str, Any], config: Any) -> list[str]:
     """The Serve replicas the configuration starts with must fit the worker groups at their ceiling, and every
     expert must fit in one pod of some group (else Ray leaves it pending and the application never runs)."""
-    from aegis_online.serve.deployments import ingress_replica_needs, resource_needs
+    from aegis_online.rayserve.deployments import ingress_replica_needs, resource_needs
 
     where = f"{_where(service)} serveConfigV2"
     cluster = service["spec"]["rayClusterConfig"]

@@ -30,7 +30,6 @@ import typer
 from aegis_online.feedback.health import HealthServer, WorkerHealth
 
 if TYPE_CHECKING:
-    from aegis_online.engine import BanditConfig
     from aegis_online.feedback.worker import WorkerStats
 
 
@@ -73,7 +72,6 @@ class WorkerSettings:
     learner: str
     prefix: str
     cluster: bool = False
-    bandit: BanditConfig | None = None
     source: str = "options"
 
 
@@ -92,8 +90,6 @@ def resolve_settings(
     from ``defaults()``. Raises ``ConfigError`` when the config is invalid or is not one a worker serves (its store
     must be Redis and its bus Kafka); ``typer.BadParameter`` when no expert is named anywhere."""
     from aegis_online.config import ConfigError, load_config
-    from aegis_online.engine import BanditConfig
-    from aegis_online.learn import LEARNERS
 
     explicit = {
         "redis_url": redis_url,
@@ -105,7 +101,7 @@ def resolve_settings(
     }
     from_config: dict[str, str] = {}
     names: list[str] = []
-    cluster, bandit, source = False, None, "options"
+    cluster, source = False, "options"
     if config_path is not None:
         config = load_config(config_path)
         source = str(config_path)
@@ -133,8 +129,6 @@ def resolve_settings(
             "prefix": config.store.prefix,
         }
         cluster = config.store.cluster
-        if config.learner.bandit is not None:
-            bandit = BanditConfig(k=config.learner.bandit.k, always=tuple(config.learner.bandit.always))
     if experts is not None:
         names = [n.strip() for n in experts.split(",") if n.strip()]
     if not names:
@@ -142,10 +136,7 @@ def resolve_settings(
         raise typer.BadParameter(hint, param_hint="--experts")
     fallback = defaults()
     values = {k: v if v is not None else from_config.get(k, fallback[k]) for k, v in explicit.items()}
-    learner_class = LEARNERS.get(values["learner"])
-    if bandit is None and learner_class is not None and learner_class.bandit:
-        bandit = BanditConfig(k=1)  # a bandit learner needs one; a worker never selects experts, so k is unused
-    return WorkerSettings(tuple(names), **values, cluster=cluster, bandit=bandit, source=source)
+    return WorkerSettings(tuple(names), **values, cluster=cluster, source=source)
 
 
 def feedback_worker_command(
@@ -277,25 +268,19 @@ def _run(
     """Build the clients, run the loop until a signal or a limit stops it, close the clients."""
     from aegis_online.feedback.kafka import KafkaDeadLetterSink, KafkaFeedbackSource, ensure_topics
     from aegis_online.feedback.processor import FeedbackProcessor
-    from aegis_online.feedback.service import redis_engine
+    from aegis_online.feedback.redis_applier import redis_applier
     from aegis_online.feedback.worker import FeedbackWorker
 
     log = logging.getLogger("aegis_online.feedback")
     s = settings
     if create_topics:
         ensure_topics(s.bootstrap_servers, {s.topic: create_topics, s.dead_letter_topic: create_topics})
-    engine = redis_engine(
-        s.redis_url,
-        s.experts,
-        learner=s.learner,
-        prefix=s.prefix,
-        wait_replicas=wait_replicas,
-        cluster=s.cluster,
-        bandit=s.bandit,
+    applier = redis_applier(
+        s.redis_url, s.experts, learner=s.learner, prefix=s.prefix, wait_replicas=wait_replicas, cluster=s.cluster
     )
     source = KafkaFeedbackSource(s.bootstrap_servers, s.topic, group_id, max_poll_records=batch_size)
     sink = KafkaDeadLetterSink(s.bootstrap_servers, s.dead_letter_topic, max_payload_bytes=max_event_bytes)
-    processor = FeedbackProcessor(engine, max_event_bytes=max_event_bytes, wait_for_prediction_s=wait_for_prediction_s)
+    processor = FeedbackProcessor(applier, max_event_bytes=max_event_bytes, wait_for_prediction_s=wait_for_prediction_s)
     worker = FeedbackWorker(
         source, processor, sink, batch_size=batch_size, on_iteration=None if health is None else health.record
     )
@@ -312,13 +297,12 @@ def _run(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     log.info(
-        "feedback worker (settings from %s): topic %s, group %s, experts %s, learner %s%s, prefix %s",
+        "feedback worker (settings from %s): topic %s, group %s, experts %s, learner %s, prefix %s",
         s.source,
         s.topic,
         group_id,
         ",".join(s.experts),
         s.learner,
-        " (bandit mode)" if s.bandit is not None else "",
         s.prefix,
     )
     try:
@@ -326,7 +310,7 @@ def _run(
     finally:
         source.close()
         sink.close()
-        engine.store.close()
+        applier.store.close()
 
 
 def main() -> None:

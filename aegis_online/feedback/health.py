@@ -12,8 +12,9 @@ neither slow the worker nor be slowed by a dependency that hangs.
 * ``/readyz`` (readiness) asks "is the worker doing its job?": at least one poll completed, and the last round with
   records went through (it was not retried because the store or the bus refused it), and the loop is not stalled.
   The worker reports what it last saw: an idle worker does not probe Redis.
-* ``/metrics``: the worker's counters (``WorkerStats``) and the heartbeat age, names prefixed ``aegis_feedback_``,
-  in Prometheus' text format, written here (a dozen lines: the worker needs no metrics library).
+* ``/metrics``: the worker's counters (``WorkerStats``) through ``stats_collector`` (the collector the embedded
+  service exports them with too: one naming in both modes), plus what only a worker process has (its loop's
+  iterations and heartbeat, readiness, partitions owned), rendered by prometheus_client.
 """
 
 from __future__ import annotations
@@ -30,23 +31,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
     from aegis_online.feedback.worker import FeedbackWorker
 
 log = logging.getLogger("aegis_online.feedback.health")
-
-PREFIX = "aegis_feedback_"
-#: ``WorkerStats`` counters exported as ``aegis_feedback_<name>_total``, with their help text.
-COUNTERS: dict[str, str] = {
-    "records": "Records taken care of (applied, duplicate or dead-lettered) whose offsets were committed.",
-    "applied": "Feedback events applied to the learner store.",
-    "duplicates": "Redelivered events skipped because they had been applied already.",
-    "dead_letters": "Refused events published to the dead-letter topic.",
-    "batches": "Batches processed and committed.",
-    "store_retries": "Rounds retried with backoff because the store or the bus was unavailable.",
-    "commits_refused": "Offset commits refused by the consumer group (rebalances; harmless).",
-    "write_conflicts": "Concurrent writes to a learner key that were re-done.",
-}
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,7 @@ class Snapshot:
     iterations: int = 0
     last_error: str | None = None
     partitions: int | None = None
-    stats: Mapping[str, float] = field(default_factory=dict)
+    stats: Mapping[str, Any] = field(default_factory=dict)
 
 
 class WorkerHealth:
@@ -73,13 +63,14 @@ class WorkerHealth:
         self._clock = clock
         self._lock = threading.Lock()
         self._snapshot = Snapshot(beat=clock())  # start-up counts as alive until stall_s has passed
+        self._registry: CollectorRegistry | None = None  # built at the first scrape (``metrics``)
 
     def record(self, worker: FeedbackWorker) -> None:
         """The ``on_iteration`` hook of ``FeedbackWorker``: one beat per round, idle polls and retries included."""
         owned = worker.source.owned()
         self.update(worker.stats.as_dict(), worker.last_error, None if owned is None else len(owned))
 
-    def update(self, stats: Mapping[str, float], last_error: str | None, partitions: int | None = None) -> None:
+    def update(self, stats: Mapping[str, Any], last_error: str | None, partitions: int | None = None) -> None:
         with self._lock:
             self._snapshot = Snapshot(
                 beat=self._clock(),
@@ -120,36 +111,42 @@ class WorkerHealth:
         body |= {name: int(snap.stats.get(name, 0)) for name in ("records", "applied", "dead_letters")}
         return 200, body
 
-    def samples(self) -> Iterator[tuple[str, str, str, float]]:
-        """``(kind, name, help, value)`` of every metric; counter names without their ``_total``."""
-        snap = self.snapshot()
-        for name, help_text in COUNTERS.items():
-            yield "counter", PREFIX + name, help_text, float(snap.stats.get(name, 0))
-        yield (
-            "counter",
-            PREFIX + "iterations",
-            "Rounds of the worker loop (polls, idle ones included).",
-            snap.iterations,
-        )
-        yield (
-            "gauge",
-            PREFIX + "heartbeat_age_seconds",
-            "Seconds since the loop last went round.",
-            self.heartbeat_age(snap),
-        )
-        yield "gauge", PREFIX + "ready", "1 when /readyz answers 200.", float(self.readiness()[0] == 200)
-        last_commit = float(snap.stats.get("last_commit_at", 0.0))
-        yield "gauge", PREFIX + "last_commit_timestamp_seconds", "Unix time of the last commit (0: none).", last_commit
-        if snap.partitions is not None:
-            yield "gauge", PREFIX + "partitions_owned", "Partitions this worker owns now.", float(snap.partitions)
-
     def metrics(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type."""
-        lines = []
-        for kind, name, help_text, value in self.samples():
-            full = name + "_total" if kind == "counter" else name
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} {kind}", f"{full} {float(value)!r}"]
-        return ("\n".join(lines) + "\n").encode(), TEXT_CONTENT_TYPE
+        """The Prometheus text exposition and its content type (the service's ``/metrics`` uses the same).
+
+        prometheus_client (the ``metrics`` extra) is imported at the first scrape, so that the ``aegis-online``
+        command, which registers this module's command, loads in an install without it."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        with self._lock:
+            if self._registry is None:
+                self._registry = CollectorRegistry(auto_describe=False)
+                self._registry.register(self)  # type: ignore[arg-type]  # a collector by its ``collect``
+            registry = self._registry
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def collect(self) -> Iterator[Metric]:
+        """One snapshot per scrape: the statistics families both modes share (``stats_collector``), then what only a
+        worker process reports (its loop, readiness and partitions)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from aegis_online.feedback.stats_collector import PREFIX, stats_families
+
+        snap = self.snapshot()
+        yield from stats_families(snap.stats)
+        yield CounterMetricFamily(
+            PREFIX + "iterations", "Rounds of the worker loop (polls, idle ones included).", value=snap.iterations
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "heartbeat_age_seconds", "Seconds since the loop last went round.", value=self.heartbeat_age(snap)
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "ready", "1 when /readyz answers 200.", value=float(self.readiness()[0] == 200)
+        )
+        if snap.partitions is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "partitions_owned", "Partitions this worker owns now.", value=float(snap.partitions)
+            )
 
 
 class _Handler(BaseHTTPRequestHandler):

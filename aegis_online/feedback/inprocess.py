@@ -21,7 +21,6 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 
-from aegis_online.engine import Engine
 from aegis_online.feedback.bus import (
     DeadLetterSink,
     FeedbackPublisher,
@@ -35,6 +34,7 @@ from aegis_online.feedback.records import DeadLetter, FeedbackRecord
 from aegis_online.feedback.worker import FeedbackWorker, WorkerStats
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.state import EventKey, JournalEntry, QueueJournal, StoreUnavailableError
+from aegis_online.weights import FeedbackApplier
 
 log = logging.getLogger("aegis_online.feedback.inprocess")
 
@@ -185,16 +185,16 @@ class MemoryDeadLetters(DeadLetterSink):
 
 
 class EmbeddedFeedbackWorker:
-    """A daemon thread applying the in-process queue's events to ``engine``: feedback with no servers."""
+    """A daemon thread applying the in-process queue's events through ``applier``: feedback with no servers."""
 
-    def __init__(self, engine: Engine, queue: InProcessFeedbackQueue, **worker_options: object) -> None:
+    def __init__(self, applier: FeedbackApplier, queue: InProcessFeedbackQueue, **worker_options: object) -> None:
         self.queue = queue
         self.dead_letters = MemoryDeadLetters()
         processor_options = {
             k: worker_options.pop(k) for k in ("max_event_bytes", "wait_for_prediction_s") if k in worker_options
         }
         self.worker = FeedbackWorker(
-            queue, FeedbackProcessor(engine, **processor_options), self.dead_letters, **worker_options
+            queue, FeedbackProcessor(applier, **processor_options), self.dead_letters, **worker_options
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

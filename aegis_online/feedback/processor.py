@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from aegis_online.engine import Engine, PlannedFeedback
 from aegis_online.errors import AegisError, UnknownRequestError
 from aegis_online.feedback.records import MALFORMED, OVERSIZED, DeadLetter, FeedbackRecord
 from aegis_online.schemas import FeedbackEvent
+from aegis_online.weights import BatchOutcome, FeedbackApplier, PlannedFeedback
 
 Partition = tuple[str, int]
 DEFAULT_MAX_EVENT_BYTES = 16 * 1024
@@ -38,19 +38,40 @@ class Blocked:
 
 @dataclass
 class BatchReport:
-    """What one batch did and what the caller must do next."""
+    """What one batch of records needs next (dead letters to publish, offsets to commit, partitions held), with the
+    ``BatchOutcome`` of applying its events."""
 
-    applied: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
+    outcome: BatchOutcome = field(default_factory=lambda: BatchOutcome([], 0))
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: next offset to read per partition: commit these once the dead letters are published
     commit: dict[Partition, int] = field(default_factory=dict)
     blocked: dict[Partition, Blocked] = field(default_factory=dict)
 
+    @property
+    def applied(self) -> int:
+        return sum(self.outcome.applied)
+
+    @property
+    def duplicates(self) -> int:
+        """Events this batch found applied already (redeliveries)."""
+        return len(self.outcome.applied) - self.applied
+
+    @property
+    def conflicts(self) -> int:
+        return self.outcome.conflicts
+
+    def add(self, other: BatchReport) -> None:
+        """Fold a later report of the same records' partitions into this one."""
+        self.outcome = BatchOutcome(
+            self.outcome.applied + other.outcome.applied, self.outcome.conflicts + other.outcome.conflicts
+        )
+        self.dead_letters += other.dead_letters
+        self.commit.update(other.commit)
+        self.blocked.update(other.blocked)
+
 
 class FeedbackProcessor:
-    """Validates records, joins their predictions, and applies a batch through ``Engine.feedback_batch``.
+    """Validates records, joins their predictions, and applies a batch through ``FeedbackApplier.apply_batch``.
 
     ``wait_for_prediction_s``: how long after it was produced a record may wait for its prediction to be logged.
     ``retry_interval_s``: how soon a blocked partition is tried again.
@@ -58,14 +79,14 @@ class FeedbackProcessor:
 
     def __init__(
         self,
-        engine: Engine,
+        applier: FeedbackApplier,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         wait_for_prediction_s: float = 5.0,
         retry_interval_s: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.engine = engine
+        self.applier = applier
         self.max_event_bytes = max_event_bytes
         self.wait_for_prediction_s = wait_for_prediction_s
         self.retry_interval_s = retry_interval_s
@@ -85,7 +106,7 @@ class FeedbackProcessor:
             else:
                 events[i] = event
         ids = list(dict.fromkeys(e.request_id for e in events.values()))
-        predictions = dict(zip(ids, self.engine.prediction_log.get_many(ids), strict=True))
+        predictions = dict(zip(ids, self.applier.prediction_log.get_many(ids), strict=True))
 
         by_partition: dict[Partition, list[int]] = {}
         for i, record in enumerate(records):
@@ -108,7 +129,7 @@ class FeedbackProcessor:
                         report.blocked[partition] = Blocked(record.offset, min(deadline, now + self.retry_interval_s))
                         break
                 try:
-                    planned.append((self.engine.plan_feedback(event, prediction), record.stream, record.offset))
+                    planned.append((self.applier.plan(event, prediction), record.stream, record.offset))
                 except AegisError as error:
                     detail = str(error)
                     if isinstance(error, UnknownRequestError):
@@ -121,10 +142,7 @@ class FeedbackProcessor:
             elif last is not None:
                 report.commit[partition] = last + 1
 
-        result = self.engine.feedback_batch(planned)
-        report.applied = sum(result.applied)
-        report.duplicates = len(result.applied) - report.applied
-        report.conflicts = result.conflicts
+        report.outcome = self.applier.apply_batch(planned)
         return report
 
     def _decode(self, record: FeedbackRecord) -> FeedbackEvent | DeadLetter:

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aegis_online.feedback import failpoints
 from aegis_online.feedback.bus import DeadLetterSink, FeedbackSource, Partition
@@ -31,10 +31,14 @@ class BusUnavailableError(RuntimeError):
 
 @dataclass
 class WorkerStats:
+    """The loop's counters: the CLI's summary at exit, and both modes' ``/metrics`` (``stats_collector``)."""
+
     records: int = 0
     applied: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    #: dead letters per reason (``DeadLetter.reason``); they sum to ``dead_letters``
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     store_retries: int = 0
     commits_refused: int = 0
@@ -45,8 +49,9 @@ class WorkerStats:
     #: this process's CPU seconds when the first record was taken (so start-up is not counted per event)
     first_record_cpu_s: float = 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, object]:
+        """A copy another thread (a metrics scrape) may read while the loop goes on counting."""
+        return self.__dict__ | {"dead_letter_reasons": dict(self.dead_letter_reasons)}
 
 
 class FeedbackWorker:
@@ -143,6 +148,9 @@ class FeedbackWorker:
         self.stats.applied += report.applied
         self.stats.duplicates += report.duplicates
         self.stats.dead_letters += len(report.dead_letters)
+        reasons = self.stats.dead_letter_reasons
+        for letter in report.dead_letters:
+            reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
         if report.duplicates:
             log.info("%d redelivered events had been applied already: skipped", report.duplicates)
         self.stats.write_conflicts += report.conflicts
@@ -168,12 +176,8 @@ class FeedbackWorker:
                     dead_letters=[DeadLetter(record, PROCESSING_ERROR, f"{type(error).__name__}: {error}")],
                     commit={partition: record.offset + 1},
                 )
-            total.applied += report.applied
-            total.duplicates += report.duplicates
-            total.dead_letters += report.dead_letters
-            total.commit.update(report.commit)
+            total.add(report)
             if partition in report.blocked:
-                total.blocked[partition] = report.blocked[partition]
                 blocked.add(partition)
         return total
 

@@ -10,26 +10,40 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from aegis_online.api_models.native import (
+    ErrorResponse,
+    FeedbackBody,
+    FeedbackReceipt,
+    Liveness,
+    Readiness,
+    TenantWeights,
+)
+from aegis_online.api_models.openai_protocol import (
+    ModerationCreateRequest,
+    ModerationCreateResponse,
+    OpenAIErrorResponse,
+)
 from aegis_online.policy import TenantPolicy
-from aegis_online.schemas import TENANT_PATTERN, Decision, ModerationRequest
+from aegis_online.schemas import Decision, ModerationRequest, TenantId
 from aegis_online.serve.access import principal_dependency, tenant_for
 from aegis_online.serve.admission import AdmissionControl, ArrivalStamp, arrival
 from aegis_online.serve.auth import Principal
 from aegis_online.serve.errors import ApiError, install_error_handlers
 from aegis_online.serve.feedback import FeedbackServing
 from aegis_online.serve.middleware import BodySizeLimit, RequestTiming, RequireJson
-from aegis_online.serve.models import ErrorResponse, FeedbackBody, FeedbackReceipt, Liveness, Readiness, TenantWeights
 from aegis_online.serve.moderate import DecisionRecorder, ModerateServing
 from aegis_online.serve.openai_moderations import OpenAIModerationServing
-from aegis_online.serve.protocol import ModerationCreateRequest, ModerationCreateResponse, OpenAIErrorResponse
 from aegis_online.serve.service import ModerationService
 from aegis_online.serve.tenants import TenantServing
+
+#: The ``{tenant}`` of the tenant routes: a ``TenantId`` (pattern, and ``global`` refused with a 422 naming it).
+TenantPath = Annotated[TenantId, Path(description="Tenant id.")]
 
 DESCRIPTION = """\
 An ensemble of content-safety experts whose weights are learned online per tenant and category; each tenant's
@@ -49,7 +63,7 @@ def create_app(service: ModerationService) -> FastAPI:
     config = service.config
     engine = service.engine
     record = DecisionRecorder(service.metrics, service.health.experts)
-    moderate = ModerateServing(engine, record)
+    moderate = ModerateServing(engine, record, config.limits.max_input_chars)
     admission = AdmissionControl(config.limits.admission, config.limits.deadline_ms / 1000.0, service.metrics)
     moderations = OpenAIModerationServing(engine, record, config.limits, config.server.model_name)
     feedback = FeedbackServing(
@@ -96,7 +110,6 @@ def create_app(service: ModerationService) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestTiming, metrics=service.metrics)
     app.add_middleware(ArrivalStamp)  # outermost: the deadline runs from here
-    tenant_path = Path(pattern=TENANT_PATTERN, description="Tenant id.")
 
     @app.post(
         "/v1/moderate",
@@ -151,7 +164,7 @@ def create_app(service: ModerationService) -> FastAPI:
         summary="A tenant's policy (its own, else the default tenant's)",
         responses=_errors(401, 403, 422),
     )
-    def get_policy_route(tenant: str = tenant_path, caller: Principal = Depends(principal)) -> TenantPolicy:
+    def get_policy_route(tenant: TenantPath, caller: Principal = Depends(principal)) -> TenantPolicy:
         return tenants.get_policy(tenant, caller)
 
     @app.put(
@@ -162,7 +175,7 @@ def create_app(service: ModerationService) -> FastAPI:
         responses=_errors(400, 401, 403, 413, 415, 422, 503),
     )
     async def put_policy_route(
-        body: TenantPolicy, tenant: str = tenant_path, caller: Principal = Depends(principal)
+        body: TenantPolicy, tenant: TenantPath, caller: Principal = Depends(principal)
     ) -> TenantPolicy:
         return await tenants.put_policy(tenant, body, caller)
 
@@ -174,13 +187,28 @@ def create_app(service: ModerationService) -> FastAPI:
         responses=_errors(401, 403, 422),
     )
     def weights_route(
-        tenant: str = tenant_path,
+        tenant: TenantPath,
         category: list[str] | None = Query(
             default=None, max_length=64, description="Category ids or slugs (repeat); default: all of the policy's."
         ),
         caller: Principal = Depends(principal),
     ) -> TenantWeights:
         return tenants.weights(tenant, category, caller)
+
+    @app.get(
+        "/v1/weights/global",
+        response_model=TenantWeights,
+        tags=["tenants"],
+        summary="The global expert weights every tenant starts from, per category (operator keys)",
+        responses=_errors(401, 403, 422),
+    )
+    def global_weights_route(
+        category: list[str] | None = Query(
+            default=None, max_length=64, description="Category ids or slugs (repeat); default: all of the policy's."
+        ),
+        caller: Principal = Depends(principal),
+    ) -> TenantWeights:
+        return tenants.global_weights(category, caller)
 
     @app.get("/healthz", response_model=Liveness, tags=["operations"], summary="Liveness")
     def healthz() -> Liveness:

@@ -29,6 +29,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from aegis_online.api_models.native import ErrorDetail, FeedbackBatch, FeedbackOutcome, FeedbackReceipt
 from aegis_online.config import GlobalLearningSection, LimitsSection
 from aegis_online.engine import Engine
 from aegis_online.errors import AegisError
@@ -38,7 +39,6 @@ from aegis_online.serve.access import tenant_for
 from aegis_online.serve.auth import Principal
 from aegis_online.serve.errors import ApiError, from_aegis_error
 from aegis_online.serve.metrics import ServiceMetrics
-from aegis_online.serve.models import ErrorDetail, FeedbackBatch, FeedbackOutcome, FeedbackReceipt
 from aegis_online.serve.quotas import TenantQuotas
 from aegis_online.serve.resilience import DependencyHealth
 from aegis_online.state import (

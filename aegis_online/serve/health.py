@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+from aegis_online.api_models.native import ComponentCheck, Readiness
 from aegis_online.schemas import Decision
-from aegis_online.serve.models import ComponentCheck, Readiness
 from aegis_online.serve.resilience import DependencyHealth
 
 #: Missing-expert kinds that are failures of the expert itself (not_queried, not_covered and language are choices).

@@ -1,8 +1,10 @@
 """Prometheus metrics of the service, in a registry of its own (one per app, so tests can build many).
 
-Counters and histograms are updated on the request path; the figures that live elsewhere (feedback applied by the
-worker, the weights' entropy, store health) are read when ``/metrics`` is scraped, so they cost nothing per request.
-Labels are bounded sets (routes, experts, categories, actions): never a tenant id or a request id.
+Counters and histograms are updated on the request path; the figures that live elsewhere (the embedded feedback
+worker's statistics, the weights' entropy, store health) are read when ``/metrics`` is scraped, so they cost nothing
+per request. The worker's statistics go through ``feedback.stats_collector``, the collector the Kafka worker's own
+``/metrics`` uses: the same names in both modes. Labels are bounded sets (routes, experts, categories, actions,
+outcomes, reasons): never a tenant id or a request id. The reference of every metric: docs/metrics.md.
 
 With several ingress replicas each scrape of ``/metrics`` through the proxy reaches one replica; scrape replicas
 directly, or keep ``ingress.replicas: 1`` (the memory store requires it anyway).
@@ -11,7 +13,8 @@ directly, or keep ``ingress.replicas: 1`` (the memory store requires it anyway).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aegis_online.feedback.stats_collector import FeedbackStatsCollector
 from aegis_online.schemas import Decision
 from aegis_online.serve.health import EXPERT_FAILURES
 
@@ -35,28 +39,15 @@ class _ScrapeTime(Collector):
 
     def __init__(
         self,
-        feedback_applied: Callable[[], tuple[int, int, int]] | None,
         weights: Callable[[], dict[str, dict[str, float]]],
         store_degraded: Callable[[], bool],
         predictions_dropped: Callable[[], int],
     ) -> None:
-        self.feedback_applied = feedback_applied
         self.weights = weights
         self.store_degraded = store_degraded
         self.predictions_dropped = predictions_dropped
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        if self.feedback_applied is not None:
-            applied, duplicates, dead = self.feedback_applied()
-            family = CounterMetricFamily(
-                "aegis_feedback_applied",
-                "Feedback events the embedded worker applied to the learner, by outcome.",
-                labels=["outcome"],
-            )
-            family.add_metric(["applied"], applied)
-            family.add_metric(["duplicate"], duplicates)
-            family.add_metric(["dead_letter"], dead)
-            yield family
         entropy = GaugeMetricFamily(
             "aegis_weight_entropy_nats",
             "Entropy of the global expert weights per category (log(experts) = uniform, 0 = one expert decides).",
@@ -91,12 +82,16 @@ class _AdmissionState(Collector):
 
 
 class ServiceMetrics:
-    """The service's metrics and the few calls that update them."""
+    """The service's metrics and the few calls that update them.
+
+    ``feedback_stats``: the embedded feedback worker's ``WorkerStats.as_dict`` (None when feedback goes to Kafka:
+    the workers export them).
+    """
 
     def __init__(
         self,
         *,
-        feedback_applied: Callable[[], tuple[int, int, int]] | None = None,
+        feedback_stats: Callable[[], Mapping[str, Any]] | None = None,
         weights: Callable[[], dict[str, dict[str, float]]] = dict,
         store_degraded: Callable[[], bool] = lambda: False,
         predictions_dropped: Callable[[], int] = lambda: 0,
@@ -159,7 +154,9 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        r.register(_ScrapeTime(feedback_applied, weights, store_degraded, predictions_dropped))
+        r.register(_ScrapeTime(weights, store_degraded, predictions_dropped))
+        if feedback_stats is not None:
+            r.register(FeedbackStatsCollector(feedback_stats))
         self._category_children: dict[tuple[str, str], Counter] = {}
         self._admission_state: _AdmissionState | None = None
 

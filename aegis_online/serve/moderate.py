@@ -1,12 +1,13 @@
 """``POST /v1/moderate``: a conversation in, the engine's decision out (scores, thresholds, actions, contributions,
-missing experts, request id). The engine defines the decision; this class scopes the request to the caller's tenant
+missing experts, request id). The engine defines the decision; this class scopes the request to the caller's tenant,
+holds it to the configured input size (``limits.max_input_chars``, per message, as ``/v1/moderations`` per input)
 and records what happened (metrics, expert health).
 """
 
 from __future__ import annotations
 
 from aegis_online.engine import Engine
-from aegis_online.schemas import Decision, ModerationRequest
+from aegis_online.schemas import MAX_MESSAGE_CHARS, Decision, ModerationRequest
 from aegis_online.serve.access import tenant_for
 from aegis_online.serve.auth import Principal
 from aegis_online.serve.errors import ApiError
@@ -28,14 +29,16 @@ class DecisionRecorder:
 
 
 class ModerateServing:
-    def __init__(self, engine: Engine, record: DecisionRecorder) -> None:
+    def __init__(self, engine: Engine, record: DecisionRecorder, max_input_chars: int = MAX_MESSAGE_CHARS) -> None:
         self.engine = engine
         self.record = record
+        self.max_input_chars = max_input_chars
 
     async def __call__(
         self, request: ModerationRequest, principal: Principal, *, deadline_s: float | None = None
     ) -> Decision:
         """``deadline_s``: what is left of the request's budget for the experts (default: the engine's)."""
+        self._check_size(request)
         explicit = request.tenant if "tenant" in request.model_fields_set else None
         tenant = tenant_for(principal, explicit)
         if request.request_id is not None:
@@ -45,6 +48,19 @@ class ModerateServing:
         decision = await self.engine.moderate(request, deadline_s=deadline_s)
         self.record(decision)
         return decision
+
+    def _check_size(self, request: ModerationRequest) -> None:
+        """A message over ``limits.max_input_chars`` is refused like one over the schema's own cap (422, naming the
+        message), before it costs the experts anything: the operator's limit, not only the built-in one, holds."""
+        for i, message in enumerate(request.messages):
+            if len(message.content) > self.max_input_chars:
+                raise ApiError(
+                    422,
+                    f"messages.{i}.content: at most {self.max_input_chars} characters per message "
+                    "(limits.max_input_chars)",
+                    field=f"messages.{i}.content",
+                    code="input_too_long",
+                )
 
     def _check_request_id(self, request_id: str, tenant: str, digest: str) -> None:
         """A caller-chosen request id may be reused by its own tenant for the same input (a retry), never for

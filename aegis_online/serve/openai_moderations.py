@@ -12,13 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aegis_online.config import LimitsSection
-from aegis_online.engine import Engine
-from aegis_online.schemas import Decision, Message, ModerationRequest
-from aegis_online.serve.auth import Principal
-from aegis_online.serve.errors import ApiError
-from aegis_online.serve.moderate import DecisionRecorder
-from aegis_online.serve.protocol import (
+from aegis_online.api_models.openai_protocol import (
     OPENAI_CATEGORIES,
     AegisResultInfo,
     Categories,
@@ -29,6 +23,12 @@ from aegis_online.serve.protocol import (
     ModerationCreateResponse,
     ModerationImageURLInput,
 )
+from aegis_online.config import LimitsSection
+from aegis_online.engine import Engine
+from aegis_online.schemas import Decision, Message, ModerationRequest
+from aegis_online.serve.auth import Principal
+from aegis_online.serve.errors import ApiError
+from aegis_online.serve.moderate import DecisionRecorder
 from aegis_online.taxonomy import CANONICAL_IDS, OPENAI_OMNI
 
 #: Canonical categories related to OpenAI's labels, in canonical order: what an OpenAI-style call evaluates.

@@ -8,7 +8,8 @@ request. Instead:
 * ``CachedLearnerStore``: a key younger than half the staleness bound is served from memory; an older one is served
   and refreshed in the background; one older than the bound (or never seen) is loaded before answering. So the
   weights a request uses are never older than ``max_staleness_s`` while the store answers, and hot keys never wait.
-* ``ResilientPolicyStore``: the same for policies, with a time-to-live.
+* Policies: ``state.CachedPolicyStore`` given this module's ``DependencyHealth`` (one bounded LRU cache with a
+  time-to-live, shared with the feedback worker; the last known policy is served while the store is down).
 * ``ResilientPredictionLog``: a failed write is counted and dropped (the decision matters more than learning from it:
   feedback for that request will be refused as unknown).
 
@@ -25,19 +26,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from aegis_online.policy import TenantPolicy
 from aegis_online.state import (
-    BatchCompute,
-    BatchOutcome,
+    GroupWrite,
     LearnerRecord,
     LearnerStore,
-    PolicyStore,
     PredictionLog,
     PredictionRecord,
     StoreUnavailableError,
-    UpdateBatch,
 )
-from aegis_online.state.base import RecordsUpdate
 
 log = logging.getLogger("aegis_online.serve.store")
 
@@ -169,61 +165,14 @@ class CachedLearnerStore(LearnerStore):
             for key in keys:
                 self._cache.pop(key, None)
 
-    def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
+    def compare_and_set(self, writes: Sequence[GroupWrite], event_id: str | None = None) -> list[str]:
         try:
-            return self.inner.apply(event_id, keys, update)
+            return self.inner.compare_and_set(writes, event_id)
         finally:
-            self._invalidate(keys)
-
-    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
-        try:
-            return self.inner.apply_batch(batch, compute)
-        finally:
-            self._invalidate(batch.keys)
+            self._invalidate([key for write in writes for key in write.keys])
 
     def close(self) -> None:
         self.inner.close()
-
-
-class ResilientPolicyStore(PolicyStore):
-    """Policies cached for ``ttl_s``; the last known one is served while the store is down."""
-
-    def __init__(
-        self, inner: PolicyStore, health: DependencyHealth, ttl_s: float = 5.0, clock: Clock = time.monotonic
-    ) -> None:
-        self.inner = inner
-        self.health = health
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._cache: dict[str, tuple[float, TenantPolicy | None]] = {}
-
-    def get(self, tenant: str) -> TenantPolicy | None:
-        now = self._clock()
-        hit = self._cache.get(tenant)
-        if hit is not None and (now - hit[0] < self.ttl_s or not self.health.may_try()):
-            return hit[1]
-        if hit is None and not self.health.may_try():
-            return None
-        try:
-            policy = self.inner.get(tenant)
-        except StoreUnavailableError as error:
-            self.health.failed(error)
-            return None if hit is None else hit[1]
-        self.health.succeeded()
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[tenant] = (now, policy)
-        return policy
-
-    def put(self, policy: TenantPolicy) -> None:
-        """Raises ``StoreUnavailableError`` when the store cannot take it (the API answers 503)."""
-        try:
-            self.inner.put(policy)
-        except StoreUnavailableError as error:
-            self.health.failed(error)
-            raise
-        self.health.succeeded()
-        self._cache[policy.tenant] = (self._clock(), policy)
 
 
 class ResilientPredictionLog(PredictionLog):

@@ -30,10 +30,10 @@ from aegis_online.serve.quotas import TenantQuotas
 from aegis_online.serve.resilience import (
     CachedLearnerStore,
     DependencyHealth,
-    ResilientPolicyStore,
     ResilientPredictionLog,
 )
 from aegis_online.state import (
+    CachedPolicyStore,
     FeedbackLedger,
     LearnerStore,
     MemoryFeedbackLedger,
@@ -129,7 +129,7 @@ def build_stores(config: ServiceConfig) -> Stores:
     client = connect(store.redis_url or "", cluster=store.cluster, timeout_s=store.timeout_ms / 1000.0)
     health = DependencyHealth("store", retry_after_s=store.retry_after_s)
     predictions = ResilientPredictionLog(RedisPredictionLog(client, store.prefix, ttl_s=store.prediction_ttl_s), health)
-    policies = ResilientPolicyStore(RedisPolicyStore(client, store.prefix), health, ttl_s=store.policy_cache_s)
+    policies = CachedPolicyStore(RedisPolicyStore(client, store.prefix), store.policy_cache_s, health=health)
     return Stores(
         learner=CachedLearnerStore(RedisLearnerStore(client, store.prefix), health, store.weights_max_staleness_s),
         predictions=predictions,
@@ -221,7 +221,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             journal=stores.journal,
         )
         # Short polls and back-offs: the queue and the worker share the process; latency matters more than calls.
-        publisher, worker = queue, EmbeddedFeedbackWorker(engine, queue, poll_timeout_s=0.05, backoff_max_s=1.0)
+        publisher, worker = queue, EmbeddedFeedbackWorker(engine.applier, queue, poll_timeout_s=0.05, backoff_max_s=1.0)
         max_pending = config.bus.max_pending
 
         def backlog() -> tuple[int, int]:
@@ -241,10 +241,6 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             config.bus.topic,
         )
 
-    def applied() -> tuple[int, int, int]:
-        stats = worker.stats if worker is not None else None
-        return (stats.applied, stats.duplicates, stats.dead_letters) if stats else (0, 0, 0)
-
     def global_weights() -> dict[str, dict[str, float]]:
         try:
             return engine.weights(GLOBAL_SCOPE)
@@ -260,7 +256,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
         bus_backlog=backlog,
     )
     metrics = ServiceMetrics(
-        feedback_applied=applied if worker is not None else None,
+        feedback_stats=None if worker is None else (lambda: worker.stats.as_dict()),
         weights=global_weights,
         store_degraded=lambda: bool(health.store is not None and health.store.degraded),
         predictions_dropped=stores.dropped,

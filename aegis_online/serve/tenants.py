@@ -1,4 +1,4 @@
-"""``/v1/tenants/{tenant}/policy`` (GET, PUT) and ``/v1/tenants/{tenant}/weights`` (GET).
+"""``/v1/tenants/{tenant}/policy`` (GET, PUT), ``/v1/tenants/{tenant}/weights`` (GET) and ``/v1/weights/global``.
 
 A tenant's clients may read its policy and weights; only its admins (or global admins) may change the policy. A
 tenant without a policy of its own reads the ``default`` tenant's (as the engine applies it). A PUT body that names
@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from aegis_online.api_models.native import CategoryWeights, TenantWeights
 from aegis_online.engine import Engine
 from aegis_online.errors import InvalidRequestError
 from aegis_online.policy import TenantPolicy, resolve_category
 from aegis_online.serve.access import require_admin, require_read
 from aegis_online.serve.auth import Principal
 from aegis_online.serve.errors import ApiError
-from aegis_online.serve.models import CategoryWeights, TenantWeights
 from aegis_online.state import StoreUnavailableError
+from aegis_online.weights import GLOBAL_SCOPE
 
 
 class TenantServing:
@@ -53,7 +54,16 @@ class TenantServing:
 
     def weights(self, tenant: str, categories: Sequence[str] | None, principal: Principal) -> TenantWeights:
         require_read(principal, tenant)
-        policy = self.engine.policy(tenant)
+        return self._weights(tenant, self.engine.policy(tenant), categories)
+
+    def global_weights(self, categories: Sequence[str] | None, principal: Principal) -> TenantWeights:
+        """The global weights every tenant starts from (categories of the ``default`` policy): operators only, since
+        they are learned from several tenants' trusted feedback."""
+        if principal.tenant is not None:
+            raise ApiError(403, "the global weights are for keys of every tenant (operators)", code="wrong_tenant")
+        return self._weights(GLOBAL_SCOPE, self.engine.policy("default"), categories)
+
+    def _weights(self, scope: str, policy: TenantPolicy, categories: Sequence[str] | None) -> TenantWeights:
         known = policy.category_set()
         if categories:
             ids = []
@@ -65,7 +75,7 @@ class TenantServing:
             cats = list(dict.fromkeys(ids))
         else:
             cats = list(known.ids)
-        states, scopes = self.engine.load_states(tenant, cats, policy)
+        states, scopes = self.engine.moderator.load_states(scope, cats, policy)
         weights = self.engine.learner.weights(states)
         names = self.engine.expert_names
         categories = {}
@@ -78,4 +88,4 @@ class TenantServing:
                 scope=scopes[i],  # type: ignore[arg-type]
                 weights={names[j]: float(weights[i][j]) / total for j in covering} if total > 0 else {},
             )
-        return TenantWeights(tenant=tenant, learner=self.learner_name, experts=list(names), categories=categories)
+        return TenantWeights(tenant=scope, learner=self.learner_name, experts=list(names), categories=categories)

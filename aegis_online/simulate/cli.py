@@ -222,6 +222,7 @@ def replay_command(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
 ) -> None:
     """Replay labelled traffic through the engine (or a service) with delayed feedback; write the report."""
+    from aegis_online.client import ClientError
     from aegis_online.simulate.cache import ReplayCache, default_cache_path
     from aegis_online.simulate.replay_run import (
         ReplayConfig,
@@ -230,7 +231,6 @@ def replay_command(
         run_replay_http,
         write_replay_outputs,
     )
-    from aegis_online.simulate.service_client import ServiceError
 
     try:
         config = ReplayConfig(
@@ -266,7 +266,7 @@ def replay_command(
                 chosen = build_catalog_experts(_names(experts), heads)
                 store = ReplayCache(None if no_cache else (cache or default_cache_path()))
                 result = run_replay(config, chosen, store, progress=report)
-    except (OSError, ValueError, KeyError, RuntimeError, ServiceError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, ClientError) as error:
         raise _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error)) from None
     files = write_replay_outputs(result, out, with_plots=plots)
     rows = len(result.traffic.rows)
@@ -276,6 +276,8 @@ def replay_command(
         fb = m.get("feedback", {})
         console.print(
             f"{name}: feedback sent {fb.get('sent', 0):,}, applied {fb.get('applied', 0):,}"
+            + (f", queued {fb['queued']:,} (the service applies it later)" if fb.get("queued") else "")
+            + (f", duplicate {fb['duplicate']:,}" if fb.get("duplicate") else "")
             + (f", rejected {fb['rejected']}" if fb.get("rejected") else "")
         )
     console.print(f"wrote {', '.join(escape(str(p)) for p in files)}", soft_wrap=True)

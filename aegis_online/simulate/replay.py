@@ -1,7 +1,7 @@
 """Replay labelled traffic through the real decision path and measure it: in process, or against a running service.
 
 Each row becomes a ``ModerationRequest``; the decision comes from ``Engine.moderate`` (in process, with experts that
-answer from the ``ReplayCache``) or from ``POST /v1/moderate`` (``ServiceClient``). The row's labels go back as a
+answer from the ``ReplayCache``) or from ``POST /v1/moderate`` (``aegis_online.client``). The row's labels go back as a
 ``FeedbackEvent`` after ``feedback_delay`` further requests, the way moderators' verdicts arrive. What each decision
 said (scores, flags, weights, which experts answered) is recorded into a ``LearnerRun``, and the rows' labels and
 the experts' outputs into a ``Stream``, so the report is computed exactly as for a simulation.
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from aegis_online.api_models import FeedbackOutcome
 from aegis_online.datasets import LabelledText
 from aegis_online.engine import BanditConfig, Engine
 from aegis_online.errors import AegisError
@@ -37,7 +38,9 @@ class ModerationBackend(Protocol):
 
     def moderate(self, request: ModerationRequest) -> Decision: ...
 
-    def feedback(self, event: FeedbackEvent) -> FeedbackResult: ...
+    def feedback(self, event: FeedbackEvent) -> FeedbackResult | FeedbackOutcome:
+        """The engine's result (applied now, or a duplicate), or a service's receipt (queued, or a duplicate)."""
+        ...
 
     def weights(self, tenant: str, categories: Sequence[str]) -> dict[str, dict[str, float]] | None: ...
 
@@ -101,7 +104,11 @@ class ReplayLog:
     queried: np.ndarray = field(init=False)
     thresholds: np.ndarray = field(init=False)
     feedback_sent: int = 0
+    #: applied by the learner before the answer (in process)
     feedback_applied: int = 0
+    #: accepted by a service's feedback bus, to be applied later: not known to be applied
+    feedback_queued: int = 0
+    feedback_duplicate: int = 0
     feedback_rejected: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +119,21 @@ class ReplayLog:
         self.outputs = np.full((t, c, n), np.nan)
         self.queried = np.zeros((t, n), dtype=bool)
         self.thresholds = np.full(c, np.nan)
+
+    def count_feedback(self, result: FeedbackResult | FeedbackOutcome) -> None:
+        """Count what the backend said about an event, as it said it: applied, queued or duplicate."""
+        applied = "applied" if isinstance(result, FeedbackResult) and result.applied else "duplicate"
+        status = applied if isinstance(result, FeedbackResult) else result.status
+        if status == "applied":
+            self.feedback_applied += 1
+        elif status == "queued":
+            self.feedback_queued += 1
+        elif status == "duplicate":
+            self.feedback_duplicate += 1
+        else:
+            error = result.error if isinstance(result, FeedbackOutcome) else None
+            reason = (error.code or error.type) if error is not None else "rejected"
+            self.feedback_rejected[reason] = self.feedback_rejected.get(reason, 0) + 1
 
     def record(self, t: int, decision: Decision) -> None:
         cat = {c: k for k, c in enumerate(self.categories)}
@@ -170,7 +192,7 @@ def drive(
 
     def deliver(event: FeedbackEvent) -> None:
         try:
-            log.feedback_applied += backend.feedback(event).applied
+            log.count_feedback(backend.feedback(event))
         except AegisError as error:  # in process: same reasons the service answers with a 4xx
             log.feedback_rejected[error.reason] = log.feedback_rejected.get(error.reason, 0) + 1
         except FeedbackRejectedError as error:
@@ -311,4 +333,13 @@ def replay_in_process(
 
 
 def summary_of_feedback(log: ReplayLog) -> dict[str, Any]:
-    return {"sent": log.feedback_sent, "applied": log.feedback_applied, "rejected": dict(log.feedback_rejected)}
+    """``applied``: events the learner applied before answering (in process); ``queued``: events a service's
+    feedback bus accepted, which its learner applies later (over HTTP: the service does not say when); ``duplicate``:
+    events applied or queued before; ``rejected``: refused events by reason."""
+    return {
+        "sent": log.feedback_sent,
+        "applied": log.feedback_applied,
+        "queued": log.feedback_queued,
+        "duplicate": log.feedback_duplicate,
+        "rejected": dict(log.feedback_rejected),
+    }

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from aegis_online.client import AegisClient
 from aegis_online.engine import BanditConfig
 from aegis_online.experts import Expert
 from aegis_online.learn import LEARNERS
@@ -34,6 +35,7 @@ from aegis_online.simulate.replay import (
 )
 from aegis_online.simulate.report import evaluate, markdown_summary, write_report
 from aegis_online.simulate.runner import LearnerRun
+from aegis_online.simulate.service_client import ServiceBackend
 from aegis_online.simulate.stream import Stream
 from aegis_online.simulate.traffic import DataSpec, ReplayTraffic, chain
 from aegis_online.taxonomy import CANONICAL_IDS
@@ -76,7 +78,8 @@ class ReplayResult:
 
 def build_catalog_experts(names: Sequence[str] | None = None, heads: Path | None = None) -> list[Expert]:
     """Experts from the repository's catalog by name (default: its CPU experts); ``heads`` for the MiniLM one."""
-    from aegis_online.experts.catalog import build_expert, cpu_expert_specs, default_catalog_dir, load_catalog
+    from aegis_online.catalog import cpu_expert_specs, default_catalog_dir, load_catalog
+    from aegis_online.experts.build import build_expert
 
     specs = load_catalog(default_catalog_dir())
     by_name = {s.name: s for s in specs}
@@ -220,20 +223,19 @@ def run_replay_http(
     url: str,
     *,
     progress: Progress | None = None,
-    client: Any = None,
+    client: AegisClient | None = None,
     api_key: str | None = None,
 ) -> ReplayResult:
-    """Replay the chained data against the service at ``url`` (its experts, learner and policy decide)."""
-    from aegis_online.simulate.service_client import ServiceClient
-
+    """Replay the chained data against the service at ``url`` (its experts, learner and policy decide), through
+    ``client`` when given (it stays open), else a client of ``url`` with ``api_key``."""
     traffic = chain(config.data, shuffle=config.shuffle, seed=config.seed)
     if not traffic.rows:
         raise ValueError("the data files hold no rows")
     categories = choose_categories(traffic, None, config.categories)
     own_client = client is None
-    client = client or ServiceClient(url, api_key=api_key)
+    backend = ServiceBackend(client or AegisClient(url, api_key=api_key))
     try:
-        first = client.moderate(_probe(traffic, categories, config))
+        first = backend.moderate(_probe(traffic, categories, config))
         experts = [e.expert for e in first.experts] + [m.expert for m in first.missing_experts]
         done = 0
 
@@ -245,7 +247,7 @@ def run_replay_http(
 
         started = time.perf_counter()
         log, arrival, sent, snapshots = drive(
-            client,
+            backend,
             traffic.rows,
             experts=experts,
             categories=categories,
@@ -258,13 +260,13 @@ def run_replay_http(
         )
     finally:
         if own_client:
-            client.close()
+            backend.close()
     run = learner_run(SERVICE_LEARNER, log, snapshots, time.perf_counter() - started, bandit=False)
     thresholds = np.where(np.isfinite(log.thresholds), log.thresholds, 0.5)
     stream = replay_stream(
         traffic.rows, traffic.segments, experts, categories, log.outputs, arrival, sent, thresholds, config.tenant
     )
-    context = {**_context(config, traffic, "http", url), "service_learner": getattr(client, "learner_name", None)}
+    context = {**_context(config, traffic, "http", url), "service_learner": backend.learner_name}
     return _finish(config, traffic, stream, {SERVICE_LEARNER: run}, {SERVICE_LEARNER: log}, context)
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from aegis_online.simulate.metrics import PredictorMetrics, Windows, recovery_steps, segment_oracle_losses
 from aegis_online.simulate.oracles import OracleReport, compute_oracles, expert_losses
+from aegis_online.simulate.predictor_metrics import PredictorMetrics, Windows, recovery_steps, segment_oracle_losses
 from aegis_online.simulate.runner import LearnerRun
 from aegis_online.simulate.stream import Stream
 

@@ -1,11 +1,12 @@
 """Run an online learner over a ``Stream``, exactly as the engine would weigh and update, but vectorised.
 
-The engine's rules are reproduced on arrays: one learner key per (scope, category); with several tenants every
-feedback event updates the global key and the tenant's key, a tenant's key starts as a copy of the global state when
-its first feedback arrives, and its weights are used once it has ``personalise_after`` events. Feedback is applied
-when it arrives (``stream.arrival``), from the outputs stored at request time, never recomputed. In bandit mode the
-experts of each request are chosen by ``Exp3IX.select`` from the mean state of its categories, and the selection
-probabilities are stored and handed to the update.
+One learner key per (scope, category), held in one table for every replica. The update runs the service's own
+code (``weights.updates``: ``scope_entries`` and ``replay``): with several tenants every feedback event (trusted,
+as a moderator's) updates the global key and the tenant's key, and a tenant's key starts from the global state as
+it was just before its first feedback. A tenant's weights are used once it has ``personalise_after`` events.
+Feedback is applied when it arrives (``stream.arrival``), from the outputs stored at request time, never
+recomputed. In bandit mode the experts of each request are chosen by ``Exp3IX.select`` from the mean state of its
+categories, and the selection probabilities are stored and handed to the update.
 
 Each step costs one ``learn_many`` over the keys its feedback touches (every replica at once) and one weight lookup
 for the keys of the request, so 20,000 requests take a second or two per learner.
@@ -23,6 +24,7 @@ from aegis_online.learn import Exp3IX, Learner
 from aegis_online.learn.base import awake_weights
 from aegis_online.learn.batch import occurrence_rank
 from aegis_online.simulate.stream import Stream
+from aegis_online.weights.updates import KeyUpdates, replay, scope_entries
 
 Progress = Callable[[int], None]
 
@@ -195,26 +197,36 @@ def _apply(
     K: int,
     scoped: bool,
 ) -> None:
-    """Apply feedback events with at most one per replica (so every key appears once) in one ``learn_many``."""
+    """Apply feedback events with at most one per replica (so every key appears once) through ``replay``."""
     labels = stream.feedback[ev_r, ev_t]
     e, c = np.nonzero(np.isfinite(labels))
     if len(e) == 0:
         return
     r, t = ev_r[e], ev_t[e]
-    y = labels[e, c]
-    outputs = observed[r, t, c]
-    propensities = None if props is None else props[r, t]
-    rows = r * K + c
+    # One event per replica and one item per category: every row below is distinct, so key i is ``rows[i]``.
+    n = len(c)
+    global_key = np.arange(n)
     if scoped:
-        C = stream.outputs.shape[2]
-        own = r * K + C + stream.tenant[r, t] * C + c
-        fresh = counts[own] == 0
-        table[own[fresh]] = table[rows[fresh]]  # the engine starts a tenant's key from the global state
-        rows = np.concatenate([rows, own])
-        outputs = np.concatenate([outputs, outputs])
-        y = np.concatenate([y, y])
-        propensities = None if propensities is None else np.concatenate([propensities, propensities])
-    table[rows] = learner.learn_many(table[rows], outputs, y, propensities=propensities)
+        own_rows = r * K + stream.outputs.shape[2] * (1 + stream.tenant[r, t]) + c
+        rows = np.concatenate([r * K + c, own_rows])
+        own_key = np.arange(n, 2 * n)
+    else:
+        rows, own_key = r * K + c, np.full(n, -1)
+    entry_key, entry_parent, entry_item = scope_entries(global_key, own_key, np.ones(len(c), dtype=bool))
+    key_parent = np.full(len(rows), -1, dtype=np.int64)
+    key_parent[own_key[own_key >= 0]] = global_key[own_key >= 0]
+    updates = KeyUpdates(
+        key_parent=key_parent,
+        entry_key=entry_key,
+        entry_parent=entry_parent,
+        entry_event=entry_item,
+        outputs=observed[r, t, c][entry_item],
+        targets=labels[e, c][entry_item],
+        propensities=None if props is None else props[r, t][entry_item],
+    )
+    states = table[rows]
+    replay(learner, updates, states, counts[rows] == 0)
+    table[rows] = states  # every row had its one entry
     counts[rows] += 1
 
 

@@ -5,10 +5,12 @@ in ``state.sqlite``.
 """
 
 from aegis_online.state.base import (
-    BatchCompute,
-    BatchOutcome,
+    CONFLICT,
+    SEEN,
+    WRITTEN,
     EventKey,
     FeedbackLedger,
+    GroupWrite,
     JournalEntry,
     LearnerRecord,
     LearnerStore,
@@ -17,22 +19,24 @@ from aegis_online.state.base import (
     PredictionRecord,
     QueueJournal,
     StoreUnavailableError,
-    UpdateBatch,
+    hash_tag,
 )
 from aegis_online.state.memory import (
-    CachedPolicyStore,
     MemoryFeedbackLedger,
     MemoryLearnerStore,
     MemoryPolicyStore,
     MemoryPredictionLog,
 )
+from aegis_online.state.policy_cache import CachedPolicyStore
 
 __all__ = [
-    "BatchCompute",
-    "BatchOutcome",
+    "CONFLICT",
+    "SEEN",
+    "WRITTEN",
     "CachedPolicyStore",
     "EventKey",
     "FeedbackLedger",
+    "GroupWrite",
     "JournalEntry",
     "LearnerRecord",
     "LearnerStore",
@@ -45,5 +49,5 @@ __all__ = [
     "PredictionRecord",
     "QueueJournal",
     "StoreUnavailableError",
-    "UpdateBatch",
+    "hash_tag",
 ]

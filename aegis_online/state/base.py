@@ -1,23 +1,19 @@
 """Interfaces of the stores the engine and the feedback API need. Implementations: ``memory`` (in-process only),
 ``sqlite`` (embedded and persistent: the default of a single-process service), Redis (production).
 
-The learner store has two write operations, both idempotent, and in both the learner's math stays in Python
-(``learn/``), passed in as a function of the current records: it exists once, whatever the backend.
-
-* ``apply``: one feedback event, remembered by its event id (the direct, unqueued path).
-* ``apply_batch``: many events read from ordered streams (Kafka partitions, the in-process queue). Each key keeps a
-  watermark per stream, the offset of the last entry applied to it, and an entry at or below it is skipped: a
-  redelivered event changes nothing, at O(keys x streams) memory instead of one remembered id per event.
+The learner store keeps records and writes them by compare-and-set, nothing more: which records to write, and how
+feedback is applied exactly once, is decided in one place above it (``weights.updates``), whatever the backend.
 
 Writes are atomic per *group* of keys: keys sharing a ``{hash tag}`` (one Redis Cluster slot). One event touches
-the global group and its tenant's group; because the watermarks live in each key, an event applied to one group
-before a crash is completed, not repeated, when it is redelivered.
+the global group and its tenant's group; because the watermarks live in each key (and the direct path's event
+markers in each group), an event applied to one group before a crash is completed, not repeated, when it is
+redelivered.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +25,8 @@ from aegis_online.policy import TenantPolicy
 class LearnerRecord:
     """Learner state of one (scope, category) key, how many feedback events shaped it, and its watermarks.
 
-    ``marks[stream]`` is the offset of the last entry from ``stream`` applied to this key (``apply_batch``).
+    ``marks[stream]`` is the offset of the last entry from ``stream`` applied to this key (the stream path of
+    ``weights.updates``).
     """
 
     state: np.ndarray
@@ -37,45 +34,35 @@ class LearnerRecord:
     marks: Mapping[str, int] = field(default_factory=dict)
 
 
-RecordsUpdate = Callable[[list["LearnerRecord | None"]], list[LearnerRecord]]
+#: What ``compare_and_set`` says of one group: written; lost a race (a key's version changed: re-read and recompute);
+#: or, with an event id, already applied to this group (nothing written).
+WRITTEN, CONFLICT, SEEN = "written", "conflict", "seen"
 
 
 @dataclass(frozen=True, eq=False)
-class UpdateBatch:
-    """Key updates of a batch of stream events, in stream order: entry ``e`` updates ``keys[entry_key[e]]`` with the
-    event at ``entry_offset[e]`` of ``streams[entry_stream[e]]``.
-
-    Per key, entries of one stream must come in increasing offset order. ``phases`` lists key indices in the order
-    their writes must become visible: a later phase is written only once every group of the earlier ones is (the
-    engine writes tenant keys, which may start from a global key's state, before that global key).
-    """
+class GroupWrite:
+    """New records for keys of one hash-tag group, to be written only if each key is still at ``expected``: its
+    record's ``updates`` count (its version), None for a key never written."""
 
     keys: tuple[str, ...]
-    streams: tuple[str, ...]
-    entry_key: np.ndarray
-    entry_stream: np.ndarray
-    entry_offset: np.ndarray
-    phases: tuple[tuple[int, ...], ...] = ()
-
-    def __post_init__(self) -> None:
-        n = len(self.entry_key)
-        if not len(self.entry_stream) == len(self.entry_offset) == n:
-            raise ValueError("entry_key, entry_stream and entry_offset must have one value per entry")
-        if not self.phases:
-            object.__setattr__(self, "phases", (tuple(range(len(self.keys))),))
+    expected: tuple[int | None, ...]
+    records: tuple[LearnerRecord, ...]
 
 
-#: ``compute(records, pending, wanted)``: new states of the ``wanted`` key indices (and any others it likes) after
-#: applying, in order, the entries where ``pending`` is True, starting from ``records`` (one per key, None: fresh).
-BatchCompute = Callable[[Sequence["LearnerRecord | None"], np.ndarray, frozenset[int]], dict[int, np.ndarray]]
+def hash_tag(key: str) -> str:
+    """The part of ``key`` that Redis Cluster hashes: the first non-empty ``{...}``, else the whole key.
 
-
-@dataclass(frozen=True, eq=False)
-class BatchOutcome:
-    """What ``apply_batch`` did: ``applied[e]`` is True for the entries applied by this call (False: applied before)."""
-
-    applied: np.ndarray
-    conflicts: int = 0
+    >>> hash_tag("default:1a2b3c4d:{acme}:S1")
+    'acme'
+    >>> hash_tag("plain-key")
+    'plain-key'
+    """
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 class LearnerStore(abc.ABC):
@@ -84,22 +71,13 @@ class LearnerStore(abc.ABC):
         """Current records of ``keys`` (None for a key never written)."""
 
     @abc.abstractmethod
-    def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
-        """Replace the records of ``keys`` by ``update(current records)``, once per ``event_id``.
+    def compare_and_set(self, writes: Sequence[GroupWrite], event_id: str | None = None) -> list[str]:
+        """Write each group atomically if its keys are still at their expected versions; per group, ``WRITTEN``,
+        ``CONFLICT`` or ``SEEN``.
 
-        Atomic per group of keys sharing a hash tag; groups are written in reverse order of their first key in
-        ``keys`` (list the keys others start from first). Returns False, writing nothing, when ``event_id`` was
-        applied before.
-        """
-
-    @abc.abstractmethod
-    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
-        """Apply the entries of ``batch`` above each key's watermark for their stream, and advance the watermarks.
-
-        Atomic per group of keys sharing a hash tag, phase by phase; safe against concurrent writers of the same
-        keys (a lost race is re-read and recomputed). Raises ``StoreUnavailableError`` when the backend cannot be
-        reached: nothing or part of the batch may have been written, and calling again with the same batch
-        completes it exactly once.
+        With ``event_id`` (the direct, per-event path), a written group remembers it and a group that remembers it
+        is ``SEEN``. Raises ``StoreUnavailableError`` when the backend cannot be reached (some groups may have been
+        written: the caller's retry finds them at their new versions or ``SEEN``).
         """
 
     def close(self) -> None:
@@ -133,39 +111,6 @@ class PredictionRecord:
     #: is refused instead of overwriting this record ("" when unknown).
     input_digest: str = ""
 
-    def to_dict(self) -> dict:
-        """A JSON-safe form (NaN becomes None) for stores that serialise."""
-        return {
-            "request_id": self.request_id,
-            "tenant": self.tenant,
-            "check": self.check,
-            "created": self.created,
-            "experts": list(self.experts),
-            "categories": list(self.categories),
-            "outputs": [[None if np.isnan(v) else float(v) for v in row] for row in self.outputs],
-            "scores": [None if np.isnan(v) else float(v) for v in self.scores],
-            "flagged": list(self.flagged),
-            "propensities": None if self.propensities is None else self.propensities.tolist(),
-            "input_digest": self.input_digest,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PredictionRecord:
-        props = data.get("propensities")
-        return cls(
-            request_id=data["request_id"],
-            tenant=data["tenant"],
-            check=data["check"],
-            created=float(data["created"]),
-            experts=tuple(data["experts"]),
-            categories=tuple(data["categories"]),
-            outputs=np.array(data["outputs"], dtype=np.float64).reshape(len(data["categories"]), len(data["experts"])),
-            scores=np.array(data["scores"], dtype=np.float64),
-            flagged=tuple(data.get("flagged", ())),
-            propensities=None if props is None else np.array(props, dtype=np.float64),
-            input_digest=data.get("input_digest", ""),
-        )
-
 
 class PredictionLog(abc.ABC):
     @abc.abstractmethod
@@ -189,6 +134,14 @@ class PolicyStore(abc.ABC):
     @abc.abstractmethod
     def put(self, policy: TenantPolicy) -> None:
         """Create or replace the policy of ``policy.tenant``."""
+
+    def effective(self, tenant: str) -> TenantPolicy:
+        """The policy a tenant's requests and feedback follow: its own, else the ``default`` tenant's (under its
+        name), else the built-in default."""
+        found = self.get(tenant) or self.get("default")
+        if found is None:
+            return TenantPolicy(tenant=tenant)
+        return found if found.tenant == tenant else found.model_copy(update={"tenant": tenant})
 
 
 #: An event as the feedback API knows it: (tenant, idempotency key).

@@ -11,23 +11,24 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aegis_online.policy import TenantPolicy
 from aegis_online.state.base import (
-    BatchCompute,
-    BatchOutcome,
+    CONFLICT,
+    SEEN,
+    WRITTEN,
     EventKey,
     FeedbackLedger,
+    GroupWrite,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
     PredictionLog,
     PredictionRecord,
-    RecordsUpdate,
-    UpdateBatch,
+    hash_tag,
 )
-from aegis_online.state.batch import finished_records, pending_entries
 
 
 class MemoryLearnerStore(LearnerStore):
-    """Learner records in a dict, applied under a lock; applied event ids are remembered (bounded, oldest out).
+    """Learner records in a dict, written under a lock; the direct path's event markers are remembered per group
+    (bounded, oldest out).
 
     Reads take no lock (one dict look-up per key: the request path reads records on every call). Every write goes
     through ``_save``, which a persistent subclass extends to write the records first (``SqliteLearnerStore``).
@@ -43,40 +44,42 @@ class MemoryLearnerStore(LearnerStore):
         records = self._records
         return [records.get(k) for k in keys]
 
-    def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
+    def compare_and_set(self, writes: Sequence[GroupWrite], event_id: str | None = None) -> list[str]:
+        results: list[str] = []
+        staged: dict[str, LearnerRecord] = {}
+        markers: list[str] = []
         with self._lock:
-            if self._was_applied(event_id):
-                return False
-            new = update([self._records.get(k) for k in keys])
-            if len(new) != len(keys):
-                raise ValueError(f"update returned {len(new)} records for {len(keys)} keys")
-            self._save(dict(zip(keys, new, strict=True)), event_id)
-            return True
-
-    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
-        with self._lock:
-            records = [self._records.get(k) for k in batch.keys]
-            pending = pending_entries(batch, records)
-            if pending.any():
-                wanted = frozenset(int(k) for k in batch.entry_key[pending])
-                states = compute(records, pending, wanted)
-                finished = finished_records(batch, records, pending, states)
-                self._save({batch.keys[k]: record for k, record in finished.items()}, None)
-            return BatchOutcome(applied=pending)
+            for write in writes:
+                marker = None if event_id is None else f"{{{hash_tag(write.keys[0])}}}:{event_id}"
+                if marker is not None and self._was_applied(marker):
+                    results.append(SEEN)
+                    continue
+                current = [self._records.get(k) for k in write.keys]
+                if any((None if r is None else r.updates) != v for r, v in zip(current, write.expected, strict=True)):
+                    results.append(CONFLICT)
+                    continue
+                staged.update(zip(write.keys, write.records, strict=True))
+                if marker is not None:
+                    markers.append(marker)
+                results.append(WRITTEN)
+            if staged:
+                self._save(staged, markers)
+        return results
 
     def keys(self) -> list[str]:
         return list(self._records)
 
-    def _was_applied(self, event_id: str) -> bool:
-        return event_id in self._applied
+    def _was_applied(self, marker: str) -> bool:
+        return marker in self._applied
 
-    def _save(self, records: Mapping[str, LearnerRecord], event_id: str | None) -> None:
-        """Make ``records`` current and remember ``event_id`` (None: a batch); called under the lock, all or nothing."""
+    def _save(self, records: Mapping[str, LearnerRecord], markers: Sequence[str]) -> None:
+        """Make ``records`` current and remember ``markers`` (the direct path's); called under the lock, all or
+        nothing."""
         self._records.update(records)
-        if event_id is not None:
-            self._applied[event_id] = None
-            if len(self._applied) > self._max_events:
-                self._applied.popitem(last=False)
+        for marker in markers:
+            self._applied[marker] = None
+        while len(self._applied) > self._max_events:
+            self._applied.popitem(last=False)
 
 
 class MemoryPredictionLog(PredictionLog):
@@ -114,34 +117,6 @@ class MemoryPolicyStore(PolicyStore):
 
     def put(self, policy: TenantPolicy) -> None:
         self._policies[policy.tenant] = policy
-
-
-class CachedPolicyStore(PolicyStore):
-    """Reads through to ``inner`` at most once per tenant every ``ttl_s`` seconds (misses included).
-
-    The feedback worker resolves a label against its tenant's policy for every event; without a cache that is a
-    round trip per event. A changed policy is seen within ``ttl_s``.
-    """
-
-    def __init__(self, inner: PolicyStore, ttl_s: float = 5.0) -> None:
-        self.inner = inner
-        self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, TenantPolicy | None]] = {}
-
-    def get(self, tenant: str) -> TenantPolicy | None:
-        now = time.monotonic()
-        hit = self._cache.get(tenant)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
-        policy = self.inner.get(tenant)
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[tenant] = (now, policy)
-        return policy
-
-    def put(self, policy: TenantPolicy) -> None:
-        self.inner.put(policy)
-        self._cache.pop(policy.tenant, None)
 
 
 class MemoryFeedbackLedger(FeedbackLedger):

@@ -4,8 +4,8 @@ Learner state: one string per (scope, category) key, holding the record bytes of
 count, per-stream watermarks). The learner's math stays in Python; Redis only guarantees that a write lands on the
 version it was computed from, with a small compare-and-set script per group of keys sharing a ``{hash tag}``
 (one Cluster slot): check each key's 8-byte version prefix, then SET every key. A lost race is re-read and
-recomputed. docs/feedback.md gives the measurements behind this choice (against the math in Lua and against
-WATCH/MULTI).
+recomputed by the caller (``weights.updates``). docs/feedback.md gives the measurements behind this choice
+(against the math in Lua and against WATCH/MULTI).
 
 Every key the scripts touch is passed in KEYS and shares one hash tag, reads use per-key GETs on a Cluster, and the
 script cache is reloaded on NOSCRIPT (after a restart or a failover), so the same code runs on one node or a
@@ -17,29 +17,25 @@ Imports ``redis`` (the ``redis`` extra) when a store is built, never at package 
 from __future__ import annotations
 
 import hashlib
-import random
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from aegis_online.policy import TenantPolicy
 from aegis_online.state.base import (
-    BatchCompute,
-    BatchOutcome,
+    CONFLICT,
+    SEEN,
+    WRITTEN,
     EventKey,
     FeedbackLedger,
+    GroupWrite,
     LearnerRecord,
     LearnerStore,
     PolicyStore,
     PredictionLog,
     PredictionRecord,
-    RecordsUpdate,
     StoreUnavailableError,
-    UpdateBatch,
+    hash_tag,
 )
-from aegis_online.state.batch import finished_records, groups_by_tag, hash_tag, pending_entries
 from aegis_online.state.codec import (
     decode_learner,
     decode_prediction,
@@ -231,9 +227,9 @@ class _RedisBase:
 class RedisLearnerStore(_RedisBase, LearnerStore):
     """Learner records in Redis, written by a compare-and-set script per hash-tag group.
 
-    ``marker_ttl_s`` bounds how long ``apply`` (the direct, per-event path) remembers an event id: one marker key
-    per event and group. ``apply_batch`` (the feedback worker's path) needs no marker: its watermarks live in the
-    records. ``wait_replicas`` > 0 makes every write wait until that many replicas acknowledged it (WAIT, on the
+    ``marker_ttl_s`` bounds how long the direct, per-event path remembers an event id: one marker key per event and
+    group. The stream path (the feedback worker's) needs no marker: its watermarks live in the records.
+    ``wait_replicas`` > 0 makes every write wait until that many replicas acknowledged it (WAIT, on the
     connection that wrote), so an offset committed after it survives a failover.
     """
 
@@ -245,13 +241,11 @@ class RedisLearnerStore(_RedisBase, LearnerStore):
         marker_ttl_s: float = 24 * 3600,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
-        max_conflicts: int = 32,
     ) -> None:
         super().__init__(client, prefix)
         self.marker_ttl_ms = max(1, int(marker_ttl_s * 1000))
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
-        self.max_conflicts = max_conflicts
         self._cas = _Script(client, CAS_SCRIPT, wait=(wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None)
 
     def key(self, name: str) -> str:
@@ -265,109 +259,29 @@ class RedisLearnerStore(_RedisBase, LearnerStore):
             raise StoreUnavailableError(f"redis: {error}") from error
         return [None if b is None else decode_learner(b) for b in blobs]
 
-    # -- the direct, per-event path ------------------------------------------------------------------------------
-    def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
-        try:
-            return self._apply(event_id, list(keys), update)
-        except self._errors as error:
-            raise StoreUnavailableError(f"redis: {error}") from error
-
-    def _apply(self, event_id: str, keys: list[str], update: RecordsUpdate) -> bool:
-        groups = groups_by_tag(keys, range(len(keys)))
-        written = skipped = 0
-        for group in reversed(groups):  # the keys others start from come first in ``keys``: write them last
-            marker = f"{self.prefix}{{{hash_tag(keys[group[0]])}}}:event:{event_id}"
-            for _attempt in range(self.max_conflicts + 1):
-                records = self.load(keys)
-                new = update(records)
-                if len(new) != len(keys):
-                    raise ValueError(f"update returned {len(new)} records for {len(keys)} keys")
-                call = self._cas_call([keys[i] for i in group], [records[i] for i in group], [new[i] for i in group])
-                call[0].append(marker)
+    # -- writes --------------------------------------------------------------------------------------------------
+    def compare_and_set(self, writes: Sequence[GroupWrite], event_id: str | None = None) -> list[str]:
+        """One compare-and-set script call per group, pipelined; with ``event_id``, each group's marker key
+        (``<prefix>{<tag>}:event:<id>``, kept ``marker_ttl_s``) says it was applied."""
+        calls = []
+        for write in writes:
+            call = self._cas_call(write.keys, write.expected, write.records)
+            if event_id is not None:
+                call[0].append(f"{self.prefix}{{{hash_tag(write.keys[0])}}}:event:{event_id}")
                 call[1][1] = self.marker_ttl_ms
-                (result,) = self._cas.run_many([call])
-                if result == 0:
-                    written += 1
-                    break
-                if result == -1:
-                    skipped += 1
-                    break
-            else:
-                raise StoreUnavailableError(f"key group {keys[group[0]]!r} kept changing: {self.max_conflicts} tries")
-        return written > 0
-
-    # -- the worker's batch path ---------------------------------------------------------------------------------
-    def apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
+            calls.append(call)
         try:
-            return self._apply_batch(batch, compute)
+            results = self._cas.run_many(calls)
         except self._errors as error:
             raise StoreUnavailableError(f"redis: {error}") from error
-
-    def _apply_batch(self, batch: UpdateBatch, compute: BatchCompute) -> BatchOutcome:
-        records = self.load(batch.keys)
-        pending = pending_entries(batch, records)
-        applied = pending.copy()
-        if not pending.any():
-            return BatchOutcome(applied=applied)
-        touched = np.bincount(batch.entry_key[pending], minlength=len(batch.keys)) > 0
-        states = compute(records, pending, frozenset(np.flatnonzero(touched).tolist()))
-        conflicts = 0
-        for phase in batch.phases:
-            todo = groups_by_tag(batch.keys, [k for k in phase if touched[k]])
-            attempt = 0
-            while todo:
-                wanted = [k for group in todo for k in group]
-                new = finished_records(batch, records, pending, states, wanted)
-                calls = [
-                    self._cas_call([batch.keys[k] for k in g], [records[k] for k in g], [new[k] for k in g])
-                    for g in todo
-                ]
-                results = self._cas.run_many(calls)
-                lost = [g for g, r in zip(todo, results, strict=True) if r != 0]
-                for g, r in zip(todo, results, strict=True):
-                    if r == 0:
-                        for k in g:
-                            records[k] = new[k]
-                if not lost:
-                    break
-                conflicts += len(lost)
-                attempt += 1
-                if attempt > self.max_conflicts:
-                    raise StoreUnavailableError(f"{len(lost)} key groups kept changing: {self.max_conflicts} tries")
-                time.sleep(random.uniform(0, 0.002 * attempt))  # de-synchronise racing workers
-                todo = self._recompute(batch, compute, records, pending, applied, states, lost)
-        return BatchOutcome(applied=applied, conflicts=conflicts)
-
-    def _recompute(
-        self,
-        batch: UpdateBatch,
-        compute: BatchCompute,
-        records: list[LearnerRecord | None],
-        pending: np.ndarray,
-        applied: np.ndarray,
-        states: dict[int, np.ndarray],
-        lost: list[list[int]],
-    ) -> list[list[int]]:
-        """Re-read the groups that lost a race, drop what the winner applied, recompute the rest."""
-        keys = [k for g in lost for k in g]
-        for k, record in zip(keys, self.load([batch.keys[k] for k in keys]), strict=True):
-            records[k] = record
-        in_lost = np.isin(batch.entry_key, keys)
-        fresh = pending_entries(batch, records)
-        pending[in_lost] = fresh[in_lost]
-        applied[in_lost] = fresh[in_lost]
-        still = [g for g in lost if pending[np.isin(batch.entry_key, g)].any()]
-        wanted = frozenset(k for g in still for k in g)
-        if wanted:
-            states.update(compute(records, pending, wanted))
-        return [[k for k in g if pending[batch.entry_key == k].any()] for g in still]
+        return [WRITTEN if r == 0 else SEEN if r == -1 else CONFLICT for r in results]
 
     def _cas_call(
-        self, keys: Sequence[str], current: Sequence[LearnerRecord | None], new: Sequence[LearnerRecord]
+        self, keys: Sequence[str], expected: Sequence[int | None], new: Sequence[LearnerRecord]
     ) -> tuple[list[Any], list[Any]]:
-        expected = [b"" if r is None else version_bytes(r.updates) for r in current]
+        versions = [b"" if v is None else version_bytes(v) for v in expected]
         blobs = [encode_learner(r) for r in new]
-        return [self.prefix + k for k in keys], [len(keys), 0, *expected, *blobs]
+        return [self.prefix + k for k in keys], [len(keys), 0, *versions, *blobs]
 
     def close(self) -> None:
         self.client.close()

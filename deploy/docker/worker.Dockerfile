@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # aegis-online feedback worker: a Kafka consumer-group member that applies feedback to the Redis learner store.
-# Slim: the redis and kafka clients, no torch, no Ray (its /metrics needs no library).
+# Slim: the redis and kafka clients and prometheus-client (its /metrics), no torch, no Ray.
 #
 #   docker build -f deploy/docker/worker.Dockerfile -t aegis-online-worker:0.1.0 .
 #   docker run --rm -e AEGIS_EXPERTS=profanity-check,minilm-embedding -e AEGIS_REDIS_URL=redis://redis:6379/0 \
@@ -23,7 +23,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
     wheel="$(find /tmp/wheels -name 'aegis_online-*.whl')" \
-    && pip install --no-cache-dir "aegis-online[redis,kafka] @ file://${wheel}"
+    && pip install --no-cache-dir "aegis-online[redis,kafka,metrics] @ file://${wheel}"
 
 FROM python:3.11-slim
 ARG AEGIS_VERSION=0.1.0

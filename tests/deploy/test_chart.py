@@ -63,7 +63,7 @@ def test_example_renders_the_release(example: tuple[Path, list[dict[str, Any]]])
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == yaml.safe_load((CHART_DIR / "values.yaml").read_text())["ray"]["version"]
     application = _serve_config_v2(manifests)["applications"][0]
-    assert application["import_path"] == "aegis_online.serve.kuberay:app_builder"
+    assert application["import_path"] == "aegis_online.rayserve.kuberay:app_builder"
     config = application["args"]["config"]
     assert config["store"]["kind"] == "redis" and config["bus"]["kind"] == "kafka"
     assert config["server"]["host"] == "0.0.0.0"
@@ -168,7 +168,7 @@ def test_the_builder_builds_the_application_the_chart_embeds() -> None:
     deployments are the experts of the configuration plus the ingress."""
     from ray.serve._private.build_app import build_app as flatten
 
-    from aegis_online.serve.kuberay import BuilderArgs, app_builder
+    from aegis_online.rayserve.kuberay import BuilderArgs, app_builder
 
     manifests = render(REPO / "deploy" / "values-gpu.yaml").manifests
     args = _serve_config_v2(manifests)["applications"][0]["args"]

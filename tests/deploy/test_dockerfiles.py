@@ -29,7 +29,7 @@ PROJECT = PYPROJECT["project"]["name"]
 EXPECTED_EXTRAS = {
     "service": {"serve", "experts", "http", "redis", "kafka"},
     "gpu": {"serve", "llm", "vllm", "experts", "http", "redis", "kafka"},
-    "worker": {"redis", "kafka"},
+    "worker": {"redis", "kafka", "metrics"},
 }
 #: What the feedback worker's image must not contain.
 WORKER_FORBIDDEN = {"torch", "ray", "vllm", "transformers", "sentence-transformers"}
@@ -304,7 +304,7 @@ def test_worker_image_has_no_torch_or_ray():
             pulled |= requirements(extras, set()) if extras is not None else {requirement_name(spec)}
     assert pulled, "the worker image installs nothing"
     assert not pulled & WORKER_FORBIDDEN, f"the worker image pulls in {sorted(pulled & WORKER_FORBIDDEN)}"
-    assert "prometheus-client" not in pulled, "the worker writes its /metrics itself: no metrics library"
+    assert "prometheus-client" in pulled, "the worker's /metrics renders through prometheus-client"
 
 
 def test_only_the_service_image_installs_cpu_torch():

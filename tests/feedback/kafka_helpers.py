@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aegis_online.engine import Engine
 from aegis_online.feedback import loadgen
-from aegis_online.feedback.service import LoggedExpert
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog, PredictionRecord
 from aegis_online.taxonomy import CANONICAL_IDS
+from aegis_online.weights import FeedbackApplier
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERTS = ("guard-a", "guard-b", "classifier-c", "profanity-d")
@@ -47,32 +46,31 @@ def partitioned_traffic(
     return records, events
 
 
-def reference(records: Sequence[PredictionRecord], events: Sequence[FeedbackEvent], partitions: int) -> Engine:
+def reference(records: Sequence[PredictionRecord], events: Sequence[FeedbackEvent], partitions: int) -> FeedbackApplier:
     """The uninterrupted run, in memory: each partition's events in order (the batch path equals event-by-event
     application, tests/state/test_batch_apply.py)."""
-    engine = Engine(
-        [LoggedExpert(n) for n in EXPERTS], store=MemoryLearnerStore(), prediction_log=MemoryPredictionLog()
-    )
+    engine = FeedbackApplier(EXPERTS, store=MemoryLearnerStore(), prediction_log=MemoryPredictionLog())
     by_id = {r.request_id: r for r in records}
     planned = [
-        (engine.plan_feedback(e, by_id[e.request_id]), f"p{partition_of(e.tenant, partitions)}", i)
-        for i, e in enumerate(events)
+        (engine.plan(e, by_id[e.request_id]), f"p{partition_of(e.tenant, partitions)}", i) for i, e in enumerate(events)
     ]
-    engine.feedback_batch(planned)
+    engine.apply_batch(planned)
     return engine
 
 
-def expected_updates(engine: Engine, events: Sequence[FeedbackEvent], records: Sequence[PredictionRecord]) -> dict:
+def expected_updates(
+    engine: FeedbackApplier, events: Sequence[FeedbackEvent], records: Sequence[PredictionRecord]
+) -> dict:
     counts: dict[str, int] = {}
     by_id = {r.request_id: r for r in records}
     for e in events:
-        plan = engine.plan_feedback(e, by_id[e.request_id])
+        plan = engine.plan(e, by_id[e.request_id])
         for key in (plan.shared_keys if plan.trusted else []) + plan.own_keys:
             counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def compare(expected: Engine, actual: Engine, counts: dict[str, int]) -> float:
+def compare(expected: FeedbackApplier, actual: FeedbackApplier, counts: dict[str, int]) -> float:
     """Assert every key was updated exactly as often as events touched it; return the largest state difference."""
     keys = sorted(counts)
     want, got = expected.store.load(keys), actual.store.load(keys)

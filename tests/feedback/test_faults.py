@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from state.services import spare_port, unique
 
 from aegis_online.feedback.kafka import ensure_topics
-from aegis_online.feedback.service import redis_engine
+from aegis_online.feedback.redis_applier import redis_applier
+from tests.state.services import spare_port, unique
 
 from .kafka_helpers import (
     EXPERTS,
@@ -55,7 +55,7 @@ def test_sigkill_at_random_points_while_20000_events_flow_changes_nothing(server
     topic, group = unique("feedback"), unique("group")
     ensure_topics(servers.kafka, {topic: partitions, topic + ".dead-letter": 1})
     records, events = partitioned_traffic(n, tenants=60, partitions=partitions, seed=21)
-    engine = redis_engine(servers.redis_url, EXPERTS, prefix=prefix)
+    engine = redis_applier(servers.redis_url, EXPERTS, prefix=prefix)
     log_predictions(engine, records)
     # ~80 s of flow: each restart waits for the killed member's session to expire (6 s) and a rejoin, ~12 s in all
     producer = threading.Thread(target=produce, args=(servers.kafka, topic, events, 250.0))
@@ -147,7 +147,7 @@ def test_redis_restarted_mid_stream_stops_commits_then_the_worker_resumes_losing
     topic, group, prefix = unique("feedback"), unique("group"), "restart:"
     ensure_topics(servers.kafka, {topic: partitions, topic + ".dead-letter": 1})
     records, events = partitioned_traffic(n, tenants=30, partitions=partitions, seed=22)
-    engine = redis_engine(restartable_redis.url, EXPERTS, prefix=prefix)
+    engine = redis_applier(restartable_redis.url, EXPERTS, prefix=prefix)
     log_predictions(engine, records)
     producer = threading.Thread(target=produce, args=(servers.kafka, topic, events, 1000.0))
     producer.start()

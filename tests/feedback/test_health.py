@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from aegis_online.engine import Engine
 from aegis_online.feedback import loadgen
 from aegis_online.feedback.health import HealthServer, WorkerHealth
 from aegis_online.feedback.inprocess import InProcessFeedbackQueue, MemoryDeadLetters
 from aegis_online.feedback.processor import FeedbackProcessor
-from aegis_online.feedback.service import LoggedExpert
 from aegis_online.feedback.worker import FeedbackWorker
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog, StoreUnavailableError
+from aegis_online.weights import FeedbackApplier
 
 EXPERTS = ("a", "b", "c")
 
@@ -41,10 +41,17 @@ def get_json(server: HealthServer, path: str) -> tuple[int, dict]:
 
 
 def metric_values(text: str) -> dict[str, float]:
-    """Sample name -> value, through prometheus_client's own parser (the exposition must be valid)."""
+    """Sample -> value, through prometheus_client's own parser (the exposition must be valid); a labelled sample is
+    named ``name{label="value",...}`` (labels sorted)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    def key(name: str, labels: dict[str, str]) -> str:
+        return name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+
+    return {key(s.name, s.labels): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+APPLIED = 'aegis_feedback_applied_total{outcome="applied"}'
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -61,10 +68,10 @@ class FlakyStore(MemoryLearnerStore):
         super().__init__()
         self.down = threading.Event()
 
-    def apply_batch(self, batch, compute):  # type: ignore[no-untyped-def]
+    def compare_and_set(self, writes, event_id=None):  # type: ignore[no-untyped-def]
         if self.down.is_set():
             raise StoreUnavailableError("redis: connection refused")
-        return super().apply_batch(batch, compute)
+        return super().compare_and_set(writes, event_id)
 
 
 @pytest.fixture()
@@ -106,17 +113,22 @@ def test_other_paths_are_404_json_and_query_strings_are_ignored(served: tuple[Wo
 
 def test_metrics_are_prometheus_text_with_the_worker_s_counters(served: tuple[WorkerHealth, HealthServer]) -> None:
     health, server = served
-    health.update({"records": 12, "applied": 9, "dead_letters": 3, "store_retries": 2, "last_commit_at": 5.0}, None, 4)
+    stats = {"records": 12, "applied": 9, "duplicates": 1, "dead_letters": 2, "store_retries": 2, "last_commit_at": 5.0}
+    health.update(stats | {"dead_letter_reasons": {"malformed": 2}}, None, 4)
     status, content_type, text = get(server, "/metrics")
-    assert status == 200 and content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert status == 200 and content_type == CONTENT_TYPE_LATEST  # the service's /metrics answers the same
     values = metric_values(text)
-    assert values["aegis_feedback_applied_total"] == 9 and values["aegis_feedback_dead_letters_total"] == 3
+    assert values[APPLIED] == 9 and values['aegis_feedback_applied_total{outcome="duplicate"}'] == 1
+    assert values['aegis_feedback_applied_total{outcome="dead_letter"}'] == 2
+    assert values['aegis_feedback_dead_letters_total{reason="malformed"}'] == 2
+    assert values['aegis_feedback_dead_letters_total{reason="unknown_request"}'] == 0  # known reasons start at 0
     assert values["aegis_feedback_records_total"] == 12 and values["aegis_feedback_store_retries_total"] == 2
     assert values["aegis_feedback_iterations_total"] == 1 and values["aegis_feedback_partitions_owned"] == 4
     assert values["aegis_feedback_heartbeat_age_seconds"] == 0 and values["aegis_feedback_ready"] == 1
     assert values["aegis_feedback_last_commit_timestamp_seconds"] == 5.0
     assert all(name.startswith("aegis_feedback_") for name in values)
     assert "# TYPE aegis_feedback_applied_total counter" in text
+    assert "aegis_feedback_duplicates_total" not in text  # the old worker-only name: outcome="duplicate" now
 
 
 def test_a_failing_store_makes_the_worker_not_ready_with_the_reason_while_it_stays_alive_and_ready_again_after() -> (
@@ -124,7 +136,7 @@ def test_a_failing_store_makes_the_worker_not_ready_with_the_reason_while_it_sta
 ):
     rng = np.random.default_rng(7)
     store = FlakyStore()
-    engine = Engine([LoggedExpert(n) for n in EXPERTS], store=store, prediction_log=MemoryPredictionLog())
+    engine = FeedbackApplier(EXPERTS, store=store, prediction_log=MemoryPredictionLog())
     records = loadgen.predictions(20, ["acme"], EXPERTS, rng)
     for record in records:
         engine.prediction_log.put(record)
@@ -162,7 +174,7 @@ def test_a_failing_store_makes_the_worker_not_ready_with_the_reason_while_it_sta
             status, body = get_json(server, "/readyz")
             assert status == 200 and body["status"] == "ready" and body["applied"] == 20
             values = metric_values(get(server, "/metrics")[2])
-            assert values["aegis_feedback_applied_total"] == 20 and values["aegis_feedback_store_retries_total"] >= 3
+            assert values[APPLIED] == 20 and values["aegis_feedback_store_retries_total"] >= 3
         finally:
             stop.set()
             thread.join(timeout=10)

@@ -8,18 +8,17 @@ import time
 
 import numpy as np
 
-from aegis_online.engine import Engine
 from aegis_online.feedback import loadgen
 from aegis_online.feedback.inprocess import EmbeddedFeedbackWorker, InProcessFeedbackQueue
-from aegis_online.feedback.service import LoggedExpert
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog
+from aegis_online.weights import FeedbackApplier
 
 EXPERTS = ("a", "b", "c")
 
 
-def engine() -> Engine:
-    return Engine([LoggedExpert(n) for n in EXPERTS], store=MemoryLearnerStore(), prediction_log=MemoryPredictionLog())
+def engine() -> FeedbackApplier:
+    return FeedbackApplier(EXPERTS, store=MemoryLearnerStore(), prediction_log=MemoryPredictionLog())
 
 
 def test_queued_feedback_is_applied_as_if_applied_one_by_one() -> None:
@@ -34,7 +33,7 @@ def test_queued_feedback_is_applied_as_if_applied_one_by_one() -> None:
     worker = EmbeddedFeedbackWorker(served, queue, batch_size=37).start()
     for e in events:
         queue.publish(e).wait()
-        reference.feedback(e)
+        reference.apply(e)
     assert worker.drain(10)
     worker.stop()
     assert worker.stats.applied == len(events) and worker.stats.dead_letters == 0

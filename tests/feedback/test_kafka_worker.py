@@ -3,17 +3,21 @@ for a late prediction, two workers sharing a group's partitions with every event
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
-from state.services import unique
 
 from aegis_online.feedback import loadgen
 from aegis_online.feedback.kafka import KafkaFeedbackPublisher, ensure_topics
-from aegis_online.feedback.service import redis_engine
+from aegis_online.feedback.redis_applier import redis_applier
 from aegis_online.schemas import FeedbackEvent
+from tests.helpers import wait_until
+from tests.state.services import unique
 
 from .kafka_helpers import (
     EXPERTS,
@@ -28,12 +32,22 @@ from .kafka_helpers import (
 )
 
 
+def assigned_partitions(log: Path) -> set[int]:
+    """The partitions a worker holds, by its log: those of its last rebalance line if it is an assignment, else none
+    (before the first assignment, or revoked and not yet assigned again)."""
+    text = log.read_text() if log.exists() else ""
+    lines = re.findall(r"partitions (assigned|revoked): (\[.*\])$", text, flags=re.MULTILINE)
+    if not lines or lines[-1][0] != "assigned":
+        return set()
+    return {partition for _, partition in ast.literal_eval(lines[-1][1])}
+
+
 def test_bad_events_go_to_the_dead_letter_topic_with_a_reason_and_the_worker_carries_on(
     servers, redis_client, prefix, tmp_path
 ) -> None:
     topic, group = unique("feedback"), unique("group")
     ensure_topics(servers.kafka, {topic: 2, topic + ".dead-letter": 1})
-    engine = redis_engine(servers.redis_url, EXPERTS, prefix=prefix)
+    engine = redis_applier(servers.redis_url, EXPERTS, prefix=prefix)
     rng = np.random.default_rng(3)
     records = loadgen.predictions(40, ["acme", "globex"], EXPERTS, rng)
     engine.prediction_log.put_many(records)
@@ -107,7 +121,7 @@ def test_feedback_produced_before_its_prediction_is_logged_is_applied_once_it_is
 ) -> None:
     topic, group = unique("feedback"), unique("group")
     ensure_topics(servers.kafka, {topic: 1, topic + ".dead-letter": 1})
-    engine = redis_engine(servers.redis_url, EXPERTS, prefix=prefix)
+    engine = redis_applier(servers.redis_url, EXPERTS, prefix=prefix)
     rng = np.random.default_rng(4)
     records = loadgen.predictions(30, ["acme"], EXPERTS, rng)
     events = loadgen.feedback(records, rng)
@@ -117,10 +131,8 @@ def test_feedback_produced_before_its_prediction_is_logged_is_applied_once_it_is
         servers.redis_url, servers.kafka, topic, group, prefix, "--max-records", "30", "--wait-for-prediction-s", "60"
     )
     worker = start_worker(command, tmp_path / "worker.log")
-    deadline = time.monotonic() + 60
-    while committed(servers.kafka, group, topic, 1)[0] < 20 and time.monotonic() < deadline:
-        time.sleep(0.3)
-    time.sleep(1.0)
+    assert wait_until(lambda: committed(servers.kafka, group, topic, 1)[0] >= 20, 60, interval=0.3)
+    time.sleep(1.0)  # a wait for something not to happen: the worker gets a second to (wrongly) commit further
     assert committed(servers.kafka, group, topic, 1)[0] == 20  # held at the first event whose prediction is missing
     engine.prediction_log.put_many(records[20:])  # the late predictions arrive
     stats = summary(worker, timeout=60)
@@ -133,7 +145,7 @@ def test_two_workers_in_one_group_share_the_partitions_and_apply_every_event_onc
     partitions, n = 4, 8000
     topic, group = unique("feedback"), unique("group")
     ensure_topics(servers.kafka, {topic: partitions, topic + ".dead-letter": 1})
-    engine = redis_engine(servers.redis_url, EXPERTS, prefix=prefix)
+    engine = redis_applier(servers.redis_url, EXPERTS, prefix=prefix)
     rng = np.random.default_rng(5)
     records = loadgen.predictions(n, [f"tenant-{i:02d}" for i in range(40)], EXPERTS, rng)
     events = loadgen.feedback(records, rng, labels_per_event=2)  # every category: the global keys are shared
@@ -141,9 +153,16 @@ def test_two_workers_in_one_group_share_the_partitions_and_apply_every_event_onc
     command = worker_command(
         servers.redis_url, servers.kafka, topic, group, prefix, "--idle-exit-s", "6", "--batch-size", "500"
     )
-    workers = [start_worker(command, tmp_path / f"worker-{i}.log") for i in range(2)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = [start_worker(command, log) for log in logs]
     producer = threading.Thread(target=produce, args=(servers.kafka, topic, events, 2000.0))
-    time.sleep(4)  # both join before the traffic starts, so both get partitions
+
+    def shared() -> bool:
+        owned = [assigned_partitions(log) for log in logs]
+        return all(owned) and set().union(*owned) == set(range(partitions)) and not owned[0] & owned[1]
+
+    # both join before the traffic starts, so both get partitions
+    assert wait_until(shared, 60), [log.read_text()[-2000:] for log in logs]
     producer.start()
     producer.join()
     stats = [summary(w, timeout=120) for w in workers]

@@ -19,21 +19,23 @@ import numpy as np
 import pytest
 import typer
 import yaml
-from state.services import spare_port, unique
 
 from aegis_online.config import ConfigError, load_config
-from aegis_online.engine import BanditConfig, Engine
 from aegis_online.feedback import loadgen
 from aegis_online.feedback.cli import defaults, resolve_settings
 from aegis_online.feedback.kafka import ensure_topics
 from aegis_online.feedback.processor import FeedbackProcessor
 from aegis_online.feedback.records import FeedbackRecord
-from aegis_online.feedback.service import LoggedExpert, redis_engine
+from aegis_online.feedback.redis_applier import redis_applier
+from aegis_online.weights import FeedbackApplier, KeySpace
+from tests.state.services import spare_port, unique
 
 from .kafka_helpers import ROOT, expected_updates, produce, start_worker, summary
 
 #: Two catalog experts, in the service's order (the worker only needs their names: it loads no model).
 SERVED = ["profanity-check", "minilm-embedding"]
+#: The worker's applied-events sample on /metrics (docs/metrics.md).
+APPLIED = 'aegis_feedback_applied_total{outcome="applied"}'
 
 
 def write_config(path: Path, servers: Any, prefix: str, topic: str, **sections: dict) -> Path:
@@ -63,9 +65,9 @@ def worker(*args: str) -> list[str]:
     return [sys.executable, "-m", "aegis_online.feedback.cli", *args]
 
 
-def traffic(servers: Any, prefix: str, topic: str, n: int, seed: int) -> tuple[Engine, list, list]:
+def traffic(servers: Any, prefix: str, topic: str, n: int, seed: int) -> tuple[FeedbackApplier, list, list]:
     """``n`` predictions logged the way the service of ``SERVED`` logs them, and their feedback produced."""
-    engine = redis_engine(servers.redis_url, SERVED, prefix=prefix)
+    engine = redis_applier(servers.redis_url, SERVED, prefix=prefix)
     rng = np.random.default_rng(seed)
     records = loadgen.predictions(n, ["acme", "globex"], SERVED, rng, asleep=0.0)
     engine.prediction_log.put_many(records)
@@ -74,7 +76,7 @@ def traffic(servers: Any, prefix: str, topic: str, n: int, seed: int) -> tuple[E
     return engine, records, events
 
 
-def assert_learned(engine: Engine, records: list, events: list) -> None:
+def assert_learned(engine: FeedbackApplier, records: list, events: list) -> None:
     """Every key the events touch was updated exactly as often as they touch it, under the service's namespace."""
     counts = expected_updates(engine, events, records)
     keys = sorted(counts)
@@ -104,15 +106,15 @@ def test_a_worker_started_with_only_the_service_config_applies_feedback_and_answ
                 assert proc.poll() is None, (tmp_path / "worker.log").read_text()
                 assert time.monotonic() < deadline, f"applied {applied} of {n}"
                 with contextlib.suppress(httpx.TransportError):  # not listening yet
-                    applied = metric(http.get("/metrics").text, "aegis_feedback_applied_total")
+                    applied = metric(http.get("/metrics").text, APPLIED)
                 time.sleep(0.1)
             live, ready, metrics = http.get("/healthz"), http.get("/readyz"), http.get("/metrics")
             missing = http.get("/nope")
         assert live.status_code == 200 and live.json()["status"] == "ok"
         assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["applied"] == n
         assert metrics.headers["content-type"].startswith("text/plain")
-        assert metric(metrics.text, "aegis_feedback_applied_total") == n
-        assert metric(metrics.text, "aegis_feedback_dead_letters_total") == 0
+        assert metric(metrics.text, APPLIED) == n
+        assert metric(metrics.text, 'aegis_feedback_applied_total{outcome="dead_letter"}') == 0
         assert metric(metrics.text, "aegis_feedback_records_total") == n
         assert missing.status_code == 404 and missing.json()["status"] == "not_found"
     finally:
@@ -128,6 +130,7 @@ def test_a_worker_started_with_only_the_service_config_applies_feedback_and_answ
 
 
 def metric(text: str, name: str) -> float:
+    """The value of the sample written exactly ``name`` (with its labels, as prometheus_client writes them)."""
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
@@ -184,7 +187,7 @@ def test_settings_resolve_option_then_config_then_default(servers, tmp_path, mon
     assert settings.experts == tuple(SERVED) and settings.learner == "hedge" and settings.prefix == "svc:"
     assert (settings.redis_url, settings.bootstrap_servers) == (servers.redis_url, servers.kafka)
     assert (settings.topic, settings.dead_letter_topic) == ("fb.topic", "fb.topic.dead-letter")
-    assert settings.bandit is None and not settings.cluster
+    assert not settings.cluster
 
     explicit = resolve_settings(config, experts="x,y", topic="other", learner="default", prefix="mine:")
     assert explicit.experts == ("x", "y") and explicit.topic == "other" and explicit.prefix == "mine:"
@@ -211,7 +214,7 @@ def test_settings_resolve_option_then_config_then_default(servers, tmp_path, mon
     [
         ({"bus": {"kind": "inprocess", "bootstrap_servers": None}}, "bus.kind"),
         ({"experts": {"use": ["profanity-check", "no-such-expert"]}}, "experts.use.1"),
-        ({"learner": {"name": "default", "bandit": {"k": 3}}}, "learner.bandit.k"),
+        ({"learner": {"name": "exp3-ix", "bandit": {"k": 3}}}, "learner.bandit.k"),
     ],
     ids=["inprocess-bus", "unknown-expert", "bandit-k"],
 )
@@ -224,20 +227,12 @@ def test_invalid_configs_raise_config_error_naming_the_field(servers, tmp_path, 
 def test_a_bandit_service_config_makes_the_worker_learn_under_the_service_s_bandit_learner(
     servers, redis_client, prefix, tmp_path
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", servers, prefix, "t", learner={"name": "default", "bandit": {"k": 1}})
+    config = write_config(tmp_path / "c.yaml", servers, prefix, "t", learner={"name": "exp3-ix", "bandit": {"k": 1}})
     settings = resolve_settings(config)
-    served = load_config(config)
-    # The engine the service builds from this config (serve.service.build_service does the same).
-    service = Engine(
-        [LoggedExpert(n) for n in SERVED],
-        learner=served.learner.name,
-        bandit=BanditConfig(k=served.learner.bandit.k, always=tuple(served.learner.bandit.always)),
-    )
-    engine = redis_engine(
-        settings.redis_url, settings.experts, learner=settings.learner, prefix=settings.prefix, bandit=settings.bandit
-    )
-    assert engine.namespace == service.namespace and engine.learner.name == "exp3-ix"
-    assert Engine([LoggedExpert(n) for n in SERVED]).namespace != service.namespace  # what a worker had without it
+    # The keys the service's moderator reads (serve.service.build_service: its learner is learner.name).
+    service = KeySpace(load_config(config).learner.name, SERVED)
+    engine = redis_applier(settings.redis_url, settings.experts, learner=settings.learner, prefix=settings.prefix)
+    assert engine.keyspace == service and engine.learner.name == "exp3-ix"
 
     rng = np.random.default_rng(13)
     records = [  # as logged in bandit mode: one expert queried, with its selection probability

@@ -45,8 +45,8 @@ def ray_session() -> Iterator[dict[str, Any]]:
     """One local Ray + Serve for every Ray test of the session, on 127.0.0.1 and a spare port; always shut down.
 
     ``start_ray`` closes it as the service's is (loopback only, token auth), so every Ray test runs that way."""
-    from aegis_online.serve import sessions
-    from aegis_online.serve.runtime import start_ray, start_serve, stop_ray
+    from aegis_online.rayserve import sessions
+    from aegis_online.rayserve.runtime import start_ray, start_serve, stop_ray
 
     temp_dir = sessions.create()
     port = spare_port()

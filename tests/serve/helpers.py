@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +14,7 @@ from aegis_online.experts import Expert, ExpertInput
 from aegis_online.schemas import ExpertOutput
 from aegis_online.serve.auth import KeyTable
 from aegis_online.serve.service import ModerationService, build_service
+from tests.helpers import wait_until
 
 ADMIN_KEY = "test-admin-key-0000000000000001"
 ACME_KEY = "test-acme-client-key-000000001"
@@ -105,15 +105,6 @@ def make_service(
 
 def conversation(text: str, **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}], **extra}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def spare_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from aegis_online.serve import sessions
+from aegis_online.rayserve import sessions
 
 from .helpers import spare_port
 
@@ -31,7 +31,7 @@ class ServeProcess:
     def __init__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.port = spare_port()
         self.cwd = cwd
-        command = [sys.executable, "-m", "aegis_online.serve.cli", "serve", "--port", str(self.port), *args]
+        command = [sys.executable, "-m", "aegis_online.rayserve.cli", "serve", "--port", str(self.port), *args]
         environ = {k: v for k, v in os.environ.items() if k != sessions.MARKER} | {"PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             command,

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from aegis_online.schemas import MAX_MESSAGE_CHARS
+from tests.helpers import wait_until
 
 from .helpers import (
     ACME_ADMIN_KEY,
@@ -20,7 +21,6 @@ from .helpers import (
     bearer,
     conversation,
     default_experts,
-    wait_until,
 )
 
 ACME = bearer(ACME_KEY)

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from state.services import Services, services, spare_port, unique  # tests/ is on sys.path
 
 from aegis_online.serve.app import create_app
+from tests.helpers import wait_until
+from tests.state.services import Services, services, spare_port, unique
 
-from .helpers import ACME_KEY, ADMIN_KEY, KeywordExpert, bearer, conversation, make_service, wait_until
+from .helpers import ACME_KEY, ADMIN_KEY, KeywordExpert, bearer, conversation, make_service
 
 EXPERTS = ("right", "wrong")
 # kafka-python reads its protocol files with importlib APIs deprecated in 3.11: not ours to fix.
@@ -69,7 +70,7 @@ def test_feedback_goes_to_kafka_and_a_worker_applies_it(
     from aegis_online.feedback.inprocess import MemoryDeadLetters
     from aegis_online.feedback.kafka import KafkaFeedbackSource
     from aegis_online.feedback.processor import FeedbackProcessor
-    from aegis_online.feedback.service import redis_engine
+    from aegis_online.feedback.redis_applier import redis_applier
     from aegis_online.feedback.worker import FeedbackWorker
 
     client, setup = redis_service
@@ -85,7 +86,7 @@ def test_feedback_goes_to_kafka_and_a_worker_applies_it(
         event = {"request_id": decision["request_id"], "labels": {"S1": label}}
         response = client.post("/v1/feedback", json=event, headers=bearer(ACME_KEY))
         assert response.status_code == 202 and response.json()["results"][0]["status"] == "queued"
-    engine = redis_engine(servers.redis_url, EXPERTS, prefix=setup["prefix"])
+    engine = redis_applier(servers.redis_url, EXPERTS, prefix=setup["prefix"])
     source = KafkaFeedbackSource(servers.kafka, setup["topic"], unique("srv-group"))
     worker = FeedbackWorker(source, FeedbackProcessor(engine), MemoryDeadLetters())
     try:

@@ -156,7 +156,7 @@ def test_open_mode_is_allowed_on_loopback_only() -> None:
 def test_serve_refuses_a_public_address_without_keys_before_starting_anything(tmp_path: Path) -> None:
     import typer
 
-    from aegis_online.serve.cli import (
+    from aegis_online.rayserve.cli import (
         main,  # noqa: F401 - the module imports without Ray
         serve_command,
     )

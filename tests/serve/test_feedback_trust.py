@@ -57,7 +57,7 @@ def _label(client: TestClient, key: str, n: int, value: float = 0.0, **extra: An
 
 
 def _global_s12(client: TestClient) -> dict[str, float]:
-    body = client.get("/v1/tenants/global/weights?category=S12", headers=bearer(ADMIN_KEY)).json()
+    body = client.get("/v1/weights/global?category=S12", headers=bearer(ADMIN_KEY)).json()
     return body["categories"]["S12"]["weights"]
 
 
@@ -136,3 +136,15 @@ def test_the_trust_stamp_travels_with_the_event_to_the_worker(service_factory: C
     _label(client, MODERATOR_KEY, 2, tenant="globex")
     stats = client.app.state.service.worker.stats
     assert stats.applied == 4 and stats.dead_letters == 0
+
+
+def test_the_global_weights_are_read_by_operator_keys_on_their_own_path(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    client = _service(service_factory)
+    assert _global_s12(client) == pytest.approx({"strict": 0.5, "lax": 0.5})
+    refused = client.get("/v1/weights/global", headers=bearer(ACME_KEY))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "wrong_tenant"
+    # "global" names the scope, never a tenant: the tenant path refuses it instead of showing the global weights
+    reserved = client.get("/v1/tenants/global/weights", headers=bearer(ADMIN_KEY))
+    assert reserved.status_code == 422 and "reserved" in reserved.text

@@ -7,16 +7,9 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from .helpers import (
-    ACME_ADMIN_KEY,
-    ACME_KEY,
-    ADMIN_KEY,
-    GLOBEX_KEY,
-    KeywordExpert,
-    bearer,
-    conversation,
-    wait_until,
-)
+from tests.helpers import wait_until
+
+from .helpers import ACME_ADMIN_KEY, ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KeywordExpert, bearer, conversation
 
 ACME, GLOBEX = bearer(ACME_KEY), bearer(GLOBEX_KEY)
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from aegis_online.config import ConfigError
+from aegis_online.rayserve.kuberay import ARGS_SOURCE, BuilderArgs, app_builder
 from aegis_online.serve.auth import key_digest
-from aegis_online.serve.kuberay import ARGS_SOURCE, BuilderArgs, app_builder
 
 from .helpers import ACME_KEY, bearer, conversation
 
@@ -111,4 +111,4 @@ def test_feedback_goes_to_kafka(k8s_app: str) -> None:
 def test_chart_builder_paths_exist_in_the_repository() -> None:
     """The import path the chart writes is this module's builder."""
     chart_helpers = (Path(__file__).resolve().parents[2] / "helm/aegis-online/templates/_helpers.tpl").read_text()
-    assert '"import_path" "aegis_online.serve.kuberay:app_builder"' in chart_helpers
+    assert '"import_path" "aegis_online.rayserve.kuberay:app_builder"' in chart_helpers

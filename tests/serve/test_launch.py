@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aegis_online.serve.driver import parse
-from aegis_online.serve.launch import Launch
+from aegis_online.rayserve.driver import parse
+from aegis_online.rayserve.launch import Launch
 
 
 def test_relative_data_dirs_become_absolute_before_the_driver_starts(

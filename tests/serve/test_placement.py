@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from aegis_online.catalog import default_catalog_dir, load_catalog
 from aegis_online.config import ConfigError, ServiceConfig
 from aegis_online.experts import ExpertInput
-from aegis_online.experts.catalog import build_expert, default_catalog_dir, load_catalog
+from aegis_online.experts.build import build_expert
+from aegis_online.rayserve.deployments import ingress_replica_needs, resource_needs
 from aegis_online.schemas import Message
-from aegis_online.serve.deployments import ingress_replica_needs, resource_needs
 from aegis_online.taxonomy import CANONICAL
 
 

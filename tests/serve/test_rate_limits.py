@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from state.services import Services, services, unique  # tests/ is on sys.path
 
 from aegis_online.serve.app import create_app
+from tests.state.services import Services, services, unique
 
 from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, bearer, conversation, make_service
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from aegis_online.serve import sessions
+from aegis_online.rayserve import sessions
 
 from .helpers import ADMIN_KEY
 from .serve_process import ServeProcess, is_loopback

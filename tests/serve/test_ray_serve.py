@@ -10,10 +10,13 @@ import httpx
 import openai
 import pytest
 
+from aegis_online.client import AegisClient
 from aegis_online.config import ServiceConfig
+from aegis_online.schemas import FeedbackEvent, Message, ModerationRequest
 from aegis_online.serve.auth import KeyTable
+from tests.helpers import wait_until
 
-from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation, wait_until
+from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation
 
 # Ray's own config models use pydantic features deprecated in v2: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
@@ -23,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on
 def service(ray_session: dict[str, Any]) -> Iterator[str]:
     from ray import serve
 
-    from aegis_online.serve.runtime import APP_NAME, deploy
+    from aegis_online.rayserve.runtime import APP_NAME, deploy
 
     config = ServiceConfig.model_validate(
         {
@@ -68,7 +71,7 @@ def test_moderate_fans_out_to_the_expert_deployments_and_decides(service: str) -
 def test_a_cpu_light_expert_answers_from_inside_the_ingress(service: str) -> None:
     from ray import serve
 
-    from aegis_online.serve.runtime import APP_NAME
+    from aegis_online.rayserve.runtime import APP_NAME
 
     # profanity-check (catalog cost cpu-light) has no deployment: the ingress built it and calls it in process
     assert set(serve.status().applications[APP_NAME].deployments) == {"ingress", "expert-minilm-embedding"}
@@ -120,3 +123,15 @@ def test_tenants_stay_isolated_through_ray_serve(service: str) -> None:
     assert post(service, "/v1/moderate", conversation("hi"), key="unknown-key-00000000000").status_code == 401
     metrics = httpx.get(f"{service}/metrics", timeout=10).text
     assert 'aegis_expert_latency_seconds_count{expert="profanity-check"}' in metrics
+
+
+def test_the_projects_client_works_through_ray_serve(service: str) -> None:
+    with AegisClient(service, api_key=ACME_KEY, timeout=30) as client:
+        assert client.ready().status == "ready"
+        text = [Message(role="user", content="Shut up, you fucking idiot")]
+        decision = client.moderate(ModerationRequest(messages=text))
+        assert decision.tenant == "acme" and decision.flagged and decision.missing_experts == []
+        outcome = client.feedback(FeedbackEvent(request_id=decision.request_id, labels={"S12": 1.0}))
+        assert outcome.status == "queued" and outcome.scopes == ["tenant"]
+        assert client.weights("acme", ["S12"]).experts == ["minilm-embedding", "profanity-check"]
+        assert [r.flagged for r in client.moderations(["I will kill you", "Thanks!"]).results] == [True, False]

@@ -13,10 +13,12 @@ from aegis_online.policy import TenantPolicy
 from aegis_online.serve.resilience import (
     CachedLearnerStore,
     DependencyHealth,
-    ResilientPolicyStore,
     ResilientPredictionLog,
 )
 from aegis_online.state import (
+    WRITTEN,
+    CachedPolicyStore,
+    GroupWrite,
     LearnerRecord,
     LearnerStore,
     MemoryLearnerStore,
@@ -27,9 +29,9 @@ from aegis_online.state import (
     PredictionRecord,
     StoreUnavailableError,
 )
-from aegis_online.state.base import RecordsUpdate
+from tests.helpers import wait_until
 
-from .helpers import ACME_KEY, KeywordExpert, bearer, conversation, wait_until
+from .helpers import ACME_KEY, KeywordExpert, bearer, conversation
 
 
 class Clock:
@@ -60,13 +62,9 @@ class FlakyLearnerStore(LearnerStore):
         self.switch.check()
         return self.inner.load(keys)
 
-    def apply(self, event_id: str, keys: Sequence[str], update: RecordsUpdate) -> bool:
+    def compare_and_set(self, writes: Sequence[GroupWrite], event_id: str | None = None) -> list[str]:
         self.switch.check()
-        return self.inner.apply(event_id, keys, update)
-
-    def apply_batch(self, batch, compute):
-        self.switch.check()
-        return self.inner.apply_batch(batch, compute)
+        return self.inner.compare_and_set(writes, event_id)
 
 
 class FlakyPolicies(PolicyStore):
@@ -99,13 +97,20 @@ def record(value: float) -> LearnerRecord:
     return LearnerRecord(state=np.array([value]))
 
 
+def put(store: LearnerStore, event_id: str, new: LearnerRecord) -> None:
+    """Write key ``k`` as a feedback event does: compare-and-set on the version just read."""
+    (current,) = store.load(["k"])
+    write = GroupWrite(("k",), (None if current is None else current.updates,), (new,))
+    assert store.compare_and_set([write], event_id) == [WRITTEN]
+
+
 def test_cached_weights_are_served_within_the_staleness_bound() -> None:
     clock, switch = Clock(), Switch()
     inner = MemoryLearnerStore()
-    inner.apply("e1", ["k"], lambda current: [record(1.0)])
+    put(inner, "e1", record(1.0))
     store = CachedLearnerStore(FlakyLearnerStore(inner, switch), DependencyHealth(clock=clock), 1.0, clock=clock)
     assert store.load(["k"])[0].state[0] == 1.0 and switch.calls == 1
-    inner.apply("e2", ["k"], lambda current: [record(2.0)])  # another process writes
+    put(inner, "e2", record(2.0))  # another process writes
     clock.now += 0.3
     assert store.load(["k"])[0].state[0] == 1.0 and switch.calls == 1  # fresh enough: no round trip
     clock.now += 0.8  # older than the bound: loaded before answering
@@ -115,10 +120,10 @@ def test_cached_weights_are_served_within_the_staleness_bound() -> None:
 def test_ageing_weights_are_refreshed_in_the_background() -> None:
     clock, switch = Clock(), Switch()
     inner = MemoryLearnerStore()
-    inner.apply("e1", ["k"], lambda current: [record(1.0)])
+    put(inner, "e1", record(1.0))
     store = CachedLearnerStore(FlakyLearnerStore(inner, switch), DependencyHealth(clock=clock), 1.0, clock=clock)
     store.load(["k"])
-    inner.apply("e2", ["k"], lambda current: [record(2.0)])
+    put(inner, "e2", record(2.0))
     clock.now += 0.6  # past half the bound: answered from cache, refreshed behind
     assert store.load(["k"])[0].state[0] == 1.0
     assert wait_until(lambda: store.load(["k"])[0].state[0] == 2.0, 5)
@@ -127,7 +132,7 @@ def test_ageing_weights_are_refreshed_in_the_background() -> None:
 def test_an_unreachable_store_is_answered_from_cache_and_retried_sparingly() -> None:
     clock, switch = Clock(), Switch()
     inner = MemoryLearnerStore()
-    inner.apply("e1", ["k"], lambda current: [record(1.0)])
+    put(inner, "e1", record(1.0))
     health = DependencyHealth(retry_after_s=1.0, clock=clock)
     store = CachedLearnerStore(FlakyLearnerStore(inner, switch), health, 0.5, clock=clock)
     store.load(["k"])
@@ -150,15 +155,15 @@ def test_writes_go_through_and_invalidate_the_cached_keys() -> None:
     inner = MemoryLearnerStore()
     store = CachedLearnerStore(inner, DependencyHealth(clock=clock), 60.0, clock=clock)
     assert store.load(["k"]) == [None]
-    store.apply("e1", ["k"], lambda current: [record(3.0)])
+    put(store, "e1", record(3.0))
     assert store.load(["k"])[0].state[0] == 3.0
 
 
 def test_policies_survive_an_outage_and_failed_writes_raise() -> None:
     clock, switch = Clock(), Switch()
     health = DependencyHealth(clock=clock)
-    store = ResilientPolicyStore(
-        FlakyPolicies(MemoryPolicyStore([TenantPolicy(tenant="a")]), switch), health, 5.0, clock
+    store = CachedPolicyStore(
+        FlakyPolicies(MemoryPolicyStore([TenantPolicy(tenant="a")]), switch), 5.0, health=health, clock=clock
     )
     assert store.get("a").tenant == "a"
     switch.down = True
@@ -188,7 +193,7 @@ def test_the_service_answers_from_cache_and_reports_degraded_while_the_store_is_
     engine = service.engine
     engine.store = CachedLearnerStore(FlakyLearnerStore(engine.store, switch), health, 0.01)
     engine.prediction_log = ResilientPredictionLog(FlakyLog(engine.prediction_log, switch), health)
-    engine.policies = ResilientPolicyStore(FlakyPolicies(engine.policies, switch), health, 0.01)
+    engine.policies = CachedPolicyStore(FlakyPolicies(engine.policies, switch), 0.01, health=health)
     service.health.store = health
     headers = bearer(ACME_KEY)
     before = client.post("/v1/moderate", json=conversation("kill"), headers=headers)

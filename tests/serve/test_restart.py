@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from aegis_online.state.sqlite import open_sqlite_stores
+from tests.helpers import wait_until
 
-from .helpers import ACME_ADMIN_KEY, ACME_KEY, bearer, conversation, spare_port, wait_until
+from .helpers import ACME_ADMIN_KEY, ACME_KEY, bearer, conversation, spare_port
 
 SERVER = Path(__file__).with_name("restart_server.py")
 

@@ -9,7 +9,7 @@ date-time, "0.5" for a number), which is a leniency, not a fault.
 from __future__ import annotations
 
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -27,6 +27,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @schema.parametrize()
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+# No health check is suppressed: none fires on these schemas (checked with several seeds, on a loaded 2-core
+# machine); suppress one only when it fires, with the reason it is harmless here.
+@settings(max_examples=100, deadline=None)
 def test_the_api_never_answers_5xx_and_matches_its_document(case: schemathesis.Case) -> None:
     case.call_and_validate(headers=bearer(ADMIN_KEY), checks=CHECKS)

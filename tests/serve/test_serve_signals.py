@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from aegis_online.serve import sessions
+from aegis_online.rayserve import sessions
 
 from .serve_process import ServeProcess
 
@@ -59,7 +59,7 @@ def test_sigterm_during_start_up_stops_quietly(starting: ServeProcess) -> None:
 
 
 def test_when_the_ray_driver_dies_the_supervisor_removes_what_is_left(starting: ServeProcess) -> None:
-    drivers = [p for p in starting.tree() if "aegis_online.serve.driver" in " ".join(p.cmdline())]
+    drivers = [p for p in starting.tree() if "aegis_online.rayserve.driver" in " ".join(p.cmdline())]
     assert len(drivers) == 1, [p.cmdline() for p in starting.tree()]
     drivers[0].kill()
     assert starting.wait(timeout_s=60) == 1

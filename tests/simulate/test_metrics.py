@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis_online.simulate.metrics import PredictorMetrics, Windows, average_precision, f1_score, recovery_steps
+from aegis_online.simulate.predictor_metrics import (
+    PredictorMetrics,
+    Windows,
+    average_precision,
+    f1_score,
+    recovery_steps,
+)
 from aegis_online.simulate.stream import NO_FEEDBACK, Stream
 
 

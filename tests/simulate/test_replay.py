@@ -48,7 +48,8 @@ def test_replay_writes_the_report_with_learners_experts_and_oracles(tmp_path: Pa
     assert {"best_fixed_loss", "best_switching_loss"} <= set(report["oracles"])
     assert report["categories"] == ["S1", "S8"]
     assert [s["name"] for s in report["segments"]] == ["jsonl", "jsonl (2)"]
-    assert report["learners"]["default"]["feedback"] == {"sent": 120, "applied": 120, "rejected": {}}
+    feedback = {"sent": 120, "applied": 120, "queued": 0, "duplicate": 0, "rejected": {}}
+    assert report["learners"]["default"]["feedback"] == feedback
     # after the shift blue is the right expert for S1: the adaptive ensemble moves its weight there
     final = report["learners"]["default"]["weights"]["final"]["global"]["S1"]
     assert final["blue"] > final["red"]

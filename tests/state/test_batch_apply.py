@@ -1,28 +1,22 @@
-"""``Engine.feedback_batch`` (the worker's path) equals ``Engine.feedback`` event by event, applies each stream
-position once however it is redelivered. (The SQLite store's survival of a restart: test_sqlite_store.py.)"""
+"""``FeedbackApplier.apply_batch`` (the worker's path) equals ``FeedbackApplier.apply`` event by event, applies
+each stream position once however it is redelivered. (The SQLite store's survival of a restart:
+test_sqlite_store.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aegis_online.engine import BanditConfig, Engine
 from aegis_online.feedback import loadgen
-from aegis_online.feedback.service import LoggedExpert
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog
+from aegis_online.weights import FeedbackApplier
 
 EXPERTS = ("a", "b", "c", "d")
 
 
-def make_engine(learner: str = "default", store=None, bandit: bool = False) -> Engine:
-    return Engine(
-        [LoggedExpert(n) for n in EXPERTS],
-        learner=learner,
-        store=store or MemoryLearnerStore(),
-        prediction_log=MemoryPredictionLog(),
-        bandit=BanditConfig(k=2) if bandit else None,
-    )
+def make_engine(learner: str = "default", store=None) -> FeedbackApplier:
+    return FeedbackApplier(EXPERTS, learner, store=store or MemoryLearnerStore(), prediction_log=MemoryPredictionLog())
 
 
 def mixed_events(records, rng: np.random.Generator) -> list[FeedbackEvent]:
@@ -49,7 +43,7 @@ def scenario(seed: int, n: int = 400, bandit: bool = False):
     return records, mixed_events(records, rng)
 
 
-def assert_same_states(expected: Engine, actual: Engine) -> None:
+def assert_same_states(expected: FeedbackApplier, actual: FeedbackApplier) -> None:
     keys = expected.store.keys()
     assert sorted(keys) == sorted(actual.store.keys())
     for key, want, got in zip(keys, expected.store.load(keys), actual.store.load(keys), strict=True):
@@ -65,60 +59,54 @@ def test_a_batch_equals_the_events_applied_one_by_one(learner: str, seed: int) -
         one.prediction_log.put(r)
         batch.prediction_log.put(r)
     for event in events:
-        one.feedback(event)
+        one.apply(event)
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.choice(np.arange(1, len(events)), size=6, replace=False))
-    planned = [
-        (batch.plan_feedback(e, batch.prediction_log.get(e.request_id)), "topic:0", i) for i, e in enumerate(events)
-    ]
+    planned = [(batch.plan(e, batch.prediction_log.get(e.request_id)), "topic:0", i) for i, e in enumerate(events)]
     for part in np.split(np.arange(len(events)), cuts):
-        result = batch.feedback_batch([planned[i] for i in part])
+        result = batch.apply_batch([planned[i] for i in part])
         assert all(result.applied)
     assert_same_states(one, batch)
 
 
 def test_a_bandit_batch_equals_the_events_applied_one_by_one() -> None:
     records, events = scenario(5, n=200, bandit=True)
-    one, batch = make_engine(bandit=True), make_engine(bandit=True)
+    one, batch = make_engine("exp3-ix"), make_engine("exp3-ix")
     for r in records:
         one.prediction_log.put(r)
         batch.prediction_log.put(r)
     for event in events:
-        one.feedback(event)
-    batch.feedback_batch(
-        [(batch.plan_feedback(e, r), "t:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))]
-    )
+        one.apply(event)
+    batch.apply_batch([(batch.plan(e, r), "t:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))])
     assert_same_states(one, batch)
 
 
 def test_redelivered_positions_change_nothing_and_new_ones_still_apply() -> None:
     records, events = scenario(6)
     engine = make_engine()
-    planned = [
-        (engine.plan_feedback(e, r), "topic:3", 100 + i) for i, (e, r) in enumerate(zip(events, records, strict=True))
-    ]
-    assert all(engine.feedback_batch(planned[:250]).applied)
+    planned = [(engine.plan(e, r), "topic:3", 100 + i) for i, (e, r) in enumerate(zip(events, records, strict=True))]
+    assert all(engine.apply_batch(planned[:250]).applied)
     before = {
         k: r.state.copy() for k, r in zip(engine.store.keys(), engine.store.load(engine.store.keys()), strict=True)
     }
-    again = engine.feedback_batch(planned[100:250])  # a redelivery after a crash before the commit
+    again = engine.apply_batch(planned[100:250])  # a redelivery after a crash before the commit
     assert not any(again.applied)
     for key, record in zip(before, engine.store.load(list(before)), strict=True):
         np.testing.assert_array_equal(record.state, before[key])
-    overlap = engine.feedback_batch(planned[200:])  # part seen, part new
+    overlap = engine.apply_batch(planned[200:])  # part seen, part new
     assert overlap.applied == [False] * 50 + [True] * (len(planned) - 250)
     reference = make_engine()
     for e, r in zip(events, records, strict=True):
         reference.prediction_log.put(r)
-        reference.feedback(e)
+        reference.apply(e)
     assert_same_states(reference, engine)
 
 
 def test_watermarks_are_per_stream_so_partitions_do_not_shadow_each_other() -> None:
     records, events = scenario(7, n=20)
     engine = make_engine()
-    plans = [engine.plan_feedback(e, r) for e, r in zip(events, records, strict=True)]
-    assert all(engine.feedback_batch([(p, "topic:0", 50) for p in plans[:1]]).applied)
-    assert all(engine.feedback_batch([(p, "topic:1", 3) for p in plans[1:2]]).applied)  # lower offset, other stream
-    marks = engine.store.load([engine.state_key("global", next(iter(plans[0].labels)))])[0].marks
+    plans = [engine.plan(e, r) for e, r in zip(events, records, strict=True)]
+    assert all(engine.apply_batch([(p, "topic:0", 50) for p in plans[:1]]).applied)
+    assert all(engine.apply_batch([(p, "topic:1", 3) for p in plans[1:2]]).applied)  # lower offset, other stream
+    marks = engine.store.load([engine.keyspace.key("global", next(iter(plans[0].labels)))])[0].marks
     assert marks["topic:0"] == 50

@@ -4,13 +4,13 @@ apart, and the same event id with other content refused as a conflict."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aegis_online.state import FeedbackLedger, MemoryFeedbackLedger
+from tests.helpers import wait_until
 
 NEW, PENDING, QUEUED, CONFLICT = FeedbackLedger.NEW, FeedbackLedger.PENDING, FeedbackLedger.QUEUED, "conflict"
 
@@ -50,14 +50,26 @@ def test_a_released_claim_can_be_taken_again(make_ledger: object) -> None:
     assert ledger.reserve([("acme", "e1")]) == [NEW]
 
 
+def reserve_until_changed(ledger: object, keys: list[tuple[str, str]], statuses: list[str]) -> list[str]:
+    """``ledger.reserve(keys)`` again and again (polls that find the same statuses change nothing) until it answers
+    something other than ``statuses``; that answer. Fails after 5 s."""
+    answers: list[list[str]] = []
+
+    def changed() -> bool:
+        answers.append(ledger.reserve(keys))
+        return answers[-1] != statuses
+
+    assert wait_until(changed, 5), f"{keys} still {statuses} after 5 s"
+    return answers[-1]
+
+
 def test_claims_lapse_and_queued_events_expire(make_ledger: object) -> None:
-    ledger = make_ledger(ttl_s=0.3, pending_ttl_s=0.2)
-    assert ledger.reserve([("acme", "lapsed"), ("acme", "kept")]) == [NEW, NEW]
-    ledger.confirm([("acme", "kept")])
-    time.sleep(0.25)
-    assert ledger.reserve([("acme", "lapsed"), ("acme", "kept")]) == [NEW, QUEUED]
-    time.sleep(0.2)
-    assert ledger.reserve([("acme", "kept")]) == [NEW]
+    ledger = make_ledger(ttl_s=1.0, pending_ttl_s=0.2)
+    lapsed, kept = ("acme", "lapsed"), ("acme", "kept")
+    assert ledger.reserve([lapsed, kept]) == [NEW, NEW]
+    ledger.confirm([kept])
+    assert reserve_until_changed(ledger, [lapsed, kept], [PENDING, QUEUED]) == [NEW, QUEUED]  # the claim lapsed
+    assert reserve_until_changed(ledger, [kept], [QUEUED]) == [NEW]  # the queued event expired
 
 
 def test_tenants_are_apart(make_ledger: object) -> None:

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from aegis_online.engine import Engine
-from aegis_online.feedback.service import LoggedExpert
 from aegis_online.state.redis_store import RedisLearnerStore, RedisPolicyStore, RedisPredictionLog, connect
+from aegis_online.weights import FeedbackApplier
 
 from .services import Services, spare_port
 from .test_batch_apply import EXPERTS, make_engine, scenario
@@ -77,8 +76,8 @@ def cluster_url(servers: Services, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_the_store_runs_on_a_cluster_and_matches_memory_bit_for_bit(cluster_url: str) -> None:
     client = connect(cluster_url, cluster=True)
-    engine = Engine(
-        [LoggedExpert(n) for n in EXPERTS],
+    engine = FeedbackApplier(
+        EXPERTS,
         store=RedisLearnerStore(client, "cl:"),
         prediction_log=RedisPredictionLog(client, "cl:"),
         policies=RedisPolicyStore(client, "cl:"),
@@ -88,11 +87,11 @@ def test_the_store_runs_on_a_cluster_and_matches_memory_bit_for_bit(cluster_url:
     assert all(engine.prediction_log.get_many([r.request_id for r in records]))
     memory = make_engine()
     for part in (slice(0, 150), slice(150, None)):
-        engine.feedback_batch(
-            [(engine.plan_feedback(e, r), "t:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))][part]
+        engine.apply_batch(
+            [(engine.plan(e, r), "t:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))][part]
         )
-        memory.feedback_batch(
-            [(memory.plan_feedback(e, r), "t:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))][part]
+        memory.apply_batch(
+            [(memory.plan(e, r), "t:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))][part]
         )
     keys = memory.store.keys()
     slots = {client.keyslot("cl:" + k) for k in keys}
@@ -100,4 +99,4 @@ def test_the_store_runs_on_a_cluster_and_matches_memory_bit_for_bit(cluster_url:
     for key, want, got in zip(keys, memory.store.load(keys), engine.store.load(keys), strict=True):
         assert got.updates == want.updates and got.state.tobytes() == want.state.tobytes(), key
     client.script_flush()
-    assert engine.feedback(events[0].model_copy(update={"event_id": "after-flush"})).applied
+    assert engine.apply(events[0].model_copy(update={"event_id": "after-flush"})).applied

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aegis_online.engine import Engine
 from aegis_online.feedback import loadgen
 from aegis_online.feedback.inprocess import EmbeddedFeedbackWorker, InProcessFeedbackQueue
 from aegis_online.feedback.processor import FeedbackProcessor
-from aegis_online.feedback.service import LoggedExpert
 from aegis_online.policy import TenantPolicy
 from aegis_online.state import FeedbackLedger, MemoryLearnerStore, StoreUnavailableError
 from aegis_online.state.sqlite import (
@@ -28,6 +26,7 @@ from aegis_online.state.sqlite import (
     open_sqlite_stores,
 )
 from aegis_online.state.sqlite import learner as sqlite_learner
+from aegis_online.weights import FeedbackApplier
 
 from .test_batch_apply import scenario
 
@@ -54,13 +53,8 @@ def open_in(data_dir: Path, opened: list[SqliteStores], **options: float) -> Sql
     return stores
 
 
-def engine_on(stores: SqliteStores) -> Engine:
-    return Engine(
-        [LoggedExpert(n) for n in EXPERTS],
-        store=stores.learner,
-        prediction_log=stores.predictions,
-        policies=stores.policies,
-    )
+def engine_on(stores: SqliteStores) -> FeedbackApplier:
+    return FeedbackApplier(EXPERTS, store=stores.learner, prediction_log=stores.predictions, policies=stores.policies)
 
 
 def snapshot(store: MemoryLearnerStore) -> dict[str, tuple[int, bytes, dict[str, int]]]:
@@ -74,19 +68,16 @@ def test_records_watermarks_and_event_ids_survive_a_reopen(data_dir: Path, opene
     engine = engine_on(stores)
     for r in records:
         engine.prediction_log.put(r)
-    assert engine.feedback(events[0]).applied  # the direct path: remembered by event id
-    planned = [
-        (engine.plan_feedback(e, r), "q:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True)) if i > 0
-    ]
-    engine.feedback_batch(planned)  # the queue's path: remembered by watermarks
-    weights, before = engine.weights("t1"), snapshot(stores.learner)
+    assert engine.apply(events[0]).applied  # the direct path: remembered by event id
+    planned = [(engine.plan(e, r), "q:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True)) if i > 0]
+    engine.apply_batch(planned)  # the queue's path: remembered by watermarks
+    before = snapshot(stores.learner)
     stores.close()
 
     again = engine_on(open_in(data_dir, opened))
     assert snapshot(again.store) == before  # bit for bit, watermarks included
-    assert again.weights("t1") == weights
-    assert not any(again.feedback_batch(planned).applied)  # a replay after the restart changes nothing
-    assert not again.feedback(events[0]).applied
+    assert not any(again.apply_batch(planned).applied)  # a replay after the restart changes nothing
+    assert not again.apply(events[0]).applied
     assert snapshot(again.store) == before
 
 
@@ -94,8 +85,8 @@ def test_a_batch_is_all_or_nothing(data_dir: Path, opened: list[SqliteStores], m
     records, events = scenario(9, n=60)
     stores = open_in(data_dir, opened)
     engine = engine_on(stores)
-    planned = [(engine.plan_feedback(e, r), "q:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))]
-    engine.feedback_batch(planned[:20])
+    planned = [(engine.plan(e, r), "q:0", i) for i, (e, r) in enumerate(zip(events, records, strict=True))]
+    engine.apply_batch(planned[:20])
     before = snapshot(stores.learner)
     encode, calls = sqlite_learner.encode_learner, []
 
@@ -107,13 +98,13 @@ def test_a_batch_is_all_or_nothing(data_dir: Path, opened: list[SqliteStores], m
 
     monkeypatch.setattr(sqlite_learner, "encode_learner", failing)
     with pytest.raises(StoreUnavailableError):
-        engine.feedback_batch(planned[20:])
+        engine.apply_batch(planned[20:])
     assert snapshot(stores.learner) == before  # the in-memory copy did not move either
     stores.close()
     monkeypatch.setattr(sqlite_learner, "encode_learner", encode)
     again = open_in(data_dir, opened)
     assert snapshot(again.learner) == before
-    assert all(engine_on(again).feedback_batch(planned[20:]).applied)  # retried: applied, once
+    assert all(engine_on(again).apply_batch(planned[20:]).applied)  # retried: applied, once
 
 
 def journalled_queue(stores: SqliteStores, partitions: int = 2) -> InProcessFeedbackQueue:
@@ -180,7 +171,7 @@ def test_queue_offsets_never_restart_even_when_everything_was_committed(
     worker.stop()
     assert new_offsets[0] == offsets[-1] + 1
     assert (worker.stats.applied, worker.stats.duplicates) == (20, 0)
-    assert stores.learner.load([engine.state_key("acme", "S1")])[0].updates == 40  # each event once
+    assert stores.learner.load([engine.keyspace.key("acme", "S1")])[0].updates == 40  # each event once
 
 
 def test_a_published_event_is_queued_in_the_ledger_with_its_journal_entry(

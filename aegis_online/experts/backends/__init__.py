@@ -1,6 +1,6 @@
 """Where guard models run: in-process transformers, offline vLLM, or an OpenAI-compatible HTTP server.
 
-Every backend answers ``GuardQuery``s with ``GuardAnswer``s and reads verdicts through ``verdict``; ``GuardExpert``
+Every backend answers ``GuardQuery``s with ``GuardAnswer``s and reads verdicts through ``verdict_logprobs``; ``GuardExpert``
 joins one to a family. The backends are exported lazily: importing this package pulls in neither torch, vllm nor
 httpx, which belong to optional extras.
 """
@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from aegis_online.experts.backends.guard_expert import GuardBackend, GuardExpert
-from aegis_online.experts.backends.verdict import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
 
 if TYPE_CHECKING:
     from aegis_online.experts.backends.http_client import GuardHTTPError

@@ -1,18 +1,29 @@
 """POST JSON to an OpenAI-compatible server with one pooled connection set and bounded, jittered retries.
 
 Shared by the guard backend and the moderations expert. What is retried is what may pass on its own: connection
-errors, timeouts, 429 and 5xx. Any other 4xx is the caller's mistake and raises at once with the server's message,
-since retrying it would only spend the request's deadline. httpx is imported in the constructor (``serve`` extra).
+errors, timeouts, 429 and 5xx (``Retry-After`` honoured); any other 4xx is the caller's mistake and raises at once
+with the server's message, since retrying it would only spend the request's deadline. The retry loop and its backoff
+are the project's one implementation, ``aegis_online.client.retry``.
+
+Why not the ``openai`` SDK: its retries wait 0.5 to 8 s with no way to shorten them, and a guard expert runs under
+a request deadline of a second or two (here the first wait is ``backoff_s``, 0.2 s, and a server asking for a longer
+``Retry-After`` than ``max_backoff_s`` is not retried inside the deadline); its timeout bounds each read, not a whole
+try; and it is not a dependency of the ``http`` extra. The logprobs bodies it would send are the ones built here.
+httpx is imported in the constructor (``http`` extra).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Mapping
 from typing import Any
 
+from aegis_online.client.retry import RetryPolicy, send_async
+
 __all__ = ["GuardHTTPError", "RetryingJSONClient"]
+
+#: Worth retrying from a model server: rate limited, and any server-side failure (an engine restarting, a proxy).
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
 class GuardHTTPError(RuntimeError):
@@ -37,7 +48,7 @@ class RetryingJSONClient:
         Attempts after the first, on retryable failures only.
     backoff_s, max_backoff_s
         Delay before retry ``n`` is about ``backoff_s * 2**n`` (capped), half of it random so that clients that
-        failed together do not retry together; a 429's ``Retry-After`` is honoured up to the cap.
+        failed together do not retry together; a ``Retry-After`` is honoured, and one beyond the cap is not retried.
     """
 
     def __init__(
@@ -59,8 +70,12 @@ class RetryingJSONClient:
         self._httpx = httpx
         self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.retry = RetryPolicy(
+            attempts=max_retries + 1,
+            backoff_s=backoff_s,
+            max_backoff_s=max(max_backoff_s, backoff_s),
+            statuses=RETRY_STATUSES,
+        )
         # Requests beyond the pool wait here, not inside an attempt, so queueing never counts as a server timeout.
         self._slots = asyncio.Semaphore(max_connections)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -73,40 +88,32 @@ class RetryingJSONClient:
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """The decoded JSON response of ``POST {base_url}/{path}``; raises ``GuardHTTPError`` when all tries fail."""
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            retry_after: float | None = None
-            try:
-                # httpx's timeout bounds each read; wait_for bounds the whole attempt (a slow drip of bytes too).
-                async with self._slots:
-                    response = await asyncio.wait_for(self._client.post(path, json=body), timeout=self.timeout_s)
-            except (asyncio.TimeoutError, self._httpx.TimeoutException):
-                failure, status = f"timed out after {self.timeout_s:g} s", None
-            except self._httpx.TransportError as exc:
-                failure, status = f"{type(exc).__name__}: {exc}", None
-            else:
-                if response.is_success:
-                    try:
-                        return response.json()
-                    except ValueError as exc:
-                        message = f"POST {path}: invalid JSON in response: {exc}"
-                        raise GuardHTTPError(message, response.status_code) from exc
-                status = response.status_code
-                failure = f"HTTP {status}: {_server_message(response)}"
-                if status != 429 and status < 500:
-                    raise GuardHTTPError(f"POST {path}: {failure}", status, attempt + 1)
-                retry_after = _retry_after(response)
-            if attempt + 1 == attempts:
-                raise GuardHTTPError(f"POST {path} failed after {attempts} attempts: {failure}", status, attempts)
-            await asyncio.sleep(self._delay(attempt, retry_after))
-        raise AssertionError("unreachable")
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-        delay = ceiling / 2 + random.uniform(0.0, ceiling / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_backoff_s))
-        return delay
+        async def attempt() -> Any:
+            # httpx's timeout bounds each read; wait_for bounds the whole attempt (a slow drip of bytes too).
+            async with self._slots:
+                return await asyncio.wait_for(self._client.post(path, json=body), timeout=self.timeout_s)
+
+        outcome = await send_async(self.retry, attempt)
+        response = outcome.response
+        if response is None:
+            error = outcome.error
+            timed_out = isinstance(error, asyncio.TimeoutError | self._httpx.TimeoutException)
+            failure = f"timed out after {self.timeout_s:g} s" if timed_out else f"{type(error).__name__}: {error}"
+            status = None
+        elif response.is_success:
+            try:
+                return response.json()
+            except ValueError as exc:
+                message = f"POST {path}: invalid JSON in response: {exc}"
+                raise GuardHTTPError(message, response.status_code, outcome.attempts) from exc
+        else:
+            status = response.status_code
+            failure = f"HTTP {status}: {_server_message(response)}"
+            if status not in RETRY_STATUSES and outcome.retry_after is None:
+                raise GuardHTTPError(f"POST {path}: {failure}", status, outcome.attempts)
+        attempts = outcome.attempts
+        raise GuardHTTPError(f"POST {path} failed after {attempts} attempts: {failure}", status, attempts)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -128,10 +135,3 @@ def _server_message(response: Any) -> str:
         if body.get("detail"):
             return str(body["detail"])
     return response.text[:500]
-
-
-def _retry_after(response: Any) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "")))
-    except ValueError:
-        return None

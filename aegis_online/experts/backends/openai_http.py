@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aegis_online.experts.backends.http_client import GuardHTTPError, RetryingJSONClient
-from aegis_online.experts.backends.verdict import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
 from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 from aegis_online.schemas import ExpertOutput
-from aegis_online.taxonomy import EXTERNAL
+from aegis_online.taxonomy import EXTERNAL, ExternalTaxonomy
 
 __all__ = [
     "OpenAIChatGuardBackend",
@@ -146,7 +146,8 @@ class OpenAIModerationsExpert(Expert):
     """OpenAI's moderation endpoint (or a compatible one) as an expert: one request scores a whole batch.
 
     Only the checked turn is sent, since the endpoint has no notion of a conversation. Scores come back for every
-    category the ``openai_omni`` map covers; each output keeps those the input asked for.
+    category the ``openai_omni`` map (or ``labels``: the catalog's ``category_map`` over it) covers; each output keeps
+    those the input asked for.
     """
 
     def __init__(
@@ -159,10 +160,12 @@ class OpenAIModerationsExpert(Expert):
         max_connections: int = 32,
         backoff_s: float = 0.2,
         name: str = "openai_moderation",
+        labels: ExternalTaxonomy | None = None,
     ) -> None:
         self.name = name
         self.model = model
-        self.categories = frozenset(cat for targets in _OMNI.to_canonical.values() for cat in targets)
+        self.labels = labels or _OMNI
+        self.categories = frozenset(cat for targets in self.labels.to_canonical.values() for cat in targets)
         self._http = RetryingJSONClient(
             base_url,
             api_key=api_key,
@@ -185,7 +188,7 @@ class OpenAIModerationsExpert(Expert):
         latency_ms = (time.perf_counter() - started) * 1000.0
         outputs = []
         for item, result in zip(batch, results, strict=True):
-            canonical = _OMNI.scores_to_canonical(self._known_scores(result.get("category_scores") or {}))
+            canonical = self.labels.scores_to_canonical(self._known_scores(result.get("category_scores") or {}))
             wanted = {c.id for c in item.categories}
             scores = {cat: p for cat, p in canonical.items() if cat in wanted}
             outputs.append(ExpertOutput(expert=self.name, scores=scores, latency_ms=latency_ms))
@@ -199,7 +202,7 @@ class OpenAIModerationsExpert(Expert):
         """
         known: dict[str, float] = {}
         for label, score in category_scores.items():
-            if label not in _OMNI.to_canonical:
+            if label not in self.labels.to_canonical:
                 if label not in self._unknown_labels:
                     self._unknown_labels.add(label)
                     logger.warning("%s: moderation label %r has no canonical mapping; ignored", self.name, label)

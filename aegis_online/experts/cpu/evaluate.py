@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from aegis_online.datasets import LabelledText, binary_targets, load, shared_data_dir
-from aegis_online.experts.cpu.embedding import EmbeddingExpert, get_embedder
+from aegis_online.experts.cpu.minilm import EmbeddingExpert, get_embedder
 from aegis_online.experts.cpu.profanity import ProfanityExpert
 from aegis_online.taxonomy import CANONICAL_IDS
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aegis_online.catalog import GUARD_FAMILIES
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
 from aegis_online.experts.guards.granite_guardian import GraniteGuardian
 from aegis_online.experts.guards.llama_guard import LlamaGuard3, LlamaGuard4
@@ -45,6 +46,8 @@ FAMILIES: dict[str, type[GuardFamily]] = {
     "granite_guardian": GraniteGuardian,
 }
 """Catalog name -> family class; each class's ``name`` is its key."""
+if sorted(FAMILIES) != sorted(GUARD_FAMILIES):  # the catalog validates entries against its list of names
+    raise ImportError(f"guard families {sorted(FAMILIES)} differ from the catalog's {sorted(GUARD_FAMILIES)}")
 
 
 def make_family(name: str, **options: Any) -> GuardFamily:

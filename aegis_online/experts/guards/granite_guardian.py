@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from aegis_online.experts.guards.answers import Requested
 from aegis_online.experts.guards.conversation import Exchange
-from aegis_online.experts.guards.verdict import Requested
 from aegis_online.experts.guards.yes_no import YesNoPerPolicy
 from aegis_online.taxonomy import Category
 

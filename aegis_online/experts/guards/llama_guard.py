@@ -12,10 +12,10 @@ user message instead, for a backend serving the model with a plain Llama chat te
 begin-of-text token: the backend's tokenizer adds it.
 
 Scores: P(unsafe) is the probability of the first verdict token (the model cards' recipe). The hazards written on
-the second line get it, projected onto the canonical taxonomy through ``taxonomy.LLAMA_GUARD_3``; the other
-requested categories get 0.0. A verdict without codes (``safe``, or ``unsafe`` alone) says nothing about which
-hazard, so every requested category gets P(unsafe). Custom categories follow Meta's advice for custom taxonomies:
-one category per prompt, asked in parallel, each read directly.
+the second line get it, projected onto the canonical taxonomy through ``taxonomy.LLAMA_GUARD_3`` (or ``labels``: the
+catalog entry's ``category_map`` over it); the other requested categories get 0.0. A verdict without codes (``safe``,
+or ``unsafe`` alone) says nothing about which hazard, so every requested category gets P(unsafe). Custom categories
+follow Meta's advice for custom taxonomies: one category per prompt, asked in parallel, each read directly.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 from aegis_online.experts.base import ExpertInput
+from aegis_online.experts.guards.answers import ordered, paired, requested, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
 from aegis_online.experts.guards.conversation import dialogue
-from aegis_online.experts.guards.verdict import ordered, paired, requested, verdict_probability
-from aegis_online.taxonomy import LLAMA_GUARD_3, LLAMA_GUARD_3_MAP, LLAMA_GUARD_3_NAMES, Category
+from aegis_online.taxonomy import LLAMA_GUARD_3, LLAMA_GUARD_3_NAMES, Category, ExternalTaxonomy
 
 CANONICAL_KEY = "mlcommons"
 """Query key of the prompt that lists the model's own hazards (custom categories use their category id)."""
@@ -102,10 +102,12 @@ class _LlamaGuard(GuardFamily):
     free_form = True
     codes: tuple[str, ...]
 
-    def __init__(self, codes: tuple[str, ...], as_messages: bool) -> None:
+    def __init__(self, codes: tuple[str, ...], as_messages: bool, labels: ExternalTaxonomy | None) -> None:
         self.codes = codes
         self.as_messages = as_messages
-        self.categories = frozenset().union(*(LLAMA_GUARD_3_MAP[code] for code in codes))
+        # The hazard codes' canonical meaning: the declared map, or the catalog entry's category_map over it.
+        self.labels = labels or LLAMA_GUARD_3
+        self.categories = frozenset().union(*(self.labels.to_canonical[code] for code in codes))
 
     @abc.abstractmethod
     def wrap(self, task: str) -> str:
@@ -147,7 +149,7 @@ class _LlamaGuard(GuardFamily):
                 flagged, listed = read_verdict(self.name, answer.text, self.codes)
                 p = verdict_probability(self.name, flagged, answer.p_positive, verdict=_word(flagged))
                 if listed:
-                    hit = LLAMA_GUARD_3.scores_to_canonical(dict.fromkeys(listed, p))
+                    hit = self.labels.scores_to_canonical(dict.fromkeys(listed, p))
                     scores.update({cat_id: hit.get(cat_id, 0.0) for cat_id in asked.canonical})
                 else:
                     scores.update(dict.fromkeys(asked.canonical, p))
@@ -174,11 +176,13 @@ class LlamaGuard3(_LlamaGuard):
 
     name = "llama_guard_3"
 
-    def __init__(self, variant: Literal["1b", "8b"] = "8b", as_messages: bool = False) -> None:
+    def __init__(
+        self, variant: Literal["1b", "8b"] = "8b", as_messages: bool = False, labels: ExternalTaxonomy | None = None
+    ) -> None:
         if variant not in ("1b", "8b"):
             raise ValueError(f"variant must be '1b' or '8b', got {variant!r}")
         self.variant = variant
-        super().__init__(_codes(13 if variant == "1b" else 14), as_messages)
+        super().__init__(_codes(13 if variant == "1b" else 14), as_messages, labels)
 
     def wrap(self, task: str) -> str:
         return (
@@ -192,8 +196,8 @@ class LlamaGuard4(_LlamaGuard):
 
     name = "llama_guard_4"
 
-    def __init__(self, as_messages: bool = False) -> None:
-        super().__init__(_codes(14), as_messages)
+    def __init__(self, as_messages: bool = False, labels: ExternalTaxonomy | None = None) -> None:
+        super().__init__(_codes(14), as_messages, labels)
 
     def wrap(self, task: str) -> str:
         return f"<|header_start|>user<|header_end|>\n\n{task}<|eot|><|header_start|>assistant<|header_end|>\n\n"

@@ -31,9 +31,9 @@ import re
 from collections.abc import Sequence
 
 from aegis_online.experts.base import ExpertInput
+from aegis_online.experts.guards.answers import ordered, paired, requested, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
 from aegis_online.experts.guards.conversation import Exchange, last_exchange
-from aegis_online.experts.guards.verdict import ordered, paired, requested, verdict_probability
 from aegis_online.taxonomy import CANONICAL, CANONICAL_IDS, Category
 
 KEY = "aegis"

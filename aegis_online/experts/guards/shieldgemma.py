@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from aegis_online.experts.guards.answers import Requested
 from aegis_online.experts.guards.conversation import Exchange
-from aegis_online.experts.guards.verdict import Requested
 from aegis_online.experts.guards.yes_no import YesNoPerPolicy
-from aegis_online.taxonomy import SHIELDGEMMA, SHIELDGEMMA_MAP, Category
+from aegis_online.taxonomy import SHIELDGEMMA, SHIELDGEMMA_MAP, Category, ExternalTaxonomy
 
 HARM_TYPES: tuple[str, ...] = tuple(SHIELDGEMMA_MAP)
 """ShieldGemma's harm types, as labelled in ``taxonomy.SHIELDGEMMA``."""
@@ -94,6 +94,8 @@ class ShieldGemma(YesNoPerPolicy):
         The harm types to ask about (default: all four); ``categories`` shrinks accordingly.
     definitions
         Replacement policy texts per harm type, completing "content that ...".
+    labels
+        The harm types' canonical meaning (default ``taxonomy.SHIELDGEMMA``; the catalog's ``category_map`` over it).
 
     Examples
     --------
@@ -103,14 +105,20 @@ class ShieldGemma(YesNoPerPolicy):
 
     name = "shieldgemma"
 
-    def __init__(self, harm_types: Iterable[str] | None = None, definitions: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        harm_types: Iterable[str] | None = None,
+        definitions: Mapping[str, str] | None = None,
+        labels: ExternalTaxonomy | None = None,
+    ) -> None:
         chosen = tuple(HARM_TYPES if harm_types is None else harm_types)
         unknown = sorted((set(chosen) | set(definitions or {})) - set(HARM_TYPES))
         if unknown:
             raise ValueError(f"unknown ShieldGemma harm types {unknown}; valid: {', '.join(HARM_TYPES)}")
         self.harm_types = tuple(h for h in HARM_TYPES if h in chosen)
         self.definitions = {**DEFINITIONS, **(definitions or {})}
-        self.categories = frozenset().union(*(SHIELDGEMMA_MAP[h] for h in self.harm_types))
+        self.labels = labels or SHIELDGEMMA
+        self.categories = frozenset().union(*(self.labels.to_canonical[h] for h in self.harm_types))
 
     @property
     def policies(self) -> Sequence[str]:
@@ -120,12 +128,12 @@ class ShieldGemma(YesNoPerPolicy):
         return [
             (harm, render(exchange, guideline(harm, self.definitions[harm], response)))
             for harm in self.harm_types
-            if SHIELDGEMMA_MAP[harm] & asked.canonical
+            if self.labels.to_canonical[harm] & asked.canonical
         ]
 
     def custom_prompt(self, exchange: Exchange, category: Category, response: bool) -> str:
         return render(exchange, custom_guideline(category, response))
 
     def canonical_scores(self, per_policy: dict[str, float], asked: Requested) -> dict[str, float]:
-        projected = SHIELDGEMMA.scores_to_canonical(per_policy)
+        projected = self.labels.scores_to_canonical(per_policy)
         return {cat_id: p for cat_id, p in projected.items() if cat_id in asked.canonical}

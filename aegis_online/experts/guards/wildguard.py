@@ -33,9 +33,9 @@ import re
 from collections.abc import Iterable, Sequence
 
 from aegis_online.experts.base import ExpertInput
+from aegis_online.experts.guards.answers import ordered, paired, requested, valid_ids, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
 from aegis_online.experts.guards.conversation import Exchange, last_exchange
-from aegis_online.experts.guards.verdict import ordered, paired, requested, valid_ids, verdict_probability
 
 KEY = "harmfulness"
 HARMFUL_REQUEST = "Harmful request"

@@ -11,9 +11,9 @@ import abc
 from collections.abc import Sequence
 
 from aegis_online.experts.base import ExpertInput
+from aegis_online.experts.guards.answers import Requested, ordered, paired, requested, yes_no_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardQuery
 from aegis_online.experts.guards.conversation import Exchange, last_exchange
-from aegis_online.experts.guards.verdict import Requested, ordered, paired, requested, yes_no_probability
 from aegis_online.taxonomy import Category
 
 

@@ -2,14 +2,14 @@
 
 Every moderation request reads its tenant's and the global records, so reads never touch the database: all records
 are loaded at open (about 1 KB per (scope, category) key: 1,000 tenants x 23 categories ~ 25 MB) and every write
-goes to the database first and to the copy once committed (write-through). One ``apply`` or ``apply_batch`` is one
-transaction: records, their watermarks and the event id of the direct path land together or not at all, which is
-what makes exactly-once hold across crashes (``docs/feedback.md``).
+goes to the database first and to the copy once committed (write-through). One ``compare_and_set`` is one
+transaction: records, their watermarks and the event markers of the direct path land together or not at all, which
+is what makes exactly-once hold across crashes (``docs/feedback.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aegis_online.state.base import LearnerRecord
 from aegis_online.state.codec import decode_learner, encode_learner
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS applied_events (seq INTEGER PRIMARY KEY AUTOINCREMENT
 class SqliteLearnerStore(MemoryLearnerStore):
     """``MemoryLearnerStore`` whose writes are committed to ``db`` before they become visible.
 
-    Remembered event ids of the direct path (``apply``) live in the database only (bounded: the newest
+    Remembered event markers of the direct path live in the database only (bounded: the newest
     ``max_remembered_events``); that path is for low volumes. The direct path's writes are synced (its caller is
     told the event was applied); batches are not: their queue commit follows them in the same WAL, so a power loss
     that takes a batch back takes its commit back too, and the batch is redelivered.
@@ -39,20 +39,20 @@ class SqliteLearnerStore(MemoryLearnerStore):
             rows = conn.execute("SELECT key, record FROM learner").fetchall()
         self._records.update((key, decode_learner(blob)) for key, blob in rows)
 
-    def _was_applied(self, event_id: str) -> bool:
+    def _was_applied(self, marker: str) -> bool:
         with self.db.read() as conn:
-            return conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (event_id,)).fetchone() is not None
+            return conn.execute("SELECT 1 FROM applied_events WHERE event_id = ?", (marker,)).fetchone() is not None
 
-    def _save(self, records: Mapping[str, LearnerRecord], event_id: str | None) -> None:
+    def _save(self, records: Mapping[str, LearnerRecord], markers: Sequence[str]) -> None:
         with self.db.transaction() as conn:
             conn.executemany(
                 "INSERT INTO learner (key, record) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET record = excluded.record",
                 [(key, encode_learner(record)) for key, record in records.items()],
             )
-            if event_id is not None:
-                seq = conn.execute("INSERT INTO applied_events (event_id) VALUES (?)", (event_id,)).lastrowid
+            for marker in markers:
+                seq = conn.execute("INSERT INTO applied_events (event_id) VALUES (?)", (marker,)).lastrowid
                 conn.execute("DELETE FROM applied_events WHERE seq <= ?", ((seq or 0) - self._max_events,))
-        if event_id is not None:
+        if markers:
             self.db.sync()
         self._records.update(records)

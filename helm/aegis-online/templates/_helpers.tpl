@@ -108,13 +108,13 @@ RayService) and the <release>-config ConfigMap (the feedback workers), so learne
 {{- toYaml (mustMergeOverwrite $config $owned) -}}
 {{- end -}}
 
-{{/* serveConfigV2: Ray Serve's deploy config; the application is built by aegis_online.serve.kuberay from the
+{{/* serveConfigV2: Ray Serve's deploy config; the application is built by aegis_online.rayserve.kuberay from the
 embedded service configuration. */}}
 {{- define "aegis-online.serveConfigV2" -}}
 {{- $app := dict
   "name" "aegis-online"
   "route_prefix" "/"
-  "import_path" "aegis_online.serve.kuberay:app_builder"
+  "import_path" "aegis_online.rayserve.kuberay:app_builder"
   "args" (dict "config" (include "aegis-online.serveConfig" . | fromYaml))
 -}}
 {{- $serve := dict

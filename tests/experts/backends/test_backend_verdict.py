@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from aegis_online.experts.backends.verdict import best_logprob, verdict_probability, verdict_step
+from aegis_online.experts.backends.verdict_logprobs import best_logprob, verdict_probability, verdict_step
 
 
 def renormalised(lp_pos: float, lp_neg: float) -> float:

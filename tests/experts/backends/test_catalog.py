@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from aegis_online.catalog import CatalogError, cpu_expert_specs, default_catalog_dir, load_catalog, load_spec
 from aegis_online.experts import ExpertInput
-from aegis_online.experts.catalog import (
-    CatalogError,
-    build_expert,
-    cpu_expert_specs,
-    default_catalog_dir,
-    load_catalog,
-    load_spec,
-)
+from aegis_online.experts.build import build_expert
 from aegis_online.schemas import Message
 from aegis_online.taxonomy import category
 

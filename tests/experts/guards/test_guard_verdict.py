@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from aegis_online.experts.guards.answers import verdict_probability, yes_no, yes_no_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardParseError
-from aegis_online.experts.guards.verdict import verdict_probability, yes_no, yes_no_probability
 
 
 def test_without_probability_the_verdict_scores_one_or_zero() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from aegis_online.experts.guards import NemoGuardContentSafety, WildGuard
 
-backend_verdict = pytest.importorskip("aegis_online.experts.backends.verdict")
+backend_verdict = pytest.importorskip("aegis_online.experts.backends.verdict_logprobs")
 
 
 def _steps(tokens: list[str], at: str, candidates: dict[str, float]) -> list[tuple[str, dict[str, float]]]:

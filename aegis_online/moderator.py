@@ -1,0 +1,279 @@
+"""The request path: experts -> combine -> decide -> log. One definition of a decision.
+
+``moderate`` (async) calls the experts under a deadline; ``decide`` (sync) takes expert outputs already in hand (a
+replay cache). Both combine with the learned weights of the tenant's scope (``weights.personalised_states``), apply
+the tenant's policy and log the prediction that feedback will be joined with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aegis_online.ensemble import combine
+from aegis_online.errors import InvalidRequestError
+from aegis_online.experts import Expert, ExpertInput, score_with_deadline
+from aegis_online.learn import DEFAULT_LEARNER, Learner, make_learner
+from aegis_online.learn.exp3ix import Exp3IX
+from aegis_online.policy import TenantPolicy, decide_category, overall_action, resolve_category
+from aegis_online.schemas import (
+    FAILURE_KINDS,
+    Decision,
+    ExpertContribution,
+    ExpertOutput,
+    MissingExpert,
+    MissingKind,
+    ModerationRequest,
+    UnscoredCategory,
+    new_request_id,
+)
+from aegis_online.state import (
+    LearnerStore,
+    MemoryLearnerStore,
+    MemoryPolicyStore,
+    MemoryPredictionLog,
+    PolicyStore,
+    PredictionLog,
+    PredictionRecord,
+)
+from aegis_online.taxonomy import CategorySet
+from aegis_online.weights import GLOBAL_SCOPE, KeySpace, personalised_states
+
+#: Order in which an unscored category names its reasons: the most actionable first.
+_KIND_ORDER: tuple[str, ...] = ("timeout", "error", "language", "not_queried", "not_covered")
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """Query only ``k`` experts per request (the ``always`` ones plus a sample), learning with Exp3-IX."""
+
+    k: int
+    always: tuple[str, ...] = ()
+
+
+class Moderator:
+    """Scores, combines, decides and logs, for one (learner, ordered expert list)."""
+
+    def __init__(
+        self,
+        experts: Sequence[Expert],
+        *,
+        learner: str | Learner = DEFAULT_LEARNER,
+        store: LearnerStore | None = None,
+        prediction_log: PredictionLog | None = None,
+        policies: PolicyStore | None = None,
+        deadline_s: float = 2.0,
+        bandit: BanditConfig | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not experts:
+            raise ValueError("experts: the engine needs at least one expert")
+        names = [e.name for e in experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experts: names must be unique, got {names}")
+        self.experts = list(experts)
+        self.expert_names = tuple(names)
+        self.learner = learner if isinstance(learner, Learner) else make_learner(learner, len(experts))
+        if self.learner.n_experts != len(experts):
+            raise ValueError(f"learner has {self.learner.n_experts} experts, the engine {len(experts)}")
+        if bandit is not None:
+            if not isinstance(self.learner, Exp3IX):
+                raise ValueError(
+                    f"bandit: bandit mode learns from selection probabilities and needs learner exp3-ix, "
+                    f"not {self.learner.name!r}"
+                )
+            unknown = set(bandit.always) - set(names)
+            if unknown:
+                raise ValueError(f"bandit.always: unknown experts {sorted(unknown)}")
+        elif self.learner.bandit:
+            raise ValueError("a bandit learner needs a BanditConfig (how many experts to query)")
+        self.bandit = bandit
+        self.keyspace = KeySpace(self.learner.name, self.expert_names)
+        self.store = store or MemoryLearnerStore()
+        self.prediction_log = prediction_log or MemoryPredictionLog()
+        self.policies = policies or MemoryPolicyStore()
+        self.deadline_s = deadline_s
+        self._rng = np.random.default_rng(seed)
+
+    def load_states(self, tenant: str, categories: Sequence[str], policy: TenantPolicy) -> tuple[np.ndarray, list[str]]:
+        """Learner states to predict with per category, and which scope each came from."""
+        return personalised_states(
+            self.store, self.keyspace, self.learner, tenant, categories, policy.personalise_after
+        )
+
+    def weights(self, scope: str, categories: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """Current weight of every expert per category for a tenant (the weights its requests use), or for
+        ``GLOBAL_SCOPE`` (the weights every tenant starts from; categories of the ``default`` policy)."""
+        policy = self.policies.effective("default" if scope == GLOBAL_SCOPE else scope)
+        cats = list(categories or policy.category_set().ids)
+        states, _ = self.load_states(scope, cats, policy)
+        w = self.learner.weights(states)
+        return {c: dict(zip(self.expert_names, map(float, w[i]), strict=True)) for i, c in enumerate(cats)}
+
+    # -- request path ------------------------------------------------------------------------------------------
+    def categories_for(self, request: ModerationRequest, policy: TenantPolicy) -> CategorySet:
+        known = policy.category_set()
+        if request.categories is None:
+            return known
+        chosen = []
+        for i, key in enumerate(request.categories):
+            cat_id = resolve_category(key, known)
+            if cat_id is None:
+                raise InvalidRequestError(f"categories.{i}: unknown category {key!r}")
+            chosen.append(known[cat_id])
+        return CategorySet(tuple(dict.fromkeys(chosen)))
+
+    def select_experts(
+        self, tenant: str, categories: Sequence[str], policy: TenantPolicy
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Which experts to query (all, or a bandit sample) and their selection probabilities."""
+        n = len(self.experts)
+        if self.bandit is None:
+            return np.ones(n, dtype=bool), None
+        states, _ = self.load_states(tenant, categories, policy)
+        mean_state = states.mean(axis=0)  # one selection per request, from the categories' average estimates
+        always = [self.expert_names.index(a) for a in self.bandit.always]
+        assert isinstance(self.learner, Exp3IX)
+        return self.learner.select(mean_state, self.bandit.k, self._rng, always=always)
+
+    async def moderate(self, request: ModerationRequest, *, deadline_s: float | None = None) -> Decision:
+        """Score the request with the experts under the deadline (``deadline_s``, default the engine's: what is
+        left of the request's budget after queueing), combine, decide and log."""
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        policy = self.policies.effective(request.tenant)
+        categories = self.categories_for(request, policy)
+        chosen, propensities = self.select_experts(request.tenant, categories.ids, policy)
+        calls = []
+        for expert, selected in zip(self.experts, chosen, strict=True):
+            covered = tuple(c for c in categories if expert.covers(c))
+            if selected and covered:
+                item = ExpertInput(messages=tuple(request.messages), check=request.check, categories=covered)
+                calls.append(score_with_deadline(expert, [item], budget))
+        results = await asyncio.gather(*calls)
+        outputs = [batch[0] for batch in results]
+        return self.decide(request, outputs, propensities=propensities, policy=policy, categories=categories)
+
+    def decide(
+        self,
+        request: ModerationRequest,
+        outputs: Sequence[ExpertOutput],
+        *,
+        propensities: np.ndarray | None = None,
+        policy: TenantPolicy | None = None,
+        categories: CategorySet | None = None,
+    ) -> Decision:
+        """Combine expert outputs already in hand, apply the tenant's policy, log the prediction."""
+        policy = policy or self.policies.effective(request.tenant)
+        categories = categories or self.categories_for(request, policy)
+        cat_ids = categories.ids
+        by_name = {o.expert: o for o in outputs}
+        unknown = set(by_name) - set(self.expert_names)
+        if unknown:
+            raise InvalidRequestError(f"outputs: unknown experts {sorted(unknown)}")
+        matrix = np.full((len(cat_ids), len(self.experts)), np.nan)
+        missing: list[MissingExpert] = []
+        #: why expert i gave no score (None: it answered)
+        absent: list[MissingKind | None] = []
+        for i, (name, expert) in enumerate(zip(self.expert_names, self.experts, strict=True)):
+            out = by_name.get(name)
+            if out is None:
+                covers_any = any(expert.covers(cat) for cat in categories)
+                kind: MissingKind = "not_queried" if covers_any else "not_covered"
+                reason = "not queried (bandit mode)" if propensities is not None else "not queried"
+                missing.append(
+                    MissingExpert(
+                        expert=name, kind=kind, reason=reason if covers_any else "covers none of the categories"
+                    )
+                )
+                absent.append(kind)
+            elif not out.ok:
+                missing.append(MissingExpert(expert=name, kind=out.error_kind, reason=out.error or "error"))
+                absent.append(out.error_kind)
+            else:
+                absent.append(None)
+                for c, cat in enumerate(cat_ids):
+                    if cat in out.scores:
+                        matrix[c, i] = out.scores[cat]
+        states, scopes = self.load_states(request.tenant, cat_ids, policy)
+        combination = combine(self.learner, states, matrix)
+        strictness = policy.strictness_for(request.strictness)
+        unscored = self._unscored(categories, combination.scores, absent)
+        why = {u.category: u.kinds[0] for u in unscored}
+        decisions = [
+            decide_category(
+                policy, cat, None if np.isnan(s) else float(s), strictness, scopes[c], why.get(cat, "not_covered")
+            )
+            for c, (cat, s) in enumerate(zip(cat_ids, combination.scores, strict=True))
+        ]
+        nobody = bool(np.isnan(combination.scores).all()) and any(k in FAILURE_KINDS for k in absent)
+        degraded = bool(unscored) or nobody
+        action = policy.on_no_experts if nobody and policy.on_no_experts else overall_action(decisions)
+        request_id = request.request_id or new_request_id()
+        contributions = [
+            ExpertContribution(
+                expert=name,
+                weights={
+                    cat: float(combination.weights[c, i]) for c, cat in enumerate(cat_ids) if not np.isnan(matrix[c, i])
+                },
+                scores={cat: float(matrix[c, i]) for c, cat in enumerate(cat_ids) if not np.isnan(matrix[c, i])},
+                latency_ms=by_name[name].latency_ms,
+            )
+            for i, name in enumerate(self.expert_names)
+            if name in by_name and by_name[name].ok
+        ]
+        flagged = tuple(d.category for d in decisions if d.flagged and d.score is not None)
+        self.prediction_log.put(
+            PredictionRecord(
+                request_id=request_id,
+                tenant=request.tenant,
+                check=request.check,
+                created=time.time(),
+                experts=self.expert_names,
+                categories=cat_ids,
+                outputs=matrix,
+                scores=combination.scores,
+                flagged=flagged,
+                propensities=propensities,
+                input_digest=request.input_digest,
+            )
+        )
+        return Decision(
+            request_id=request_id,
+            tenant=request.tenant,
+            check=request.check,
+            strictness=strictness,
+            action=action,
+            flagged=action != "allow",
+            categories=decisions,
+            experts=contributions,
+            missing_experts=missing,
+            degraded=degraded,
+            unscored=unscored,
+        )
+
+    def _unscored(
+        self, categories: CategorySet, scores: np.ndarray, absent: Sequence[MissingKind | None]
+    ) -> list[UnscoredCategory]:
+        """Categories with no score although an expert of the ensemble covers them, with why (the failure kinds of
+        their covering experts; ``error`` for one that answered without the score). Categories no expert covers
+        are a gap of the deployment, reported per category as ``not_covered``, not a degradation."""
+        found = []
+        for c, cat in enumerate(categories):
+            if not np.isnan(scores[c]):
+                continue
+            experts = [i for i, expert in enumerate(self.experts) if expert.covers(cat)]
+            if not experts:
+                continue
+            kinds = sorted({absent[i] or "error" for i in experts}, key=_KIND_ORDER.index)
+            found.append(
+                UnscoredCategory(
+                    category=cat.id,
+                    kinds=kinds,
+                    experts=[self.expert_names[i] for i in experts],  # type: ignore[arg-type]
+                )
+            )
+        return found

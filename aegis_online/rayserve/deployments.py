@@ -1,0 +1,267 @@
+"""The Ray Serve application: one deployment per expert, and the FastAPI ingress that fans out to them.
+
+``ExpertDeployment`` wraps an ``Expert`` built from its catalog entry (``build_expert``) behind ``@serve.batch``:
+concurrent requests to one replica are scored together, up to ``max_batch_size`` or ``batch_wait_timeout_ms``. It
+loads its model and scores one text before it reports ready, so the first real request does not pay for loading.
+Resources come from the catalog (``hardware.cpus`` / ``gpus`` / ``memory_gb``; fractional CPUs for light experts)
+unless the config overrides them. A vLLM expert sharded over ``tensor_parallel_size`` N > 1 GPUs gets a placement
+group per replica instead of ``num_gpus``: N bundles of one GPU each, on one node (``replica_resources``), in which
+vLLM starts its N GPU workers.
+
+``ModerationIngress`` builds the service (``service.build_service``) over ``RemoteExpert`` stand-ins whose
+``score`` calls a deployment handle, and serves ``app.create_app``. The engine's own ``moderate`` then does the
+fan-out: every expert in parallel under the request's deadline; one that fails or is late is named in
+``missing_experts`` and treated as asleep, and its Ray request is cancelled.
+
+Cheap experts (``placement``: by default catalog cost ``cpu-light``, i.e. profanity-check) are built inside the
+ingress instead and called in process: a Ray hop (serialisation, a queue, a batch wait, two event-loop turns) costs
+more than their work (about 4 ms), and on a small machine every hop's CPU is taken from the experts. Their work
+runs in a thread (``asyncio.to_thread`` in the backend), never on the ingress' event loop. They keep their place in
+the expert order (it names the learner's keys) and their CPUs are reserved by the ingress replica.
+
+``build_app(config, keys)`` binds it all. Only key digests go to the ingress (``KeyTable.to_wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from aegis_online.catalog import ExpertSpec
+from aegis_online.config import Autoscaling, ExpertServing, ServiceConfig
+from aegis_online.experts import Expert, ExpertInput, score_with_deadline
+from aegis_online.experts.build import build_expert
+from aegis_online.schemas import ExpertOutput, Message
+from aegis_online.serve.auth import KeyTable
+from aegis_online.taxonomy import CANONICAL
+
+log = logging.getLogger("aegis_online.serve")
+
+#: Ray's own cap on one replica's work: an expert call that takes longer is an error, whatever the request deadline.
+REPLICA_SCORE_TIMEOUT_S = 60.0
+#: Tensor-parallel shards exchange activations at every layer: across nodes that traffic would cost more than the
+#: sharding saves, so a sharded replica waits for one node with all its GPUs rather than spreading.
+SHARDED_PLACEMENT_STRATEGY = "STRICT_PACK"
+#: vLLM's engine process, when it runs apart from the replica (its V1 default), joins Ray as a new driver outside the
+#: replica's placement group and would ask for N more GPUs; in process it finds the group the replica runs in.
+SHARDED_REPLICA_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+WARM_UP_TEXT = "Hello! Could you help me write a short, friendly note to a colleague?"
+
+
+@serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=5)
+class ExpertDeployment:
+    """One catalog expert, batched."""
+
+    async def __init__(self, spec: dict[str, Any], serving: dict[str, Any]) -> None:
+        self.spec = ExpertSpec.model_validate(spec)
+        options = ExpertServing.model_validate(serving)
+        self.expert = await build_ready_expert(self.spec, options, in_thread=False)
+        self.score.set_max_batch_size(options.max_batch_size)
+        self.score.set_batch_wait_timeout_s(options.batch_wait_timeout_ms / 1000.0)
+
+    def describe(self) -> dict[str, Any]:
+        """What the ingress needs to route to this expert: its name and coverage."""
+        return {
+            "name": self.expert.name,
+            "categories": sorted(self.expert.categories),
+            "free_form": bool(self.expert.free_form),
+        }
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def score(self, items: list[ExpertInput]) -> list[ExpertOutput]:
+        return await score_with_deadline(self.expert, items, REPLICA_SCORE_TIMEOUT_S)
+
+
+async def build_ready_expert(spec: ExpertSpec, options: ExpertServing, *, in_thread: bool) -> Expert:
+    """Build the expert of ``spec`` (in a thread when ``in_thread``: its imports and model load take seconds) and
+    score one text, so that the first real request does not pay for loading; fail loudly if it cannot."""
+    started = time.perf_counter()
+    if options.threads:  # Ray starts a replica with OMP_NUM_THREADS = its CPUs, rounded up: 1 for a fraction
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(options.threads)
+    expert = await asyncio.to_thread(build_expert, spec) if in_thread else build_expert(spec)
+    item = ExpertInput(
+        messages=(Message(role="user", content=WARM_UP_TEXT),),
+        check="prompt",
+        categories=tuple(c for c in CANONICAL if expert.covers(c)),
+    )
+    output = (await score_with_deadline(expert, [item], REPLICA_SCORE_TIMEOUT_S))[0]
+    if not output.ok:
+        raise RuntimeError(f"expert {spec.name} failed its warm-up: {output.error}")
+    if options.threads and "torch" in sys.modules:  # loaded by the warm-up, when the expert uses it
+        sys.modules["torch"].set_num_threads(options.threads)
+    log.info("expert %s ready in %.1f s", spec.name, time.perf_counter() - started)
+    return expert
+
+
+class RemoteExpert(Expert):
+    """An expert deployment as the engine sees it: coverage known, ``score`` a call to the deployment's handle.
+
+    The latency it reports is the round trip seen by the ingress (queueing and transport included): what a caller
+    waits for. A cancelled call (the request's deadline passed) cancels the Ray request too.
+    """
+
+    def __init__(self, name: str, categories: Sequence[str], free_form: bool, handle: DeploymentHandle) -> None:
+        self.name = name
+        self.categories = frozenset(categories)
+        self.free_form = free_form
+        self.handle = handle
+
+    async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
+        started = time.perf_counter()
+        responses = [self.handle.score.remote(item) for item in batch]
+        try:
+            outputs = [await response for response in responses]
+        except asyncio.CancelledError:
+            for response in responses:
+                response.cancel()
+            raise
+        elapsed = (time.perf_counter() - started) * 1000.0
+        return [o.model_copy(update={"latency_ms": elapsed}) for o in outputs]
+
+
+@serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=10)
+@serve.ingress()
+class ModerationIngress:
+    """The HTTP entry point: the FastAPI app of ``create_app`` over the expert deployments and the experts placed
+    in the ingress (``plan``: every expert in the engine's order, with its catalog entry and serving options;
+    ``experts``: the handles of those that are deployments)."""
+
+    async def __init__(
+        self,
+        config: dict[str, Any],
+        keys: list[dict[str, Any]],
+        experts: Mapping[str, DeploymentHandle],
+        plan: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        from aegis_online.serve.service import build_service
+
+        self.config = ServiceConfig.model_validate(config)
+
+        async def expert(entry: dict[str, Any]) -> Expert:
+            handle = experts.get(entry["name"])
+            if handle is None:
+                spec, serving = ExpertSpec.model_validate(entry["spec"]), ExpertServing.model_validate(entry["serving"])
+                return await build_ready_expert(spec, serving, in_thread=True)
+            d = await handle.describe.remote()
+            return RemoteExpert(d["name"], d["categories"], d["free_form"], handle)
+
+        entries = list(plan) or [{"name": name} for name in experts]
+        built = await asyncio.gather(*(expert(entry) for entry in entries))
+        self.service = build_service(self.config, built, KeyTable.from_wire(keys))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from aegis_online.serve.app import create_app
+
+        return create_app(self.service)
+
+
+def deployment_name(expert: str) -> str:
+    return f"expert-{expert}"
+
+
+def build_app(config: ServiceConfig, keys: KeyTable) -> serve.Application:
+    """The Ray Serve application of ``config``: the expert deployments and the ingress, bound."""
+    experts: dict[str, serve.Application] = {}
+    plan = []
+    for spec, serving in config.expert_plan():
+        plan.append(
+            {"name": spec.name, "spec": spec.model_dump(mode="json"), "serving": serving.model_dump(mode="json")}
+        )
+        if serving.in_ingress(spec):
+            continue
+        experts[spec.name] = ExpertDeployment.options(
+            name=deployment_name(spec.name),
+            **_replica_options(serving.replicas, serving.autoscaling),
+            max_ongoing_requests=serving.max_ongoing_requests,
+            **replica_resources(spec, serving),
+        ).bind(spec.model_dump(mode="json"), serving.model_dump(mode="json"))
+    # The ingress gets the config without the inline keys (their digests travel in ``keys``).
+    wire_config = config.model_dump(mode="json", exclude={"auth": {"keys"}})
+    ingress = ingress_replica_needs(config)
+    ingress_options: dict[str, Any] = {"num_cpus": ingress["CPU"]}
+    if ingress["memory_gb"]:
+        ingress_options["memory"] = int(ingress["memory_gb"] * 1024**3)
+    return ModerationIngress.options(
+        name="ingress",
+        **_replica_options(config.ingress.replicas, config.ingress.autoscaling),
+        max_ongoing_requests=config.ingress.max_ongoing_requests,
+        # The proxy queues what the ingress replicas cannot take, unseen by admission control: bounded, it refuses
+        # the rest at once with 503 and Retry-After.
+        max_queued_requests=config.ingress.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": 1},
+        ray_actor_options=ingress_options,
+    ).bind(wire_config, keys.to_wire(), experts, plan)
+
+
+def replica_resources(spec: ExpertSpec, serving: ExpertServing) -> dict[str, Any]:
+    """The Ray Serve options that reserve what one replica of an expert deployment needs.
+
+    Unsharded: ``ray_actor_options`` with the CPUs, memory and (fraction of a) GPU. Sharded over
+    ``tensor_parallel_size`` N > 1: the replica itself holds no GPU; ``placement_group_bundles`` reserve N bundles of
+    one GPU each on one node (``SHARDED_PLACEMENT_STRATEGY``), the first also holding the replica's CPUs and memory
+    (Ray Serve places the replica in the first bundle), and vLLM's GPU workers, started by the replica, land in them.
+    """
+    actor_options: dict[str, Any] = {
+        "num_cpus": serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus,
+        "memory": int(spec.hardware.memory_gb * 1024**3),
+    }
+    shards = spec.tensor_parallel_size
+    if shards > 1:
+        bundles = [{"GPU": 1.0} for _ in range(shards)]
+        bundles[0] |= {"CPU": actor_options["num_cpus"], "memory": actor_options["memory"]}
+        return {
+            "ray_actor_options": actor_options | {"runtime_env": {"env_vars": dict(SHARDED_REPLICA_ENV)}},
+            "placement_group_bundles": bundles,
+            "placement_group_strategy": SHARDED_PLACEMENT_STRATEGY,
+        }
+    gpus = serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus
+    if gpus:
+        actor_options["num_gpus"] = gpus
+    return {"ray_actor_options": actor_options}
+
+
+def _replica_options(replicas: int, autoscaling: Autoscaling | None) -> dict[str, Any]:
+    if autoscaling is None:
+        return {"num_replicas": replicas}
+    return {"num_replicas": "auto", "autoscaling_config": autoscaling.to_ray()}
+
+
+def _replicas(replicas: int, autoscaling: Autoscaling | None, bound: str) -> int:
+    if autoscaling is None:
+        return replicas
+    return autoscaling.max_replicas if bound == "max" else max(autoscaling.min_replicas, 1)
+
+
+def ingress_replica_needs(config: ServiceConfig) -> dict[str, float]:
+    """What one ingress replica reserves: its own CPUs plus those (and the memory) of the experts placed in it."""
+    cpus, memory_gb = config.ingress.num_cpus, 0.0
+    for spec, serving in config.expert_plan():
+        if serving.in_ingress(spec):
+            cpus += serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus
+            memory_gb += spec.hardware.memory_gb
+    return {"CPU": cpus, "memory_gb": memory_gb}
+
+
+def resource_needs(config: ServiceConfig, bound: str = "min") -> dict[str, float]:
+    """CPUs and GPUs the application reserves, summed over replicas: at start (``min``: autoscaled deployments at
+    their floor, at least one replica) or at most (``max``: every autoscaled deployment at its ceiling). Experts
+    placed in the ingress count once per ingress replica."""
+    ingress = _replicas(config.ingress.replicas, config.ingress.autoscaling, bound)
+    cpus = ingress * ingress_replica_needs(config)["CPU"]
+    gpus = 0.0
+    for spec, serving in config.expert_plan():
+        if serving.in_ingress(spec):
+            continue
+        replicas = _replicas(serving.replicas, serving.autoscaling, bound)
+        cpus += replicas * (serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus)
+        gpus += replicas * (serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus)
+    return {"CPU": cpus, "GPU": gpus}
