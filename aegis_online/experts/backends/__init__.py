@@ -1,8 +1,8 @@
 """Where guard models run: in-process transformers, offline vLLM, or an OpenAI-compatible HTTP server.
 
-Every backend answers ``GuardQuery``s with ``GuardAnswer``s and reads verdicts through ``verdict_logprobs``; ``GuardExpert``
-joins one to a family. The backends are exported lazily: importing this package pulls in neither torch, vllm nor
-httpx, which belong to optional extras.
+Every backend answers ``GuardQuery``s with ``GuardAnswer``s and reads verdicts through ``verdict_logprobs``;
+``GuardExpert`` joins one to a family. The backends are exported lazily: importing this package pulls in neither
+torch, vllm nor httpx, which belong to optional extras.
 """
 
 from __future__ import annotations

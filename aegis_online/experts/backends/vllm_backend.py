@@ -2,8 +2,9 @@
 
 vLLM is CUDA-only and pins its own torch, so it stays an optional extra: this module imports without it and the
 constructor imports it. The engine returns the top ``logprobs`` candidates per step (the sampled token too);
-``steps_from_completion`` turns them into the ``verdict_logprobs`` module's steps, so P(positive) is read by the same rule
-as on every other backend. A verdict token outside the top k falls back to ``verdict_probability``'s bounds.
+``steps_from_completion`` turns them into the ``verdict_logprobs`` module's steps, so P(positive) is read by the
+same rule as on every other backend. A verdict token outside the top k falls back to ``verdict_probability``'s
+bounds.
 """
 
 from __future__ import annotations
