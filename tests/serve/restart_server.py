@@ -3,7 +3,7 @@
 Ray: the store lives in the ingress process either way. SIGTERM stops it as it stops ``aegis-online serve``
 (uvicorn's graceful shutdown, then the app's lifespan: ``ModerationService.stop``).
 
-    python tests/serve/restart_server.py DATA_DIR PORT
+    python -m tests.serve.restart_server DATA_DIR PORT   # from the repository root
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 
 import uvicorn
-from helpers import KEYS, default_experts  # this file's folder is first on sys.path
 
 from aegis_online.config import ServiceConfig
 from aegis_online.serve.app import create_app
 from aegis_online.serve.auth import KeyTable
 from aegis_online.serve.service import build_service
+from tests.serve.helpers import KEYS, default_experts
 
 
 def main(data_dir: str, port: int) -> None:

@@ -27,7 +27,8 @@ from tests.helpers import wait_until
 
 from .helpers import ACME_ADMIN_KEY, ACME_KEY, bearer, conversation, spare_port
 
-SERVER = Path(__file__).with_name("restart_server.py")
+#: Run as a module from the repository root, so that it imports the test helpers as the tests do.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Server:
@@ -45,7 +46,8 @@ class Server:
         self.starts += 1
         log = open(self.logs / f"server-{self.starts}.log", "wb")  # noqa: SIM115 (the process owns it)
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), str(self.data_dir), str(self.port)],
+            [sys.executable, "-m", "tests.serve.restart_server", str(self.data_dir), str(self.port)],
+            cwd=ROOT,
             env=os.environ | env,
             stdout=log,
             stderr=subprocess.STDOUT,
