@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from aegis_online import taxonomy
 from aegis_online.catalog import (
     NAME_PATTERN,
     CatalogError,
@@ -34,8 +35,8 @@ from aegis_online.catalog import (
     default_catalog_dir,
     load_catalog,
 )
-from aegis_online.learn import DEFAULT_LEARNER, LEARNERS
-from aegis_online.policy import TenantPolicy
+from aegis_online.learn import ADAPTIVE_SUFFIX, DEFAULT_LEARNER, LEARNERS, known_learner
+from aegis_online.policy import PlatformFloor, TenantPolicy, resolve_category
 from aegis_online.schemas import MAX_MESSAGE_CHARS, TenantId
 from aegis_online.state.quotas import Bucket, ShareCap
 
@@ -253,7 +254,11 @@ BANDIT_LEARNERS = tuple(sorted(name for name, cls in LEARNERS.items() if cls.ban
 
 
 class LearnerSection(Section):
-    name: str = Field(default=DEFAULT_LEARNER, description="Online learner of the weights (learn.LEARNERS).")
+    name: str = Field(
+        default=DEFAULT_LEARNER,
+        description=f"Online learner of the weights (learn.LEARNERS); with {ADAPTIVE_SUFFIX}, over calibrated "
+        "experts and with learned thresholds (not for bandit learners).",
+    )
     bandit: BanditSection | None = Field(
         default=None,
         description=f"Bandit mode: query k experts per request; needs name: {' or '.join(BANDIT_LEARNERS)}.",
@@ -262,14 +267,17 @@ class LearnerSection(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in LEARNERS:
-            raise ValueError(f"unknown learner {value!r}; choose one of {sorted(LEARNERS)}")
+        if not known_learner(value):
+            raise ValueError(
+                f"unknown learner {value!r}; choose one of {sorted(LEARNERS)}, optionally with {ADAPTIVE_SUFFIX} "
+                f"(not for {', '.join(BANDIT_LEARNERS)})"
+            )
         return value
 
     @model_validator(mode="after")
     def _bandit_learner(self) -> LearnerSection:
         # The learner is an explicit choice: bandit mode never swaps the named learner for another behind its back.
-        bandit_learner = LEARNERS[self.name].bandit
+        bandit_learner = LEARNERS[self.name.removesuffix(ADAPTIVE_SUFFIX)].bandit
         if self.bandit is not None and not bandit_learner:
             raise ValueError(
                 f"name: bandit mode (learner.bandit) learns only from the experts it queried and needs a bandit "
@@ -435,6 +443,11 @@ class ServiceConfig(Section):
     bus: BusSection = Field(default_factory=BusSection)
     auth: AuthSection = Field(default_factory=AuthSection)
     policies: list[TenantPolicy] = Field(default_factory=list, description="Seeded when a tenant has none stored.")
+    floors: dict[str, PlatformFloor] = Field(
+        default_factory=dict,
+        description="The platform operator's per-category floors (category id or slug -> threshold and action): a "
+        "score at or above a floor is acted on whatever a tenant's policy or learned threshold says.",
+    )
     rate_limits: RateLimitsSection = Field(default_factory=RateLimitsSection)
     global_learning: GlobalLearningSection = Field(default_factory=GlobalLearningSection)
     ray: RaySection = Field(default_factory=RaySection)
@@ -447,6 +460,18 @@ class ServiceConfig(Section):
         if dupes:
             raise ValueError(f"more than one policy for tenants {dupes}")
         return value
+
+    @field_validator("floors")
+    @classmethod
+    def _floor_categories(cls, value: dict[str, PlatformFloor]) -> dict[str, PlatformFloor]:
+        known = taxonomy.CategorySet.default()
+        resolved = {}
+        for key, floor in value.items():
+            cat = resolve_category(key, known)
+            if cat is None:
+                raise ValueError(f"floors.{key}: unknown category; use a canonical id (S1..S23) or slug")
+            resolved[cat] = floor
+        return resolved
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceConfig:

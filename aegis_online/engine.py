@@ -13,7 +13,7 @@ from typing import Any
 from aegis_online.experts import Expert
 from aegis_online.learn import DEFAULT_LEARNER, Learner
 from aegis_online.moderator import BanditConfig, Moderator
-from aegis_online.policy import TenantPolicy
+from aegis_online.policy import PlatformFloor, TenantPolicy
 from aegis_online.schemas import Decision, ExpertOutput, FeedbackEvent, FeedbackResult, ModerationRequest
 from aegis_online.state import LearnerStore, PolicyStore, PredictionLog, PredictionRecord
 from aegis_online.weights import GLOBAL_SCOPE, BatchOutcome, FeedbackApplier, PlannedFeedback
@@ -35,6 +35,7 @@ class Engine:
         deadline_s: float = 2.0,
         bandit: BanditConfig | None = None,
         seed: int | None = None,
+        floors: dict[str, PlatformFloor] | None = None,
     ) -> None:
         self.moderator = Moderator(
             experts,
@@ -45,6 +46,7 @@ class Engine:
             deadline_s=deadline_s,
             bandit=bandit,
             seed=seed,
+            floors=floors,
         )
         m = self.moderator
         self.applier = FeedbackApplier(

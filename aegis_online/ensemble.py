@@ -23,7 +23,8 @@ class Combination:
 
 
 def combine(learner: Learner, states: np.ndarray, outputs: np.ndarray) -> Combination:
-    """Weighted combination of expert outputs ``(C, N)`` (NaN: asleep) under learner states ``(C, S)``.
+    """Weighted combination of expert outputs ``(C, N)`` (NaN: asleep) under learner states ``(C, S)``, after the
+    learner's calibration of each expert (``Learner.calibrate``).
 
     >>> from aegis_online.learn import Hedge
     >>> learner = Hedge(n_experts=2)
@@ -32,6 +33,7 @@ def combine(learner: Learner, states: np.ndarray, outputs: np.ndarray) -> Combin
     >>> c.scores.round(2).tolist(), c.weights.tolist()
     ([0.4, 0.9], [[0.5, 0.5], [0.0, 1.0]])
     """
+    outputs = learner.calibrate(states, outputs)
     awake = np.isfinite(outputs)
     weights = awake_weights(learner.log_weights(states), awake)
     scores = np.einsum("cn,cn->c", weights, np.where(awake, outputs, 0.0))

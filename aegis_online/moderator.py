@@ -17,17 +17,28 @@ import numpy as np
 from aegis_online.ensemble import combine
 from aegis_online.errors import InvalidRequestError
 from aegis_online.experts import Expert, ExpertInput, score_with_deadline
-from aegis_online.learn import DEFAULT_LEARNER, Learner, make_learner
+from aegis_online.learn import DEFAULT_LEARNER, Adaptive, Learner, make_learner
 from aegis_online.learn.exp3ix import Exp3IX
-from aegis_online.policy import TenantPolicy, decide_category, overall_action, resolve_category
+from aegis_online.policy import (
+    PlatformFloor,
+    TenantPolicy,
+    ThresholdChoice,
+    decide_category,
+    overall_action,
+    resolve_category,
+)
 from aegis_online.schemas import (
     FAILURE_KINDS,
+    OVERALL,
+    Action,
+    CategoryDecision,
     Decision,
     ExpertContribution,
     ExpertOutput,
     MissingExpert,
     MissingKind,
     ModerationRequest,
+    OverallDecision,
     UnscoredCategory,
     new_request_id,
 )
@@ -42,6 +53,7 @@ from aegis_online.state import (
 )
 from aegis_online.taxonomy import CategorySet
 from aegis_online.weights import GLOBAL_SCOPE, KeySpace, personalised_states
+from aegis_online.weights.updates import with_overall_row
 
 #: Order in which an unscored category names its reasons: the most actionable first.
 _KIND_ORDER: tuple[str, ...] = ("timeout", "error", "language", "not_queried", "not_covered")
@@ -53,6 +65,22 @@ class BanditConfig:
 
     k: int
     always: tuple[str, ...] = ()
+
+
+def final_action(
+    decisions: Sequence[CategoryDecision], overall: OverallDecision | None, policy: TenantPolicy
+) -> Action:
+    """The request's action. Until the whole-request threshold is learned: the most severe category action. Then
+    the whole-request decision says whether the request is flagged (the categories say with which action, the
+    policy's ``action`` when none crossed its own threshold), except that floors and unscored categories act
+    whatever it says: a learned "fine" never overrides the platform or a check that could not run."""
+    by_categories = overall_action(list(decisions))
+    if overall is None or overall.threshold_source != "learned":
+        return by_categories
+    if overall.flagged:
+        return by_categories if by_categories != "allow" else policy.action
+    guarded = [d for d in decisions if d.flagged and (d.score is None or d.threshold_source == "floor")]
+    return overall_action(guarded)
 
 
 class Moderator:
@@ -69,6 +97,7 @@ class Moderator:
         deadline_s: float = 2.0,
         bandit: BanditConfig | None = None,
         seed: int | None = None,
+        floors: dict[str, PlatformFloor] | None = None,
     ) -> None:
         if not experts:
             raise ValueError("experts: the engine needs at least one expert")
@@ -97,6 +126,8 @@ class Moderator:
         self.prediction_log = prediction_log or MemoryPredictionLog()
         self.policies = policies or MemoryPolicyStore()
         self.deadline_s = deadline_s
+        #: The platform operator's per-category floors (category id -> floor), which no tenant policy loosens.
+        self.floors = dict(floors or {})
         self._rng = np.random.default_rng(seed)
 
     def load_states(self, tenant: str, categories: Sequence[str], policy: TenantPolicy) -> tuple[np.ndarray, list[str]]:
@@ -198,20 +229,31 @@ class Moderator:
                 for c, cat in enumerate(cat_ids):
                     if cat in out.scores:
                         matrix[c, i] = out.scores[cat]
-        states, scopes = self.load_states(request.tenant, cat_ids, policy)
-        combination = combine(self.learner, states, matrix)
+        states, scopes = self.load_states(request.tenant, (*cat_ids, OVERALL), policy)
+        combination = combine(self.learner, states, with_overall_row(matrix))
+        scores, overall_score = combination.scores[:-1], combination.scores[-1]
         strictness = policy.strictness_for(request.strictness)
-        unscored = self._unscored(categories, combination.scores, absent)
+        choices = self.learned_thresholds(states, (*cat_ids, OVERALL), policy, strictness)
+        unscored = self._unscored(categories, scores, absent)
         why = {u.category: u.kinds[0] for u in unscored}
         decisions = [
             decide_category(
-                policy, cat, None if np.isnan(s) else float(s), strictness, scopes[c], why.get(cat, "not_covered")
+                policy,
+                cat,
+                None if np.isnan(s) else float(s),
+                strictness,
+                scopes[c],
+                why.get(cat, "not_covered"),
+                choices[c],
+                self.floors.get(cat),
             )
-            for c, (cat, s) in enumerate(zip(cat_ids, combination.scores, strict=True))
+            for c, (cat, s) in enumerate(zip(cat_ids, scores, strict=True))
         ]
-        nobody = bool(np.isnan(combination.scores).all()) and any(k in FAILURE_KINDS for k in absent)
+        overall = self._overall(overall_score, choices[-1], policy, strictness, scopes[-1])
+        nobody = bool(np.isnan(scores).all()) and any(k in FAILURE_KINDS for k in absent)
         degraded = bool(unscored) or nobody
-        action = policy.on_no_experts if nobody and policy.on_no_experts else overall_action(decisions)
+        fail_safe = policy.on_no_experts if nobody else None
+        action = fail_safe or final_action(decisions, overall, policy)
         request_id = request.request_id or new_request_id()
         contributions = [
             ExpertContribution(
@@ -235,7 +277,7 @@ class Moderator:
                 experts=self.expert_names,
                 categories=cat_ids,
                 outputs=matrix,
-                scores=combination.scores,
+                scores=scores,
                 flagged=flagged,
                 propensities=propensities,
                 input_digest=request.input_digest,
@@ -253,6 +295,51 @@ class Moderator:
             missing_experts=missing,
             degraded=degraded,
             unscored=unscored,
+            overall=overall,
+        )
+
+    def learned_thresholds(
+        self, states: np.ndarray, keys: Sequence[str], policy: TenantPolicy, strictness: float
+    ) -> list[ThresholdChoice | None]:
+        """Per key (a category id, or ``OVERALL``), the learned threshold toward the policy's objective, or None
+        where the fixed one applies (a learner without thresholds, ``thresholds: fixed``, too few labels)."""
+        learner = self.learner
+        if not isinstance(learner, Adaptive) or policy.thresholds == "fixed":
+            return [None] * len(keys)
+        labels = learner.labels_seen(states)
+        ready = labels >= policy.learn_after
+        if not ready.any():
+            return [None] * len(keys)
+        tracker, part = learner.thresholds, learner.split(states)[2]
+        if policy.min_recall is not None:
+            values = tracker.recall_threshold(part, policy.min_recall)
+        elif policy.max_false_positive_rate is not None:
+            values = tracker.false_positive_threshold(part, policy.max_false_positive_rate)
+        elif policy.f_beta is not None:
+            values = tracker.f_beta_threshold(part, policy.f_beta)
+        else:
+            costs = [policy.cost_ratio_for(None if k == OVERALL else k, strictness) for k in keys]
+            values = tracker.cost_threshold(part, np.array(costs))
+        ready &= np.isfinite(values)  # a recall or false-positive target not certifiable yet: the fixed threshold
+        return [
+            ThresholdChoice(float(v), "learned", int(n)) if ok else None
+            for v, n, ok in zip(values, labels, ready, strict=True)
+        ]
+
+    @staticmethod
+    def _overall(
+        score: float, learned: ThresholdChoice | None, policy: TenantPolicy, strictness: float, scope: str
+    ) -> OverallDecision | None:
+        if np.isnan(score):
+            return None
+        choice = learned or ThresholdChoice(policy.overall_threshold(strictness))
+        return OverallDecision(
+            score=float(score),
+            threshold=choice.value,
+            threshold_source=choice.source,
+            threshold_labels=choice.labels,
+            flagged=bool(score >= choice.value),
+            weights_scope=scope,  # type: ignore[arg-type]
         )
 
     def _unscored(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
@@ -25,6 +25,7 @@ from aegis_online.schemas import (
     Model,
     Strictness,
     TenantId,
+    ThresholdSource,
 )
 
 STRICTNESS_LEVELS: dict[str, float] = STRICTNESS_NAMES
@@ -43,6 +44,26 @@ def shifted_threshold(base: float, strictness: float) -> float:
     b = min(max(base, _EPS), 1.0 - _EPS)
     logit = math.log(b / (1.0 - b)) - STRICTNESS_SLOPE * (strictness - STRICTNESS_LEVELS["balanced"])
     return 1.0 / (1.0 + math.exp(-logit))
+
+
+#: The policy fields that state a threshold objective (at most one may be set; none: the cost ratio it implies).
+OBJECTIVES = ("cost_ratio", "min_recall", "max_false_positive_rate", "f_beta")
+
+
+class ThresholdChoice(NamedTuple):
+    """A threshold and where it came from (``labels``: how many it was learned from; 0 when fixed)."""
+
+    value: float
+    source: ThresholdSource = "fixed"
+    labels: int = 0
+
+
+class PlatformFloor(Model):
+    """The platform operator's floor for one category: a score at or above ``threshold`` is acted on with at least
+    ``action``, whatever a tenant's policy or learned threshold says."""
+
+    threshold: float = Field(gt=0.0, lt=1.0)
+    action: Literal["flag", "block"] = "block"
 
 
 class CategoryRule(Model):
@@ -85,6 +106,39 @@ class TenantPolicy(Model):
     personalise_after: int = Field(
         default=50, ge=0, description="Feedback events after which the tenant's own weights replace the global ones."
     )
+    thresholds: Literal["learned", "fixed"] = Field(
+        default="learned",
+        description="learned: each category's threshold (and the whole request's) is learned from labels toward "
+        "the objective below once its key has learn_after labels; the configured thresholds apply until then. "
+        "fixed: the configured thresholds, always.",
+    )
+    learn_after: int = Field(default=50, ge=1, description="Labels a key needs before its learned threshold applies.")
+    cost_ratio: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1000.0,
+        description="Objective: the cost of a missed harm over the cost of a false alarm. Default: the one the "
+        "configured threshold t implies for calibrated scores, (1 - t) / t (strictness moves t, so it moves this).",
+    )
+    min_recall: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="Objective instead: flag at least this share of harmful items."
+    )
+    max_false_positive_rate: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="Objective instead: flag at most this share of safe items."
+    )
+    f_beta: float | None = Field(
+        default=None,
+        ge=0.1,
+        le=10.0,
+        description="Objective instead: the highest F-beta of the decisions (1: F1; 2 weighs recall twice).",
+    )
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> TenantPolicy:
+        chosen = [k for k in OBJECTIVES if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"{chosen[1]}: give one threshold objective, not {' and '.join(chosen)}")
+        return self
 
     @model_validator(mode="after")
     def _known_categories(self) -> TenantPolicy:
@@ -116,6 +170,17 @@ class TenantPolicy(Model):
         base = rule.threshold if rule is not None and rule.threshold is not None else self.threshold
         return shifted_threshold(base, self.strictness_for(strictness))
 
+    def cost_ratio_for(self, category_id: str | None, strictness: Strictness | None = None) -> float:
+        """Missed harm : false alarm for a category (None: the whole request), explicit or implied by its threshold."""
+        if self.cost_ratio is not None:
+            return self.cost_ratio
+        t = self.threshold_for(category_id, strictness) if category_id else self.overall_threshold(strictness)
+        return (1.0 - t) / t
+
+    def overall_threshold(self, strictness: Strictness | None = None) -> float:
+        """The fixed threshold of the whole-request decision: the policy's threshold, moved by strictness."""
+        return shifted_threshold(self.threshold, self.strictness_for(strictness))
+
     def action_for(self, category_id: str) -> Action:
         rule = self.categories.get(category_id)
         return rule.action if rule is not None and rule.action is not None else self.action
@@ -146,28 +211,42 @@ def decide_category(
     strictness: Strictness | None,
     scope: str,
     unscored: MissingKind | None = None,
+    threshold: ThresholdChoice | None = None,
+    floor: PlatformFloor | None = None,
 ) -> CategoryDecision:
     """The policy's verdict on one category's ensemble score.
 
     ``score`` is None when no expert scored the category; ``unscored`` then says why. A category no expert of the
     deployment covers (``not_covered``) is reported and allowed: a fixed gap of the deployment, not a failure.
     Any other reason is a check that could not run now: the policy's ``on_unscored`` decides.
+
+    ``threshold`` is the one to apply (a learned one), default the policy's fixed threshold. The platform's
+    ``floor`` is never loosened: the lower of the two thresholds applies, and a score at or above the floor gets at
+    least the floor's action.
     """
-    threshold = policy.threshold_for(category_id, strictness)
+    choice = threshold or ThresholdChoice(policy.threshold_for(category_id, strictness))
     if score is None and unscored is not None and unscored != "not_covered":
         action = policy.unscored_action_for(category_id)
         flagged = action != "allow"
     else:
         action = policy.action_for(category_id)
-        flagged = score is not None and score >= threshold and action != "allow"
+        flagged = score is not None and score >= choice.value and action != "allow"
+        floored = floor is not None and score is not None and score >= floor.threshold
+        if floored and (not flagged or ACTION_SEVERITY[floor.action] > ACTION_SEVERITY[action]):  # type: ignore[union-attr]
+            action, flagged = floor.action, True  # type: ignore[union-attr]
+            choice = ThresholdChoice(floor.threshold, "floor", choice.labels)  # type: ignore[union-attr]
+    if floor is not None and floor.threshold < choice.value:
+        choice = ThresholdChoice(floor.threshold, "floor", choice.labels)
     return CategoryDecision(
         category=category_id,
         score=score,
-        threshold=threshold,
+        threshold=choice.value,
         flagged=flagged,
         action=action if flagged else "allow",
         weights_scope=scope,  # type: ignore[arg-type]
         unscored=None if score is not None else (unscored or "not_covered"),
+        threshold_source=choice.source,
+        threshold_labels=choice.labels,
     )
 
 

@@ -149,6 +149,12 @@ class ExpertOutput(Model):
         return self.error is None
 
 
+#: Where a decision threshold came from.
+ThresholdSource = Literal["fixed", "learned", "floor"]
+#: The key (category) of the whole-request decision: safe/unsafe verdicts of whole requests train it.
+OVERALL = "overall"
+
+
 class CategoryDecision(Model):
     category: str
     score: Probability | None = Field(description="Ensemble risk; null when no expert scored it (see unscored).")
@@ -161,6 +167,26 @@ class CategoryDecision(Model):
         description="Why no expert scored this category (null: scored). not_covered: no expert of this deployment "
         "reads it; any other kind: its experts could not answer now, so the policy's on_unscored decided.",
     )
+    threshold_source: ThresholdSource = Field(
+        default="fixed",
+        description="Where the threshold came from: the policy (fixed), learned from threshold_labels labels "
+        "toward the policy's objective (learned), or the platform's floor, which no tenant policy loosens (floor).",
+    )
+    threshold_labels: int = Field(default=0, ge=0, description="Labels the applied threshold was learned from.")
+
+
+class OverallDecision(Model):
+    """The decision of the whole request (any category), learned from safe/unsafe verdicts of whole requests.
+
+    Once its threshold is learned it decides whether the request is flagged (the categories say which action);
+    floors and unscored categories still flag whatever it says."""
+
+    score: Probability | None = Field(description="Calibrated risk that the request is unsafe in any category.")
+    threshold: Probability
+    threshold_source: ThresholdSource
+    threshold_labels: int = Field(ge=0)
+    flagged: bool
+    weights_scope: Literal["global", "tenant"]
 
 
 class ExpertContribution(Model):
@@ -200,6 +226,9 @@ class Decision(Model):
         "policy's on_unscored (or on_no_experts) decided it, not a score.",
     )
     unscored: list[UnscoredCategory] = Field(default_factory=list, description="Categories degraded, with why.")
+    overall: OverallDecision | None = Field(
+        default=None, description="The whole-request decision (null when no category was scored)."
+    )
 
 
 def _utc_now() -> datetime:
@@ -254,7 +283,9 @@ class FeedbackResult(Model):
     request_id: str
     event_id: str
     applied: bool = Field(description="False when this event had been applied before (a duplicate).")
-    categories: dict[str, float] = Field(description="The labels applied, per category id.")
+    categories: dict[str, float] = Field(
+        description="The labels applied, per category id; 'overall' is the whole request's (from label: safe/unsafe)."
+    )
     scopes: list[Literal["tenant", "global"]] = Field(
         default_factory=list,
         description="Whose weights the event trains: the tenant's, and the global ones if trusted.",

@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # run from a checkout without an install
 
 N_EXPERTS = 5
 N_CATEGORIES = 23
-LEARNERS = ("default", "hedge", "fixed-share", "adahedge", "adanormalhedge")
+LEARNERS = ("default", "default+adaptive", "hedge", "fixed-share", "adahedge", "adanormalhedge")
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = events / seconds
             ratio = "" if river_rate is None else f", {rate / river_rate:.1f}x River"
             per_key = seconds / (events * N_CATEGORIES) * 1e6
-            print(f"{name:<15}{case + ':':<9}{sci(rate)} events/s{ratio} ({per_key:.2f} us per key update)")
+            print(f"{name:<17}{case + ':':<9}{sci(rate)} events/s{ratio} ({per_key:.2f} us per key update)")
     return 0
 
 

@@ -24,8 +24,9 @@ def test_learners_benchmark_quick_run_reports_default_learner_against_river() ->
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    default_lines = [line for line in proc.stdout.splitlines() if line.startswith("default") and "x River" in line]
-    assert len(default_lines) == 2, proc.stdout  # single and batched
+    for name in ("default ", "default+adaptive "):
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(name) and "x River" in line]
+        assert len(lines) == 2, proc.stdout  # single and batched
 
 
 def test_gpu_guard_benchmark_tiny_cpu_run_reports_batches_and_sharing_ratio(tmp_path: Path) -> None:

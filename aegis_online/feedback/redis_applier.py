@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aegis_online.learn import DEFAULT_LEARNER
 from aegis_online.state import CachedPolicyStore
 from aegis_online.weights import FeedbackApplier
 
@@ -17,7 +18,7 @@ def redis_applier(
     redis_url: str,
     expert_names: Sequence[str],
     *,
-    learner: str = "default",
+    learner: str = DEFAULT_LEARNER,
     prefix: str = "aegis:",
     wait_replicas: int = 0,
     policy_cache_s: float = 5.0,

@@ -10,6 +10,7 @@ from typing import Any
 
 from aegis_online.learn.ada_hedge import AdaHedge
 from aegis_online.learn.ada_normal_hedge import AdaNormalHedge
+from aegis_online.learn.adaptive import Adaptive
 from aegis_online.learn.base import Learner
 from aegis_online.learn.batch import apply_events
 from aegis_online.learn.exp3ix import Exp3IX
@@ -20,28 +21,43 @@ from aegis_online.learn.hedge import Hedge
 LEARNERS: dict[str, type[Learner]] = {
     cls.name: cls for cls in (FixedShareGrid, Hedge, FixedShare, AdaHedge, AdaNormalHedge, Exp3IX)
 }
-DEFAULT_LEARNER = FixedShareGrid.name
+#: A learner name with this suffix is that learner wrapped in ``Adaptive`` (calibration and learned thresholds).
+ADAPTIVE_SUFFIX = "+adaptive"
+#: The service's learner: the tuning-free Fixed-Share grid over calibrated experts, with learned thresholds.
+DEFAULT_LEARNER = FixedShareGrid.name + ADAPTIVE_SUFFIX
+
+
+def known_learner(name: str) -> bool:
+    """Whether ``make_learner`` builds ``name``."""
+    base = name.removesuffix(ADAPTIVE_SUFFIX)
+    return base in LEARNERS and not (name != base and LEARNERS[base].bandit)
 
 
 def make_learner(name: str, n_experts: int, **params: Any) -> Learner:
-    """Build a learner by its configuration name (``default``, ``hedge``, ``fixed-share``, ...)."""
+    """Build a learner by its configuration name (``default``, ``hedge``, ``fixed-share``, ...; with
+    ``+adaptive``, wrapped in ``Adaptive``: per-expert calibration and learned thresholds)."""
+    base = name.removesuffix(ADAPTIVE_SUFFIX)
     try:
-        cls = LEARNERS[name]
+        cls = LEARNERS[base]
     except KeyError:
-        raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}") from None
-    return cls(n_experts, **params)
+        raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}, optionally +adaptive") from None
+    learner = cls(n_experts, **params)
+    return Adaptive(learner) if base != name else learner
 
 
 __all__ = [
+    "ADAPTIVE_SUFFIX",
     "DEFAULT_LEARNER",
     "LEARNERS",
     "AdaHedge",
     "AdaNormalHedge",
+    "Adaptive",
     "Exp3IX",
     "FixedShare",
     "FixedShareGrid",
     "Hedge",
     "Learner",
     "apply_events",
+    "known_learner",
     "make_learner",
 ]

@@ -115,6 +115,16 @@ class Learner(abc.ABC):
         """Probability weights over all experts (as if all were awake)."""
         return np.exp(self.log_weights(states))
 
+    def inherit(self, parent_states: np.ndarray) -> np.ndarray:
+        """The start states of fresh tenant keys from their parents' (global) states: a copy here; ``Adaptive``
+        keeps less of the global label statistics, so a tenant's own labels soon outweigh them."""
+        return parent_states.copy()
+
+    def calibrate(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        """The experts' outputs ``(B, N)`` as this learner combines them: unchanged here; ``Adaptive`` maps each
+        expert's score through its learned calibration first."""
+        return outputs
+
     def predict_many(self, states: np.ndarray, outputs: np.ndarray, awake: np.ndarray | None = None) -> np.ndarray:
         """Weighted probability of the awake experts per row; NaN where no expert is awake."""
         outputs = np.asarray(outputs, dtype=np.float64)

@@ -207,6 +207,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
         policies=stores.policies,
         deadline_s=config.limits.deadline_ms / 1000.0,
         bandit=bandit,
+        floors=config.floors,
     )
     bus_health = DependencyHealth("feedback bus")
     publisher: FeedbackPublisher

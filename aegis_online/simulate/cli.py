@@ -177,7 +177,7 @@ def _data_specs(
 
 
 def replay_command(
-    data: list[Path] = typer.Option(..., "--data", help="Labelled data file; repeat to chain several (a shift)."),
+    data: list[Path] = typer.Option([], "--data", help="Labelled data file; repeat to chain several (a shift)."),
     data_format: str | None = typer.Option(
         None, "--format", help="Format of every --data file (default: detected from each file's name or header)."
     ),
@@ -220,8 +220,69 @@ def replay_command(
         None, "--switches", min=0, help="Switches per category for the oracle (default: one per data-set boundary)."
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
+    tenant_column: str | None = typer.Option(
+        None,
+        "--tenant-column",
+        help="Multi-tenant replay: send each row as the tenant named in this column of its data file; the row's "
+        "labels are that tenant's (a text two tenants judge differently appears once per tenant). Replays the "
+        "predictors adaptive, fixed and global_only (--learners is ignored) and reports report.json's "
+        "tenants.<tenant>.<predictor>.",
+    ),
+    policy: list[Path] = typer.Option(
+        [],
+        "--policy",
+        help="A tenant's policy (YAML or JSON of a TenantPolicy naming its tenant); repeat, one per tenant. A "
+        "tenant without one gets the default policy; a policy naming a tenant absent from the data is an error.",
+    ),
+    policy_change: list[str] = typer.Option(
+        [],
+        "--policy-change",
+        help="ROW:FILE: from request ROW on (0-based, in replay order: after shuffling and chaining) the policy in "
+        "FILE replaces that of the tenant it names; repeatable.",
+    ),
+    scenario: str | None = typer.Option(
+        None,
+        "--scenario",
+        help="A multi-tenant replay scenario (a name in simulators/replay/ or a YAML file): data, tenant column, "
+        "policies and changes; the options above add to it.",
+    ),
+    window: int | None = typer.Option(
+        None, "--window", min=1, help="Multi-tenant: labels in the rolling-F1 window (default 100)."
+    ),
 ) -> None:
     """Replay labelled traffic through the engine (or a service) with delayed feedback; write the report."""
+    if tenant_column is not None or scenario is not None or policy or policy_change:
+        _replay_tenants(
+            data=data,
+            data_format=data_format,
+            limit=limit,
+            text_column=text_column,
+            label=label,
+            overall_column=overall_column,
+            tenant_column=tenant_column,
+            policy=policy,
+            policy_change=policy_change,
+            scenario=scenario,
+            window=window,
+            experts=experts,
+            heads=heads,
+            cache=cache,
+            no_cache=no_cache,
+            options={
+                "url": url,
+                "feedback_delay": feedback_delay,
+                "feedback_share": feedback_share,
+                "shuffle": shuffle,
+                "seed": seed,
+                "categories": categories,
+                "switches": switches,
+                "plots": plots,
+                "out": out,
+            },
+        )
+        return
+    if not data:
+        raise _fail("--data: give at least one labelled data file (or --scenario)")
     from aegis_online.client import ClientError
     from aegis_online.simulate.cache import ReplayCache, default_cache_path
     from aegis_online.simulate.replay_run import (
@@ -302,3 +363,98 @@ def print_segments(report: dict[str, Any]) -> None:
             cells.append(f"{pct(part.get('false_positive_rate'))} / {pct(part.get('recall'))}")
         table.add_row(name, *cells)
     console.print(table)
+
+
+def _replay_tenants(
+    *,
+    data: list[Path],
+    data_format: str | None,
+    limit: int | None,
+    text_column: str | None,
+    label: list[str] | None,
+    overall_column: str | None,
+    tenant_column: str | None,
+    policy: list[Path],
+    policy_change: list[str],
+    scenario: str | None,
+    window: int | None,
+    experts: str | None,
+    heads: Path | None,
+    cache: Path | None,
+    no_cache: bool,
+    options: dict[str, Any],
+) -> None:
+    """The multi-tenant replay: check every tenant input first, then replay each predictor and print per tenant."""
+    from aegis_online.simulate.cache import ReplayCache, default_cache_path
+    from aegis_online.simulate.replay_run import build_catalog_experts, write_replay_outputs
+    from aegis_online.simulate.replay_scenario import load_replay_scenario, scenario_inputs
+    from aegis_online.simulate.tenancy import PolicyChange, load_policy_file, parse_policy_change
+    from aegis_online.simulate.tenant_metrics import DEFAULT_WINDOW
+    from aegis_online.simulate.tenants_replay import TenantReplayConfig, run_tenant_replay
+
+    if options["url"] is not None:
+        raise _fail("--url: a multi-tenant replay runs in process only (each predictor needs its own engine)")
+    try:
+        specs, policies, changes = [], [], []
+        delay, seed, shuffle, column, size = options["feedback_delay"], options["seed"], options["shuffle"], None, None
+        if scenario is not None:
+            story, base = load_replay_scenario(scenario)
+            specs, policies, changes = scenario_inputs(story, base)
+            delay, seed, shuffle = delay or story.feedback_delay, seed or story.seed, shuffle and story.shuffle
+            column, size = story.tenant_column, story.window
+        specs += _data_specs(data, data_format, limit, text_column, label, overall_column)
+        if not specs:
+            raise ValueError("--data: give at least one labelled data file (or --scenario)")
+        policies += [load_policy_file(p) for p in policy]
+        for text in policy_change:
+            row, path = parse_policy_change(text)
+            changes.append(PolicyChange(row, load_policy_file(path), f"--policy-change {text}"))
+        config = TenantReplayConfig(
+            data=specs,
+            tenant_column=tenant_column or column or "tenant",
+            policies=policies,
+            changes=changes,
+            categories=_names(options["categories"]),
+            feedback_delay=delay,
+            feedback_share=options["feedback_share"],
+            shuffle=shuffle,
+            seed=seed,
+            window=window or size or DEFAULT_WINDOW,
+            switches=options["switches"],
+        )
+        chosen = build_catalog_experts(_names(experts), heads)
+        store = ReplayCache(None if no_cache else (cache or default_cache_path()))
+        result, _ = run_tenant_replay(config, chosen, store)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error)) from None
+    files = write_replay_outputs(result, options["out"], with_plots=options["plots"])
+    print_tenants(result.report)
+    console.print(f"wrote {', '.join(escape(str(p)) for p in files)}", soft_wrap=True)
+
+
+def print_tenants(report: dict[str, Any]) -> None:
+    """Per tenant: every predictor's whole-request F1, precision, recall, FPR, AUPRC, loss, cost and convergence."""
+    from aegis_online.simulate.report import fmt, pct
+
+    for tenant, predictors in report["tenants"].items():
+        table = Table(title=f"{tenant}: the whole-request decision ({report['tenant_requests'][tenant]:,} requests)")
+        for name in ("predictor", "F1", "precision", "recall", "FPR", "AUPRC", "loss", "cost", "labels to 1 pt"):
+            table.add_column(name, justify="left" if name == "predictor" else "right")
+        for name, m in predictors.items():
+            converged = m.get("labels_to_within_1pt")
+            recovery = [r["labels"] for r in m.get("recovery", [])]
+            cell = "-" if "labels_to_within_1pt" not in m else ("never" if converged is None else f"{converged:,}")
+            if recovery:
+                cell += " / " + ", ".join("never" if r is None else f"{r:,}" for r in recovery)
+            table.add_row(
+                f"{name} ({m['expert']})" if m.get("expert") else name,
+                fmt(m["f1"], 3),
+                fmt(m["precision"], 3),
+                fmt(m["recall"], 3),
+                pct(m["fpr"]),
+                fmt(m["auprc"], 3),
+                fmt(m["loss"], 4),
+                fmt(m.get("cost", float("nan")), 4),
+                cell,
+            )
+        console.print(table)

@@ -231,3 +231,46 @@ def plot_overview(
     right.legend(fontsize=6, loc="center right")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+_TENANT_STYLE = {
+    "adaptive": {"linewidth": 2.2, "color": "tab:green"},
+    "fixed": {"color": "tab:red"},
+    "global_only": {"color": "tab:purple", "linestyle": "--"},
+}
+
+
+def plot_tenant_f1(
+    curves: Mapping[str, np.ndarray], changes: Sequence[int], window: int, path: Path, title: str
+) -> Path:
+    """One tenant's rolling F1 (trailing ``window`` labels) per predictor against its label count, with a dashed
+    line where its policy changed: how fast each predictor gets to its level, and comes back after a change."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for name, f1 in curves.items():
+        style = _TENANT_STYLE.get(name, {"linewidth": 1.0, "alpha": 0.8, "linestyle": ":"})
+        ax.plot(np.arange(1, len(f1) + 1), f1, label=name, **style)
+    for k, label in enumerate(changes):
+        ax.axvline(label, color="grey", linestyle="--", linewidth=0.9, label="policy change" if k == 0 else None)
+    ax.set(xlabel="labels of this tenant", ylabel=f"F1 over the last {window} labels", ylim=(0, 1), title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def tenant_plot_name(tenant: str) -> str:
+    """The file of a tenant's rolling-F1 plot (tenant ids are letters, digits, '_', '.', '-': safe in a name)."""
+    return f"tenant-{tenant}.png"
+
+
+def write_tenant_plots(curves: Any, out: Path, prefix: str = "") -> list[Path]:
+    """``plot_tenant_f1`` for every tenant of a multi-tenant replay's ``TenantCurves``."""
+    return [
+        plot_tenant_f1(
+            per,
+            curves.changes.get(tenant, []),
+            curves.window,
+            out / f"{prefix}{tenant_plot_name(tenant)}",
+            title=f"{tenant}: rolling F1 of the whole-request decision",
+        )
+        for tenant, per in curves.f1.items()
+    ]

@@ -103,6 +103,11 @@ class ReplayLog:
     outputs: np.ndarray = field(init=False)
     queried: np.ndarray = field(init=False)
     thresholds: np.ndarray = field(init=False)
+    #: the whole-request decision: its score (NaN: none), and whether the request was flagged in the end
+    overall_scores: np.ndarray = field(init=False)
+    request_flagged: np.ndarray = field(init=False)
+    #: whether the whole-request threshold applied was learned (vs the policy's fixed one or a floor)
+    overall_learned: np.ndarray = field(init=False)
     feedback_sent: int = 0
     #: applied by the learner before the answer (in process)
     feedback_applied: int = 0
@@ -119,6 +124,9 @@ class ReplayLog:
         self.outputs = np.full((t, c, n), np.nan)
         self.queried = np.zeros((t, n), dtype=bool)
         self.thresholds = np.full(c, np.nan)
+        self.overall_scores = np.full(t, np.nan)
+        self.request_flagged = np.zeros(t, dtype=bool)
+        self.overall_learned = np.zeros(t, dtype=bool)
 
     def count_feedback(self, result: FeedbackResult | FeedbackOutcome) -> None:
         """Count what the backend said about an event, as it said it: applied, queued or duplicate."""
@@ -138,6 +146,10 @@ class ReplayLog:
     def record(self, t: int, decision: Decision) -> None:
         cat = {c: k for k, c in enumerate(self.categories)}
         exp = {e: i for i, e in enumerate(self.experts)}
+        self.request_flagged[t] = decision.flagged
+        if decision.overall is not None:
+            self.overall_scores[t] = np.nan if decision.overall.score is None else decision.overall.score
+            self.overall_learned[t] = decision.overall.threshold_source == "learned"
         for d in decision.categories:
             k = cat.get(d.category)
             if k is None:
@@ -174,12 +186,20 @@ def drive(
     seed: int = 0,
     run_id: str = "replay",
     progress: Callable[[int], None] | None = None,
+    tenants: Sequence[str] | None = None,
+    before_row: Callable[[int], None] | None = None,
 ) -> tuple[ReplayLog, np.ndarray, np.ndarray, list[tuple[int, np.ndarray]]]:
     """Send every row to ``backend`` in order, with its feedback ``feedback_delay`` requests later.
+
+    ``tenants`` (one per row) sends each row as its own tenant, with its feedback from that tenant; otherwise every
+    row is ``tenant``'s (whose weights are the ones sampled for the plots either way). ``before_row(t)`` runs before
+    request ``t`` is sent (after the feedback due by then): where a replay changes a tenant's policy mid-stream.
 
     Returns the log, each request's feedback arrival (``NO_FEEDBACK`` when none was sent), the labels sent per
     category (NaN: none) and weight snapshots ``(request, (C, N))``.
     """
+    if tenants is not None and len(tenants) != len(rows):
+        raise ValueError(f"tenants: one per row, got {len(tenants)} for {len(rows)} rows")
     if feedback_delay < 0:
         raise ValueError(f"feedback_delay must be >= 0, got {feedback_delay}")
     log = ReplayLog(tuple(experts), tuple(categories), len(rows))
@@ -201,6 +221,9 @@ def drive(
     for t, row in enumerate(rows):
         while pending and pending[0][0] <= t:
             deliver(heapq.heappop(pending)[2])
+        if before_row is not None:
+            before_row(t)
+        sender = tenant if tenants is None else tenants[t]
         if t in sample_at:
             snapshot = backend.weights(tenant, categories)
             if snapshot is not None:
@@ -208,12 +231,12 @@ def drive(
         request_id = f"{run_id}-{t}"
         request = ModerationRequest(
             messages=[Message(role="user", content=request_text(row.text))],
-            tenant=tenant,
+            tenant=sender,
             categories=list(categories),
             request_id=request_id,
         )
         log.record(t, backend.moderate(request))
-        event = feedback_event(row, categories, request_id, tenant)
+        event = feedback_event(row, categories, request_id, sender)
         if event is not None and rng.random() < feedback_share:
             arrival[t] = t + 1 + feedback_delay
             heapq.heappush(pending, (int(arrival[t]), t, event))
@@ -323,7 +346,7 @@ def replay_in_process(
             feedback_delay=feedback_delay,
             feedback_share=feedback_share,
             seed=seed,
-            run_id=f"{learner}-{seed}",
+            run_id=f"{learner.replace('+', '.')}-{seed}",  # request ids allow no "+"
             progress=progress,
         )
     finally:

@@ -11,14 +11,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aegis_online.client import AegisClient
 from aegis_online.engine import BanditConfig
 from aegis_online.experts import Expert
-from aegis_online.learn import LEARNERS
+from aegis_online.learn import LEARNERS, known_learner
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import Message, ModerationRequest
 from aegis_online.simulate import plots
@@ -39,6 +39,9 @@ from aegis_online.simulate.service_client import ServiceBackend
 from aegis_online.simulate.stream import Stream
 from aegis_online.simulate.traffic import DataSpec, ReplayTraffic, chain
 from aegis_online.taxonomy import CANONICAL_IDS
+
+if TYPE_CHECKING:  # tenants_replay builds on this module
+    from aegis_online.simulate.tenants_replay import TenantCurves
 
 #: Learners a replay compares by default (each replays the whole chain through its own engine).
 DEFAULT_REPLAY_LEARNERS: tuple[str, ...] = ("default", "hedge")
@@ -74,6 +77,8 @@ class ReplayResult:
     report: dict[str, Any]
     oracles: OracleReport
     files: list[Path] = field(default_factory=list)
+    #: a multi-tenant replay's rolling F1 per tenant and predictor (one plot per tenant)
+    tenant_curves: TenantCurves | None = None
 
 
 def build_catalog_experts(names: Sequence[str] | None = None, heads: Path | None = None) -> list[Expert]:
@@ -112,14 +117,16 @@ def choose_categories(traffic: ReplayTraffic, covered: set[str] | None, wanted: 
 
 
 def _check_learners(names: Sequence[str]) -> list[str]:
-    unknown = [n for n in names if n not in LEARNERS]
+    unknown = [n for n in names if not known_learner(n)]
     if unknown:
-        raise ValueError(f"unknown learner(s) {unknown}; choose from {', '.join(sorted(LEARNERS))}")
+        raise ValueError(
+            f"unknown learner(s) {unknown}; choose from {', '.join(sorted(LEARNERS))} (optionally +adaptive)"
+        )
     return list(dict.fromkeys(names))
 
 
 def _bandit(config: ReplayConfig, learner: str, experts: Sequence[str]) -> BanditConfig | None:
-    if not LEARNERS[learner].bandit:
+    if learner not in LEARNERS or not LEARNERS[learner].bandit:
         return None
     unknown = sorted(set(config.bandit_always) - set(experts))
     if unknown:
@@ -290,6 +297,8 @@ def write_replay_outputs(result: ReplayResult, out: Path, with_plots: bool = Tru
         if with_plots
         else []
     )
+    if with_plots and result.tenant_curves is not None:
+        pngs += plots.write_tenant_plots(result.tenant_curves, out)
     result.report["plots"] = [p.name for p in pngs]
     summary = out / "summary.md"
     summary.write_text(markdown_summary(result.report, [p.name for p in pngs]))

@@ -299,6 +299,47 @@ def segments_table(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _labels_cell(entry: Mapping[str, Any]) -> str:
+    first = entry.get("labels_to_within_1pt")
+    recovery = [r.get("labels") for r in entry.get("recovery", [])]
+    if "labels_to_within_1pt" not in entry:
+        return "-"
+    text = f"{'never' if first is None else f'{first:,}'} (final {fmt(entry.get('final_f1'), 3)})"
+    if recovery:
+        text += "; after change: " + ", ".join("never" if r is None else f"{r:,}" for r in recovery)
+    return text
+
+
+def tenants_tables(report: Mapping[str, Any]) -> list[str]:
+    """Per tenant, every predictor's F1, precision, recall, FPR, AUPRC, loss and cost at the whole-request decision,
+    and labels until its rolling F1 first comes within 1 point of its final value (and again after each policy
+    change)."""
+    window = report.get("convergence_window", "-")
+    lines = [
+        f"Labels to within 1 point: the first label count at which the F1 over the tenant's last {window} labels "
+        "reaches the span's final F1 (its last quarter) minus 1 point; after a policy change, counted from it. "
+        "Cost: the mean of (c x missed + false alarm) / max(c, 1) per labelled request, c the cost ratio of the "
+        "policy in force (lower is better).",
+        "",
+    ]
+    for tenant, predictors in report["tenants"].items():
+        lines += [
+            f"### {tenant}",
+            "",
+            "| predictor | F1 | precision | recall | FPR | AUPRC | loss | cost | labels to within 1 point |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, m in predictors.items():
+            label = f"{name} ({m['expert']} >= {fmt(m['threshold'], 3)})" if m.get("expert") else name
+            lines.append(
+                f"| {label} | {fmt(m.get('f1'), 3)} | {fmt(m.get('precision'), 3)} | {fmt(m.get('recall'), 3)} | "
+                f"{pct(m.get('fpr'))} | {fmt(m.get('auprc'), 3)} | {fmt(m.get('loss'), 4)} | "
+                f"{fmt(m.get('cost'), 4)} | {_labels_cell(m)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def markdown_summary(report: Mapping[str, Any], plots: list[str] | None = None) -> str:
     """The headline tables of a report, for a human."""
     title = report.get("scenario", {}).get("name") or report.get("kind", "run")
@@ -322,6 +363,8 @@ def markdown_summary(report: Mapping[str, Any], plots: list[str] | None = None) 
     ]
     if len(report.get("segments", [])) > 1:
         lines += ["## Per segment", "", *segments_table(report), ""]
+    if isinstance(report.get("tenants"), Mapping):
+        lines += ["## Per tenant: the whole-request decision", "", *tenants_tables(report), ""]
     if report.get("bandit"):
         lines += ["## Bandit mode", "", "| learner | k | calls | full-information calls | savings | loss ratio |"]
         lines += ["|---|---:|---:|---:|---:|---:|"]

@@ -4,9 +4,10 @@ Two parts. Simulated drift: every scenario in ``simulators/`` x every learner, o
 oracles, regret, recovery time after a drift, bandit savings), one figure per scenario. Real traffic: the shared
 labelled sets chained into one stream (OpenAI moderation, then Davidson tweets, XSTest, SimpleSafetyTests,
 HarmBench) replayed through the engine with the catalog's CPU experts, comparing each expert, their plain average and
-the adaptive ensemble (AUPRC and F1 per category, false positives on XSTest's safe prompts). The replay is skipped,
-with the reason on the page, when the data or the experts' packages are absent. Every number on the page is
-computed here: rerunning the module with the same options rewrites the same page.
+the adaptive ensemble (AUPRC and F1 per category, false positives on XSTest's safe prompts); then the two-tenant study
+of ``tenants_study`` (two tenants with opposite conventions on the same real texts, one relaxing its policy midway).
+The replays are skipped, with the reason on the page, when the data or the experts' packages are absent. Every number
+on the page is computed here: rerunning the module with the same options rewrites the same page.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_online.simulate.report import fmt, pct
+from aegis_online.simulate.tenants_study import study_section
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SCENARIO_ORDER = (
@@ -45,6 +47,9 @@ REPLAY_CHAIN: tuple[tuple[str, str, int | None], ...] = (
     ("harmbench", "harmbench/harmbench_behaviors_text_all.csv", None),
 )
 REPLAY_LEARNERS = ("default", "hedge")
+#: The engine's default configuration (per-expert calibration over the default weights), run on every scenario as an
+#: extra row after ``DEFAULT_LEARNERS``: the synthetic part then shows what calibration adds to the same weights.
+ADAPTIVE_LEARNER = "default+adaptive"
 REPLAY_FEEDBACK_DELAY = 25
 
 
@@ -57,7 +62,8 @@ def simulate_scenario(name: str, steps: int | None, replicas: int, seed: int, fi
 
     started = time.perf_counter()
     scenario = load_scenario(name)
-    result = run_simulation(scenario, steps=steps, seed=seed, replicas=replicas, learners=DEFAULT_LEARNERS)
+    learners = (*DEFAULT_LEARNERS, ADAPTIVE_LEARNER)
+    result = run_simulation(scenario, steps=steps, seed=seed, replicas=replicas, learners=learners)
     report = result.report
     figure = plot_overview(result.stream, result.runs, figures / f"results-{name}.png", title=name)
     learners = {
@@ -123,6 +129,11 @@ def _ratio_cell(value: float | None, best: float) -> str:
     return f"**{text}**" if value is not None and math.isfinite(value) and value == best else text
 
 
+def _mixes(learners: Sequence[str]) -> list[str]:
+    """The learners whose probability is a mix of the experts' (the ones the oracles over the experts bound)."""
+    return [k for k in learners if k != ADAPTIVE_LEARNER]
+
+
 def _replicas(count: int, seed: int) -> str:
     if count == 1:
         return f"one replica (seed {seed})"
@@ -154,7 +165,7 @@ def simulation_section(results: Sequence[Mapping[str, Any]], seed: int) -> list[
     ]
     for learner in learners:
         values = [r["learners"][learner]["ratio"] for r in results]
-        best = [min(x["learners"][k]["ratio"] for k in learners) for x in results]
+        best = [min(x["learners"][k]["ratio"] for k in _mixes(learners)) for x in results]
         lines.append(
             f"| {learner} | " + " | ".join(_ratio_cell(v, b) for v, b in zip(values, best, strict=True)) + " |"
         )
@@ -166,6 +177,8 @@ def simulation_section(results: Sequence[Mapping[str, Any]], seed: int) -> list[
     lines.append(
         "| *best fixed expert loss* | " + " | ".join(fmt(r["oracles"]["best_fixed_loss"], 0) for r in results) + " |"
     )
+    if ADAPTIVE_LEARNER in learners:
+        lines += ["", *_adaptive_note()]
     lines += ["", "### Cumulative loss (squared loss summed over requests and categories)", "", header, rule]
     for learner in learners:
         lines.append(f"| {learner} | " + " | ".join(fmt(r["learners"][learner]["loss"], 0) for r in results) + " |")
@@ -217,6 +230,16 @@ def simulation_section(results: Sequence[Mapping[str, Any]], seed: int) -> list[
     return lines
 
 
+def _adaptive_note() -> list[str]:
+    return [
+        f"`{ADAPTIVE_LEARNER}` is `default` with each expert's score calibrated online before the mix (the engine's "
+        "default configuration); it is not in bold: its calibrated probabilities are not a mix of the experts' own, "
+        "so the oracles over the experts do not bound its loss and it can go below 1.000. Its learned thresholds "
+        "are not used on this part: the synthetic runner evaluates the probabilities, and the flags (the jailbreak "
+        "recall below) use the tenant's fixed threshold.",
+    ]
+
+
 def scenario_notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """Numbers specific to one scenario: jailbreak recall, per-tenant loss and weights, the new category."""
     lines = ["### Scenario specifics", ""]
@@ -263,6 +286,31 @@ def scenario_notes(results: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 # -- real traffic --------------------------------------------------------------------------------------------------
+def _cpu_experts_missing() -> str | None:
+    """Why the catalog's CPU experts cannot run here, or None when they can."""
+    try:
+        import profanity_check  # noqa: F401
+        import sentence_transformers  # noqa: F401
+
+        from aegis_online.experts.cpu import minilm_model_dir
+
+        minilm_model_dir()
+    except (ImportError, RuntimeError) as error:
+        return f"the CPU experts cannot run here ({error}); install the 'experts' extra"
+    return None
+
+
+def tenants_real(data_dir: Path | None, figures: Path, cache_path: Path | None, seed: int) -> dict[str, Any] | str:
+    """The two-tenant study on the shared sets; a reason string when it cannot run."""
+    from aegis_online.datasets import shared_data_dir
+    from aegis_online.simulate.tenants_study import run_study
+
+    base = data_dir or shared_data_dir()
+    if base is None:
+        return "the shared labelled data folder was not found (set AEGIS_DATA_DIR or pass --data-dir)"
+    return _cpu_experts_missing() or run_study(base, cache_path, figures, seed)
+
+
 def replay_real(data_dir: Path | None, figures: Path, cache_path: Path | None, seed: int) -> dict[str, Any] | str:
     """Replay the shared sets through the engine with the CPU experts; a reason string when it cannot run."""
     from aegis_online.datasets import shared_data_dir
@@ -273,15 +321,9 @@ def replay_real(data_dir: Path | None, figures: Path, cache_path: Path | None, s
     missing = [rel for _, rel, _ in REPLAY_CHAIN if not (base / rel).is_file()]
     if missing:
         return f"data files absent under {base}: {', '.join(missing)}"
-    try:
-        import profanity_check  # noqa: F401
-        import sentence_transformers  # noqa: F401
-
-        from aegis_online.experts.cpu import minilm_model_dir
-
-        minilm_model_dir()
-    except (ImportError, RuntimeError) as error:
-        return f"the CPU experts cannot run here ({error}); install the 'experts' extra"
+    reason = _cpu_experts_missing()
+    if reason:
+        return reason
     from aegis_online.simulate.cache import ReplayCache, default_cache_path
     from aegis_online.simulate.plots import plot_overview
     from aegis_online.simulate.replay_run import ReplayConfig, build_catalog_experts, run_replay
@@ -438,7 +480,11 @@ def replay_section(replay: Mapping[str, Any] | str) -> list[str]:
 
 
 def render(
-    results: Sequence[Mapping[str, Any]], replay: Mapping[str, Any] | str, argv: Sequence[str], seed: int = SEED
+    results: Sequence[Mapping[str, Any]],
+    replay: Mapping[str, Any] | str,
+    argv: Sequence[str],
+    seed: int = SEED,
+    study: Mapping[str, Any] | str = "not run",
 ) -> str:
     command = "python -m aegis_online.simulate.results" + ("" if not argv else " " + " ".join(argv))
     lines = [
@@ -450,6 +496,7 @@ def render(
         "",
         *(simulation_section(results, seed) if results else ["## Simulated drift", "", "Skipped.", ""]),
         *replay_section(replay),
+        *study_section(study),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -464,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 4), help="Scenarios run in parallel.")
     parser.add_argument("--data-dir", type=Path, default=None, help="Shared labelled data (default: ../shared/data).")
     parser.add_argument("--cache", type=Path, default=None, help="Expert-output cache of the replay.")
-    parser.add_argument("--skip-replay", action="store_true", help="Only the simulated part.")
+    parser.add_argument("--skip-replay", action="store_true", help="Only the simulated part (no real-data replays).")
+    parser.add_argument("--skip-tenants", action="store_true", help="Leave out the two-tenant study.")
     args = parser.parse_args(argv)
     given = list(argv if argv is not None else sys.argv[1:])
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
@@ -478,8 +526,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if isinstance(replay, str):
         print(f"real-data replay skipped: {replay}", file=sys.stderr)
+    study: Mapping[str, Any] | str = (
+        "not run (--skip-replay)"
+        if args.skip_replay
+        else "not run (--skip-tenants)"
+        if args.skip_tenants
+        else tenants_real(args.data_dir, args.out, args.cache, args.seed)
+    )
+    if isinstance(study, str):
+        print(f"two-tenant study skipped: {study}", file=sys.stderr)
+    else:
+        print(f"two-tenant study: {study['seconds']:.1f} s", file=sys.stderr)
     page = args.out / "results.md"
-    page.write_text(render(results, replay, _shown_arguments(given), args.seed))
+    page.write_text(render(results, replay, _shown_arguments(given), args.seed, study))
     print(f"wrote {page} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aegis_online.learn import Exp3IX, Learner
+from aegis_online.learn import Adaptive, Exp3IX, Learner
 from aegis_online.learn.base import awake_weights
 from aegis_online.learn.batch import occurrence_rank
 from aegis_online.simulate.stream import Stream
@@ -112,6 +112,7 @@ def run_learner(
     props = np.ones((R, T, N)) if bandit is not None else None
     rngs = [np.random.default_rng([seed, r, 3]) for r in range(R)]
     weights = np.zeros((R, T, C, N))
+    calibrated = np.full((R, T, C, N), np.nan) if isinstance(learner, Adaptive) else None
     sample_at = np.unique(np.linspace(0, T - 1, min(weight_samples, T)).round().astype(np.int64))
     samples = np.zeros((len(sample_at), C, N))
     tenant_samples = {t: np.zeros((len(sample_at), C, N)) for t in stream.tenants} if scoped else {}
@@ -153,7 +154,10 @@ def run_learner(
             observed[:, s] = out_s
         else:
             queried[:, s] = covers[:, s]
-        lw = learner.log_weights(table[rows.reshape(-1)])
+        used_states = table[rows.reshape(-1)]
+        if calibrated is not None:  # an Adaptive learner combines its calibration of each expert's score
+            calibrated[:, s] = learner.calibrate(used_states, out_s.reshape(R * C, N)).reshape(R, C, N)
+        lw = learner.log_weights(used_states)
         weights[:, s] = awake_weights(lw, np.isfinite(out_s).reshape(R * C, N)).reshape(R, C, N)
         if progress is not None and (s + 1) % report_every == 0:
             progress(report_every)
@@ -163,7 +167,8 @@ def run_learner(
     if bandit is not None:
         queried &= covers  # a chosen expert that covers none of the request's categories is not called
     answered = np.isfinite(observed)
-    predictions = np.einsum("rtcn,rtcn->rtc", weights, np.where(answered, observed, 0.0))
+    combined = observed if calibrated is None else calibrated
+    predictions = np.einsum("rtcn,rtcn->rtc", weights, np.where(answered, combined, 0.0))
     predictions = np.where(answered.any(axis=3), predictions, np.nan)
     final = {"global": learner.weights(table[global_rows[0]])}
     if scoped:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aegis_online.learn import LEARNERS, make_learner
+from aegis_online.learn import LEARNERS, known_learner, make_learner
 from aegis_online.simulate import plots
 from aegis_online.simulate.oracles import OracleReport, compute_oracles
 from aegis_online.simulate.report import evaluate, markdown_summary, write_report
@@ -38,9 +38,11 @@ class SimulationResult:
 def parse_learners(text: str | Sequence[str]) -> list[str]:
     """``"a,b,c"`` (or a list) -> learner names, checked against the known learners, duplicates dropped."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in LEARNERS]
+    unknown = [n for n in names if not known_learner(n)]
     if unknown:
-        raise ValueError(f"unknown learner(s) {unknown}; choose from {', '.join(sorted(LEARNERS))}")
+        raise ValueError(
+            f"unknown learner(s) {unknown}; choose from {', '.join(sorted(LEARNERS))}, optionally with +adaptive"
+        )
     if not names:
         raise ValueError("give at least one learner")
     return list(dict.fromkeys(names))

@@ -14,7 +14,7 @@ import numpy as np
 from aegis_online.errors import InvalidFeedbackError, TenantMismatchError, UnknownRequestError
 from aegis_online.learn import DEFAULT_LEARNER, Learner, make_learner
 from aegis_online.policy import resolve_category
-from aegis_online.schemas import FeedbackEvent, FeedbackResult
+from aegis_online.schemas import OVERALL, FeedbackEvent, FeedbackResult
 from aegis_online.state import (
     LearnerStore,
     MemoryLearnerStore,
@@ -107,7 +107,7 @@ class FeedbackApplier:
         if record.experts != self.expert_names:
             raise InvalidFeedbackError("request_id: the prediction was made by a different expert set")
         labels = self.resolve_labels(event, record)
-        where = _category_rows(record.categories)
+        where = {**_category_rows(record.categories), OVERALL: len(record.categories)}
         cats = list(labels)
         space = self.keyspace
         return PlannedFeedback(
@@ -121,31 +121,33 @@ class FeedbackApplier:
         )
 
     def resolve_labels(self, event: FeedbackEvent, record: PredictionRecord) -> dict[str, float]:
-        """Per-category targets: explicit labels, or one verdict spread over the evaluated categories.
+        """Targets per key: category labels train their categories; the whole request's key (``OVERALL``) learns
+        from a safe/unsafe verdict, or from category labels when they settle it (one unsafe category, or every
+        evaluated category safe).
 
-        ``safe`` labels every evaluated category 0. ``unsafe`` labels 1 the categories the decision flagged or,
-        when it flagged none (a miss), the one it scored highest; the others are left alone, since the reporter
-        did not say they were safe.
+        A verdict of the whole request never labels a category: ``unsafe`` does not say which category was
+        unsafe, and guessing (the flagged or top-scored one) would feed the learner its own scores back.
         """
-        if event.label == "safe":
-            return dict.fromkeys(record.categories, 0.0)
-        if event.label == "unsafe":
-            if record.flagged:
-                return dict.fromkeys(record.flagged, 1.0)
-            scored = np.where(np.isnan(record.scores), -np.inf, record.scores)
-            return {record.categories[int(np.argmax(scored))]: 1.0}
+        if event.label is not None:
+            return {OVERALL: 1.0 if event.label == "unsafe" else 0.0}
         assert event.labels is not None
         if event.labels.keys() <= _category_rows(record.categories).keys():  # ids of evaluated categories: no policy
-            return dict(event.labels)
-        known = self.policies.effective(record.tenant).category_set()
-        resolved: dict[str, float] = {}
-        for key, value in event.labels.items():
-            cat = resolve_category(key, known)
-            if cat is None:
-                raise InvalidFeedbackError(f"labels.{key}: unknown category")
-            if cat not in record.categories:
-                raise InvalidFeedbackError(f"labels.{key}: category was not evaluated in request {record.request_id!r}")
-            resolved[cat] = value
+            resolved = dict(event.labels)
+        else:
+            known = self.policies.effective(record.tenant).category_set()
+            resolved = {}
+            for key, value in event.labels.items():
+                cat = resolve_category(key, known)
+                if cat is None:
+                    raise InvalidFeedbackError(f"labels.{key}: unknown category")
+                if cat not in record.categories:
+                    raise InvalidFeedbackError(
+                        f"labels.{key}: category was not evaluated in request {record.request_id!r}"
+                    )
+                resolved[cat] = value
+        top = max(resolved.values())
+        if top >= 0.5 or len(resolved) == len(record.categories):
+            resolved[OVERALL] = top
         return resolved
 
 

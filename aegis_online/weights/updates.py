@@ -109,6 +109,18 @@ class StreamPositions:
     entry_offset: np.ndarray
 
 
+def with_overall_row(outputs: np.ndarray) -> np.ndarray:
+    """A prediction's expert outputs ``(C, N)`` plus the row of the whole request (``schemas.OVERALL``): each
+    expert's highest score over the categories (NaN where it scored none). The moderator decides with the same row.
+
+    >>> with_overall_row(np.array([[0.2, np.nan], [0.7, np.nan]])).tolist()[-1]
+    [0.7, nan]
+    """
+    finite = np.isfinite(outputs)
+    top = np.where(finite, outputs, -np.inf).max(axis=0, initial=-np.inf)
+    return np.vstack([outputs, np.where(finite.any(axis=0), top, np.nan)])
+
+
 # -- scope rules ---------------------------------------------------------------------------------------------------
 def scope_entries(
     global_key: np.ndarray, own_key: np.ndarray, trusted: np.ndarray
@@ -171,10 +183,10 @@ def plan_updates(plans: Sequence[PlannedFeedback], learner: Learner) -> KeyUpdat
         r = records.get(id(record))
         if r is None:
             r = records[id(record)] = len(outputs)
-            outputs.append(record.outputs)
+            outputs.append(with_overall_row(record.outputs))
             props.append(record.propensities)
             first_row.append(total_rows)
-            total_rows += record.outputs.shape[0]
+            total_rows += record.outputs.shape[0] + 1
         event_record.append(r)
         for c, key in enumerate(plan.shared_keys):
             g = index.get(key)
@@ -268,7 +280,7 @@ def replay(
     for wave in range(len(edges) - 1):
         begins = starting[start_order[start_edges[wave] : start_edges[wave + 1]]] if wave + 1 < len(start_edges) else ()
         if len(begins):
-            states[begins] = states[updates.key_parent[begins]]
+            states[begins] = learner.inherit(states[updates.key_parent[begins]])
         members = chosen[by_wave[edges[wave] : edges[wave + 1]]]
         if members.size == 0:
             continue

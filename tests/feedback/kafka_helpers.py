@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from aegis_online.feedback import loadgen
-from aegis_online.schemas import FeedbackEvent
+from aegis_online.schemas import OVERALL, FeedbackEvent
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog, PredictionRecord
 from aegis_online.taxonomy import CANONICAL_IDS
 from aegis_online.weights import FeedbackApplier
@@ -34,7 +34,7 @@ def partitioned_traffic(
     n: int, tenants: int, partitions: int, seed: int
 ) -> tuple[list[PredictionRecord], list[FeedbackEvent]]:
     """Predictions and feedback where each partition's tenants label only that partition's categories, so every
-    key (global ones included) is fed by one partition and its final state is the same in any run."""
+    category key (global ones included) is fed by one partition and its final state is the same in any run."""
     rng = np.random.default_rng(seed)
     names = [f"tenant-{i:03d}" for i in range(tenants)]
     records = loadgen.predictions(n, names, EXPERTS, rng, prefix=f"req{seed}")
@@ -71,14 +71,20 @@ def expected_updates(
 
 
 def compare(expected: FeedbackApplier, actual: FeedbackApplier, counts: dict[str, int]) -> float:
-    """Assert every key was updated exactly as often as events touched it; return the largest state difference."""
+    """Assert every key was updated exactly as often as events touched it; return the largest state difference.
+
+    States are compared on the category keys only: the whole-request keys (``overall``) learn from every
+    partition's category labels, so the global one's state (and the tenant ones copied from it) depends on how
+    partitions interleave, which no two runs share; their update counts are still checked."""
     keys = sorted(counts)
     want, got = expected.store.load(keys), actual.store.load(keys)
     missing = [k for k, g in zip(keys, got, strict=True) if g is None]
     assert not missing, f"{len(missing)} keys never written, e.g. {missing[:3]}"
     wrong = {k: (g.updates, counts[k]) for k, g in zip(keys, got, strict=True) if g.updates != counts[k]}
     assert not wrong, f"update counts differ (got, expected): {dict(list(wrong.items())[:5])}"
-    return max(float(np.max(np.abs(g.state - w.state))) for w, g in zip(want, got, strict=True))
+    exact = [i for i, k in enumerate(keys) if not k.endswith(":" + OVERALL)]
+    assert len(exact) > len(keys) // 2
+    return max(float(np.max(np.abs(got[i].state - want[i].state))) for i in exact)
 
 
 def produce(bootstrap: str, topic: str, events: Sequence[FeedbackEvent], per_second: float | None = None) -> None:

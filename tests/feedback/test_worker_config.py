@@ -27,6 +27,7 @@ from aegis_online.feedback.kafka import ensure_topics
 from aegis_online.feedback.processor import FeedbackProcessor
 from aegis_online.feedback.records import FeedbackRecord
 from aegis_online.feedback.redis_applier import redis_applier
+from aegis_online.learn import DEFAULT_LEARNER
 from aegis_online.weights import FeedbackApplier, KeySpace
 from tests.state.services import spare_port, unique
 
@@ -41,7 +42,7 @@ APPLIED = 'aegis_feedback_applied_total{outcome="applied"}'
 def write_config(path: Path, servers: Any, prefix: str, topic: str, **sections: dict) -> Path:
     document = {
         "experts": {"use": SERVED},
-        "learner": {"name": "default"},
+        "learner": {"name": DEFAULT_LEARNER},
         "store": {"kind": "redis", "redis_url": servers.redis_url, "prefix": prefix},
         "bus": {
             "kind": "kafka",
@@ -202,7 +203,7 @@ def test_settings_resolve_option_then_config_then_default(servers, tmp_path, mon
     assert (plain.topic, plain.dead_letter_topic, plain.learner, plain.prefix) == (
         "aegis.feedback",
         "aegis.feedback.dead-letter",
-        "default",
+        "default+adaptive",
         "aegis:",
     )
     with pytest.raises(typer.BadParameter, match="expert"):

@@ -194,7 +194,8 @@ def test_bandit_mode_needs_the_bandit_learner_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         config_from_document({"learner": {"bandit": {"k": 1}}}, source="c.yaml", environ=False)
     message = str(refused.value)
-    assert "c.yaml: learner.name:" in message and "set learner.name: exp3-ix" in message and "'default'" in message
+    assert "c.yaml: learner.name:" in message and "set learner.name: exp3-ix" in message
+    assert "'default+adaptive'" in message
     with pytest.raises(ConfigError, match=r"learner\.bandit: exp3-ix is a bandit learner"):
         config_from_document({"learner": {"name": "exp3-ix"}}, source="c.yaml", environ=False)
 
@@ -206,6 +207,30 @@ def test_the_named_learner_and_the_bandit_k_run_the_engine(service_factory: Call
     assert [(m["expert"], m["kind"]) for m in missing] == [("words-a", "not_queried")]  # k=1: only the "always" one
     hedge = service_factory(learner={"name": "hedge"})
     assert hedge.app.state.service.engine.learner.name == "hedge" and not moderate(hedge, "kill")["missing_experts"]
+
+
+def test_floors_act_whatever_the_tenants_policy_says(service_factory: Callable[..., TestClient]) -> None:
+    lenient = {"tenant": "acme", "categories": {"violence": {"action": "allow"}}}
+    plain = service_factory(policies=[lenient])
+    assert moderate(plain, "kill")["action"] == "allow"
+    floored = service_factory(policies=[lenient], floors={"violence": {"threshold": 0.4, "action": "flag"}})
+    decision = moderate(floored, "kill")
+    s1 = next(c for c in decision["categories"] if c["category"] == "S1")
+    assert decision["action"] == "flag" and s1["threshold_source"] == "floor" and s1["threshold"] == 0.4
+    with pytest.raises(ConfigError, match=r"floors\.nope: unknown category"):
+        config_from_document({"floors": {"nope": {"threshold": 0.5}}}, source="c.yaml", environ=False)
+
+
+def test_the_default_learner_is_adaptive_and_plain_learners_stay_available(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    adaptive = moderate(service_factory(), "kill")
+    assert adaptive["overall"]["threshold_source"] == "fixed" and adaptive["overall"]["score"] > 0.5
+    assert service_factory().app.state.service.engine.learner.name == "default+adaptive"
+    with pytest.raises(ConfigError, match="exp3-ix\\+adaptive"):
+        config_from_document(
+            {"learner": {"name": "exp3-ix+adaptive", "bandit": {"k": 1}}}, source="c.yaml", environ=False
+        )
 
 
 def test_max_predictions_and_prediction_ttl_bound_what_feedback_can_join(

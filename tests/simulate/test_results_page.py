@@ -35,6 +35,10 @@ def test_the_page_has_every_table_and_its_figures(tmp_path: Path) -> None:
     ):
         assert heading in page
     assert "| default |" in page and "| hedge |" in page
+    adaptive_rows = [line for line in page.splitlines() if line.startswith("| default+adaptive |")]
+    assert len(adaptive_rows) == 4  # ratio, loss, regret and recovery tables: an extra row in each
+    assert "**" not in adaptive_rows[0]  # not in the contest for bold: the oracles over the experts do not bound it
+    assert "Its learned thresholds are not used on this part" in page
     assert "**tenants**" in page and "Skipped: not run (--skip-replay)." in page
     for name in ("abrupt", "tenants"):
         assert (tmp_path / f"results-{name}.png").stat().st_size > 10_000

@@ -19,6 +19,7 @@ pytest.importorskip("httpx")
 
 from aegis_online.api_models import FeedbackOutcome
 from aegis_online.client import AegisClient, APIConnectionError, APIError, RetryPolicy
+from aegis_online.learn import DEFAULT_LEARNER
 from aegis_online.schemas import FeedbackEvent, Message, ModerationRequest
 from aegis_online.serve.app import create_app
 from aegis_online.serve.service import ModerationService
@@ -35,7 +36,7 @@ from .stubs import COLUMNS, experts, shifted_files
 def _config(folder: Path, **extra: object) -> ReplayConfig:
     first, second = shifted_files(folder)
     data = [DataSpec(first, "jsonl", COLUMNS), DataSpec(second, "jsonl", COLUMNS)]
-    return ReplayConfig(data=data, learners=["default"], **extra)  # type: ignore[arg-type]
+    return ReplayConfig(data=data, learners=[DEFAULT_LEARNER], **extra)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -67,11 +68,13 @@ def test_replay_over_http_matches_the_in_process_replay(tmp_path: Path, service:
     with AppliedFirstClient(url, built) as client:
         remote = run_replay_http(config, url, client=client)
     local = run_replay(config, experts(), ReplayCache(None))
-    np.testing.assert_allclose(remote.runs[SERVICE_LEARNER].predictions, local.runs["default"].predictions, atol=1e-9)
-    np.testing.assert_array_equal(remote.runs[SERVICE_LEARNER].flagged, local.runs["default"].flagged)
+    np.testing.assert_allclose(
+        remote.runs[SERVICE_LEARNER].predictions, local.runs[DEFAULT_LEARNER].predictions, atol=1e-9
+    )
+    np.testing.assert_array_equal(remote.runs[SERVICE_LEARNER].flagged, local.runs[DEFAULT_LEARNER].flagged)
     report = remote.report
     assert report["mode"] == "http" and set(report["learners"]) == {SERVICE_LEARNER}
-    assert set(report["experts"]) == {"red", "blue"} and report["service_learner"] == "default"
+    assert set(report["experts"]) == {"red", "blue"} and report["service_learner"] == DEFAULT_LEARNER
     # the service queued every event and said so; it never said "applied" (its worker applies them later)
     feedback = {"sent": 120, "applied": 0, "queued": 120, "duplicate": 0, "rejected": {}}
     assert report["learners"][SERVICE_LEARNER]["feedback"] == feedback

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from aegis_online.feedback import loadgen
+from aegis_online.learn import DEFAULT_LEARNER
 from aegis_online.schemas import FeedbackEvent
 from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog
 from aegis_online.weights import FeedbackApplier
@@ -15,7 +16,7 @@ from aegis_online.weights import FeedbackApplier
 EXPERTS = ("a", "b", "c", "d")
 
 
-def make_engine(learner: str = "default", store=None) -> FeedbackApplier:
+def make_engine(learner: str = DEFAULT_LEARNER, store=None) -> FeedbackApplier:
     return FeedbackApplier(EXPERTS, learner, store=store or MemoryLearnerStore(), prediction_log=MemoryPredictionLog())
 
 
@@ -51,7 +52,10 @@ def assert_same_states(expected: FeedbackApplier, actual: FeedbackApplier) -> No
         np.testing.assert_array_equal(got.state, want.state, err_msg=key)  # bit for bit, not approximately
 
 
-@pytest.mark.parametrize(("learner", "seed"), [("default", 1), ("default", 2), ("hedge", 3), ("adanormalhedge", 4)])
+@pytest.mark.parametrize(
+    ("learner", "seed"),
+    [("default", 1), (DEFAULT_LEARNER, 2), ("hedge", 3), ("adanormalhedge", 4), ("hedge+adaptive", 5)],
+)
 def test_a_batch_equals_the_events_applied_one_by_one(learner: str, seed: int) -> None:
     records, events = scenario(seed)
     one, batch = make_engine(learner), make_engine(learner)
