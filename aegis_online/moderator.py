@@ -53,7 +53,7 @@ from aegis_online.state import (
 )
 from aegis_online.taxonomy import CategorySet
 from aegis_online.weights import GLOBAL_SCOPE, KeySpace, personalised_states
-from aegis_online.weights.updates import with_overall_row
+from aegis_online.weights.updates import overall_outputs
 
 #: Order in which an unscored category names its reasons: the most actionable first.
 _KIND_ORDER: tuple[str, ...] = ("timeout", "error", "language", "not_queried", "not_covered")
@@ -70,15 +70,23 @@ class BanditConfig:
 def final_action(
     decisions: Sequence[CategoryDecision], overall: OverallDecision | None, policy: TenantPolicy
 ) -> Action:
-    """The request's action. Until the whole-request threshold is learned: the most severe category action. Then
-    the whole-request decision says whether the request is flagged (the categories say with which action, the
-    policy's ``action`` when none crossed its own threshold), except that floors and unscored categories act
-    whatever it says: a learned "fine" never overrides the platform or a check that could not run."""
+    """The request's action: the most severe category action, unless the whole-request threshold is learned and no
+    category of the request has a learned threshold (the tenant teaches with whole-request verdicts, not category
+    labels: the categories' own thresholds then know nothing of its conventions). Then the whole-request decision
+    says whether the request is flagged (the crossed categories say with which action;
+    when none crossed its own threshold, the action of the highest-scored category the policy acts on), except
+    that floors and unscored categories act whatever it says: a learned "fine" never overrides the platform or a
+    check that could not run. The whole-request score counts only categories the policy acts on, so a category it
+    allows is never acted on through it."""
     by_categories = overall_action(list(decisions))
-    if overall is None or overall.threshold_source != "learned":
+    taught_by_categories = any(d.threshold_source == "learned" for d in decisions)
+    if overall is None or overall.threshold_source != "learned" or taught_by_categories:
         return by_categories
     if overall.flagged:
-        return by_categories if by_categories != "allow" else policy.action
+        if by_categories != "allow":
+            return by_categories
+        acted = [d for d in decisions if d.score is not None and policy.action_for(d.category) != "allow"]
+        return policy.action_for(max(acted, key=lambda d: d.score or 0.0).category) if acted else "allow"
     guarded = [d for d in decisions if d.flagged and (d.score is None or d.threshold_source == "floor")]
     return overall_action(guarded)
 
@@ -230,7 +238,8 @@ class Moderator:
                     if cat in out.scores:
                         matrix[c, i] = out.scores[cat]
         states, scopes = self.load_states(request.tenant, (*cat_ids, OVERALL), policy)
-        combination = combine(self.learner, states, with_overall_row(matrix))
+        acted = np.array([policy.action_for(cat) != "allow" for cat in cat_ids])
+        combination = combine(self.learner, states, np.vstack([matrix, overall_outputs(matrix, acted)[None, :]]))
         scores, overall_score = combination.scores[:-1], combination.scores[-1]
         strictness = policy.strictness_for(request.strictness)
         choices = self.learned_thresholds(states, (*cat_ids, OVERALL), policy, strictness)
@@ -307,7 +316,7 @@ class Moderator:
         if not isinstance(learner, Adaptive) or policy.thresholds == "fixed":
             return [None] * len(keys)
         labels = learner.labels_seen(states)
-        ready = labels >= policy.learn_after
+        ready = (labels >= policy.learn_after) & learner.both_classes(states)  # one class: no boundary to learn
         if not ready.any():
             return [None] * len(keys)
         tracker, part = learner.thresholds, learner.split(states)[2]

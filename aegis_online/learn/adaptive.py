@@ -29,6 +29,9 @@ from aegis_online.learn.thresholds import ThresholdTracker
 
 #: Labels that fade to half weight after ``WINDOW * ln 2`` newer ones; the calibration's step stops shrinking there.
 WINDOW = 1000
+#: Label mass of each class a key needs before its calibration applies: a calibration map cannot be estimated from
+#: one class, and keys often see one only (moderators and data sets label a category where it is present).
+MIN_CLASS_MASS = 5.0
 #: A tenant's own key starts from the global threshold statistics scaled to this many labels (``learn_after``'s
 #: default), so its own labels outweigh the global ones after about as many, however long the global key has run.
 INHERITED_LABELS = 50.0
@@ -62,7 +65,18 @@ class Adaptive(Learner):
         return base, cal, thr
 
     def calibrate(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        return self.calibration.apply(self.split(states)[1], outputs)
+        _, cal, thr = self.split(states)
+        return self._calibrated(cal, thr, outputs)
+
+    def both_classes(self, states: np.ndarray) -> np.ndarray:
+        """Per key, whether it has seen ``MIN_CLASS_MASS`` of each class (its calibration and thresholds apply)."""
+        return self.thresholds.class_mass(self.split(states)[2]).min(axis=1) >= MIN_CLASS_MASS
+
+    def _calibrated(self, cal: np.ndarray, thr: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        ready = self.thresholds.class_mass(thr).min(axis=1) >= MIN_CLASS_MASS
+        if not ready.any():
+            return outputs
+        return np.where(ready[:, None], self.calibration.apply(cal, outputs), outputs)
 
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         return self.base.log_weights(self.split(states)[0])
@@ -94,7 +108,7 @@ class Adaptive(Learner):
         if awake is not None:
             outputs = np.where(np.asarray(awake, dtype=bool), outputs, np.nan)
         base, cal, thr = self.split(states)
-        calibrated = self.calibration.apply(cal, outputs)
+        calibrated = self._calibrated(cal, thr, outputs)
         up = np.isfinite(calibrated)
         w = awake_weights(self.base.log_weights(base), up)
         score = np.where(up.any(axis=1), np.einsum("bn,bn->b", w, np.where(up, calibrated, 0.0)), np.nan)

@@ -88,6 +88,11 @@ class ThresholdTracker:
         new[rows, -1] += 1.0
         return new
 
+    def class_mass(self, states: np.ndarray) -> np.ndarray:
+        """Per key, the (discounted) label mass of the positive and of the negative class, ``(B, 2)``."""
+        g = self.bins
+        return np.stack([states[:, :g].sum(axis=1), states[:, g : 2 * g].sum(axis=1)], axis=1)
+
     def shrink(self, states: np.ndarray, mass: float) -> np.ndarray:
         """The statistics with their label mass scaled down to at most ``mass`` (the label count is kept)."""
         g = 2 * self.bins

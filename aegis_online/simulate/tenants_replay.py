@@ -54,7 +54,7 @@ from aegis_online.simulate.tenant_metrics import (
     rolling_f1,
 )
 from aegis_online.simulate.traffic import DataSpec, ReplayTraffic, chain
-from aegis_online.weights.updates import with_overall_row
+from aegis_online.weights.updates import overall_outputs
 
 #: ``personalise_after`` of the ``global_only`` predictor: never reached.
 NEVER = 10**9
@@ -191,7 +191,7 @@ def tenant_stream(
 
 def expert_overall(outputs: np.ndarray) -> np.ndarray:
     """Each expert's whole-request score per request, ``(T, N)``: its highest over the categories (as the engine)."""
-    return np.stack([with_overall_row(o)[-1] for o in outputs]) if len(outputs) else np.zeros((0, outputs.shape[2]))
+    return np.stack([overall_outputs(o) for o in outputs]) if len(outputs) else np.zeros((0, outputs.shape[2]))
 
 
 def _at(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -25,7 +25,14 @@ from aegis_online.state import (
     PredictionRecord,
 )
 from aegis_online.weights.keyspace import GLOBAL_SCOPE, KeySpace
-from aegis_online.weights.updates import BatchOutcome, PlannedFeedback, StreamPositions, apply_updates, plan_updates
+from aegis_online.weights.updates import (
+    BatchOutcome,
+    PlannedFeedback,
+    StreamPositions,
+    apply_updates,
+    overall_outputs,
+    plan_updates,
+)
 
 
 class FeedbackApplier:
@@ -110,6 +117,11 @@ class FeedbackApplier:
         where = {**_category_rows(record.categories), OVERALL: len(record.categories)}
         cats = list(labels)
         space = self.keyspace
+        overall = None
+        if OVERALL in labels:  # the whole-request row over the categories the tenant's policy acts on, as decided
+            policy = self.policies.effective(record.tenant)
+            acted = np.array([policy.action_for(c) != "allow" for c in record.categories])
+            overall = None if acted.all() else overall_outputs(record.outputs, acted)
         return PlannedFeedback(
             event,
             record,
@@ -118,12 +130,14 @@ class FeedbackApplier:
             space.keys(GLOBAL_SCOPE, cats),
             [] if record.tenant == GLOBAL_SCOPE else space.keys(record.tenant, cats),
             event.trusted,
+            overall,
         )
 
     def resolve_labels(self, event: FeedbackEvent, record: PredictionRecord) -> dict[str, float]:
         """Targets per key: category labels train their categories; the whole request's key (``OVERALL``) learns
-        from a safe/unsafe verdict, or from category labels when they settle it (one unsafe category, or every
-        evaluated category safe).
+        from a safe/unsafe verdict, or from category labels as their most severe one (a request whose labelled
+        categories are all safe is safe: the categories a moderator did not label are taken as not unsafe, which
+        keeps the whole-request key's labels from being all positives when moderators label some categories).
 
         A verdict of the whole request never labels a category: ``unsafe`` does not say which category was
         unsafe, and guessing (the flagged or top-scored one) would feed the learner its own scores back.
@@ -145,9 +159,7 @@ class FeedbackApplier:
                         f"labels.{key}: category was not evaluated in request {record.request_id!r}"
                     )
                 resolved[cat] = value
-        top = max(resolved.values())
-        if top >= 0.5 or len(resolved) == len(record.categories):
-            resolved[OVERALL] = top
+        resolved[OVERALL] = max(resolved.values())
         return resolved
 
 

@@ -62,6 +62,8 @@ class PlannedFeedback(NamedTuple):
     shared_keys: list[str]
     own_keys: list[str]
     trusted: bool = False
+    #: The experts' whole-request scores (``overall_outputs``), the row after the categories (None: over all).
+    overall: np.ndarray | None = None
 
     @property
     def scopes(self) -> list[str]:
@@ -109,16 +111,22 @@ class StreamPositions:
     entry_offset: np.ndarray
 
 
-def with_overall_row(outputs: np.ndarray) -> np.ndarray:
-    """A prediction's expert outputs ``(C, N)`` plus the row of the whole request (``schemas.OVERALL``): each
-    expert's highest score over the categories (NaN where it scored none). The moderator decides with the same row.
+def overall_outputs(outputs: np.ndarray, acted: np.ndarray | None = None) -> np.ndarray:
+    """Each expert's score of the whole request (``schemas.OVERALL``) from its category scores ``(C, N)``: its
+    highest over the categories the tenant's policy acts on (``acted``; None: all), NaN where it scored none. A
+    category the policy allows is reported, never acted on, so it never makes the request look unsafe. The moderator
+    decides, and the applier learns, with the same row.
 
-    >>> with_overall_row(np.array([[0.2, np.nan], [0.7, np.nan]])).tolist()[-1]
+    >>> overall_outputs(np.array([[0.2, np.nan], [0.7, np.nan]])).tolist()
     [0.7, nan]
+    >>> overall_outputs(np.array([[0.2, np.nan], [0.7, np.nan]]), np.array([True, False])).tolist()
+    [0.2, nan]
     """
+    if acted is not None:
+        outputs = outputs[np.asarray(acted, dtype=bool)]
     finite = np.isfinite(outputs)
     top = np.where(finite, outputs, -np.inf).max(axis=0, initial=-np.inf)
-    return np.vstack([outputs, np.where(finite.any(axis=0), top, np.nan)])
+    return np.where(finite.any(axis=0), top, np.nan)
 
 
 # -- scope rules ---------------------------------------------------------------------------------------------------
@@ -183,7 +191,8 @@ def plan_updates(plans: Sequence[PlannedFeedback], learner: Learner) -> KeyUpdat
         r = records.get(id(record))
         if r is None:
             r = records[id(record)] = len(outputs)
-            outputs.append(with_overall_row(record.outputs))
+            whole = overall_outputs(record.outputs) if plan.overall is None else plan.overall
+            outputs.append(np.vstack([record.outputs, whole[None, :]]))
             props.append(record.propensities)
             first_row.append(total_rows)
             total_rows += record.outputs.shape[0] + 1

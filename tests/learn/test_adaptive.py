@@ -240,3 +240,17 @@ def test_a_tenant_key_inherits_the_global_threshold_statistics_as_a_light_prior(
         child = learner.learn_one(child, [0.6, 0.7], label=0.0)
     score = learner.predict_one(child, [0.6, 0.7])
     assert learner.thresholds.f_beta_threshold(learner.split(child[None, :])[2], 1.0)[0] > score
+
+
+def test_one_class_teaches_no_calibration_and_no_threshold() -> None:
+    """Moderators and data sets often label a category only where it is present: a key that has seen one class must
+    not turn that into "everything is unsafe"."""
+    learner = make_learner(DEFAULT_LEARNER, 2)
+    state = learner.init_state()
+    for _ in range(200):
+        state = learner.learn_one(state, [0.1, 0.2], label=1.0)
+    assert not learner.both_classes(state[None, :])[0]
+    assert 0.1 <= learner.predict_one(state, [0.1, 0.2]) <= 0.2  # raw scores: no calibration applied
+    for _ in range(6):  # (5 labels of discounted mass)
+        state = learner.learn_one(state, [0.1, 0.2], label=0.0)
+    assert learner.both_classes(state[None, :])[0] and learner.predict_one(state, [0.1, 0.2]) > 0.5
