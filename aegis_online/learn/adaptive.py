@@ -13,9 +13,10 @@ state *before* that round's update, as the decision that round's request got wou
 >>> from aegis_online.learn import Hedge
 >>> learner = Adaptive(Hedge(n_experts=2))
 >>> state = learner.init_state()
->>> for _ in range(200):  # both experts say 0.8; this tenant calls it safe
-...     state = learner.learn_one(state, [0.8, 0.8], label=0.0)
->>> learner.predict_one(state, [0.8, 0.8]) < 0.2
+>>> for k in range(300):  # both experts say 0.8 of what this tenant calls safe, 0.97 of what it calls unsafe
+...     outputs, label = ([0.97, 0.97], 1.0) if k % 3 == 0 else ([0.8, 0.8], 0.0)
+...     state = learner.learn_one(state, outputs, label=label)
+>>> learner.predict_one(state, [0.8, 0.8]) < 0.2 < 0.6 < learner.predict_one(state, [0.97, 0.97])
 True
 """
 
