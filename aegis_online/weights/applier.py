@@ -131,6 +131,7 @@ class FeedbackApplier:
             [] if record.tenant == GLOBAL_SCOPE else space.keys(record.tenant, cats),
             event.trusted,
             overall,
+            derived_overall=OVERALL in labels and event.label is None,
         )
 
     def resolve_labels(self, event: FeedbackEvent, record: PredictionRecord) -> dict[str, float]:

@@ -64,6 +64,17 @@ class PlannedFeedback(NamedTuple):
     trusted: bool = False
     #: The experts' whole-request scores (``overall_outputs``), the row after the categories (None: over all).
     overall: np.ndarray | None = None
+    #: Whether the whole-request label was derived from category labels: it then trains the tenant's key only. (The
+    #: global whole-request key is one key that every trusted event would update in turn; a batch of them is one
+    #: learner step per event instead of one per wave, so only explicit verdicts train it.)
+    derived_overall: bool = False
+
+    @property
+    def trained_keys(self) -> list[str]:
+        """The store keys this event updates (what the scope rules make of its labels)."""
+        local = len(self.shared_keys) - 1 if self.derived_overall else -1
+        shared = [k for i, k in enumerate(self.shared_keys) if i != local] if self.trusted else []
+        return shared + self.own_keys
 
     @property
     def scopes(self) -> list[str]:
@@ -212,6 +223,8 @@ def plan_updates(plans: Sequence[PlannedFeedback], learner: Learner) -> KeyUpdat
             item_own.append(o)
         n = len(plan.shared_keys)
         item_trusted += [plan.trusted] * n
+        if plan.derived_overall and plan.trusted:
+            item_trusted[-1] = False  # the derived whole-request label (last): the tenant's key only
         item_event += [e] * n
         item_row += [first_row[r] + row for row in plan.rows]
         targets += plan.labels.values()

@@ -65,7 +65,7 @@ def expected_updates(
     by_id = {r.request_id: r for r in records}
     for e in events:
         plan = engine.plan(e, by_id[e.request_id])
-        for key in (plan.shared_keys if plan.trusted else []) + plan.own_keys:
+        for key in plan.trained_keys:
             counts[key] = counts.get(key, 0) + 1
     return counts
 

@@ -137,7 +137,7 @@ def test_racing_writers_of_the_same_keys_lose_nothing(redis_client, prefix, serv
     engine = applier_on(redis_client, prefix)
     counts: dict[str, int] = {}
     for plan, _, _ in plans:
-        for key in (plan.shared_keys if plan.trusted else []) + plan.own_keys:
+        for key in plan.trained_keys:
             counts[key] = counts.get(key, 0) + 1
     loaded = engine.store.load(list(counts))
     assert {k: r.updates for k, r in zip(counts, loaded, strict=True)} == counts  # every update landed, once
