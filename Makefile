@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The pinned helm for the chart checks (field notes, section 7: unpacked from a PyPI wheel, checksummed).
 HELM := .tools/helm
 
-.PHONY: install tools demo demo-drift test lint bench results chart-check clean
+.PHONY: install tools demo demo-drift test lint bench results heads chart-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
+
+# The trained artifacts the CPU experts ship with, from every shared labelled set (../shared/data): profanity-check's
+# per-category calibration, the minilm-heads and lexical-heads heads; each writes its provenance beside it.
+CPU_ARTIFACTS := aegis_online/experts/cpu
+heads: $(STAMP)
+	$(PY) -m aegis_online.experts.cpu.profanity_calibration --out $(CPU_ARTIFACTS)/profanity-calibration.json
+	$(VENV)/bin/aegis-online experts train-head --kind minilm --shared-data --out $(CPU_ARTIFACTS)/minilm/minilm-heads.npz
+	$(VENV)/bin/aegis-online experts train-head --kind lexical --shared-data --out $(CPU_ARTIFACTS)/lexical/lexical-heads.npz
 
 bench: $(STAMP)
 	$(PY) bench/learners.py

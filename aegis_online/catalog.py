@@ -20,10 +20,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aegis_online.language import ANY_LANGUAGE, is_language_code
 from aegis_online.taxonomy import CANONICAL_IDS, LLAMA_GUARD_3, OPENAI_OMNI, SHIELDGEMMA, ExternalTaxonomy
 
 GUARD_BACKENDS = ("transformers", "vllm", "openai-chat")
-Backend = Literal["transformers", "vllm", "openai-chat", "openai-moderations", "profanity-check", "minilm"]
+Backend = Literal["transformers", "vllm", "openai-chat", "openai-moderations", "profanity-check", "minilm", "lexical"]
 CostClass = Literal["cpu-light", "cpu", "gpu-small", "gpu-large", "remote"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: The guard families an entry may name (``experts.guards.FAMILIES`` registers one class under each).
@@ -75,6 +76,11 @@ class ExpertSpec(BaseModel):
         description="Its own labels -> canonical ids, for the labels that should mean something other than the "
         "declared map (taxonomy.py); the others keep it. Only for experts with labels of their own (OWN_LABELS).",
     )
+    languages: list[str] | None = Field(
+        default=None,
+        description="ISO 639-1 codes of the languages it reads (its model card's); null or ['*']: any. The request "
+        "path does not call it on a text identified as another language (missing kind 'language').",
+    )
     cost: CostClass
     hardware: Hardware = Field(default_factory=Hardware)
 
@@ -91,6 +97,18 @@ class ExpertSpec(BaseModel):
         unknown = [c for c in value or () if c not in CANONICAL_IDS]
         if unknown:
             raise ValueError(f"unknown canonical ids {unknown}; use S1..S23")
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None or value == [ANY_LANGUAGE]:
+            return value
+        if not value:
+            raise ValueError("an expert reads at least one language; ['*'] (or no field) for any")
+        bad = [code for code in value if not is_language_code(code)]
+        if bad:
+            raise ValueError(f"{bad} are not ISO 639-1 codes (two lowercase letters, e.g. en) nor ['*'] alone (any)")
         return value
 
     @field_validator("category_map")
@@ -147,6 +165,13 @@ class ExpertSpec(BaseModel):
     def runs_on_cpu(self) -> bool:
         """True for experts the embedded service can run on a laptop (no GPU, no remote server)."""
         return self.hardware.gpus == 0 and self.cost in ("cpu-light", "cpu")
+
+    @property
+    def reads_languages(self) -> frozenset[str] | None:
+        """The languages it reads (None: any)."""
+        if self.languages is None or self.languages == [ANY_LANGUAGE]:
+            return None
+        return frozenset(self.languages)
 
 
 def _error_lines(error: ValidationError) -> str:

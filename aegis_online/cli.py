@@ -22,13 +22,14 @@ def _register_outer_commands() -> None:
     from aegis_online.experts.cli import experts_app
     from aegis_online.feedback.cli import feedback_worker_command
     from aegis_online.rayserve.cli import serve_command, serve_demo_command
-    from aegis_online.simulate.cli import replay_command, simulate_command
+    from aegis_online.simulate.cli import eval_command, replay_command, simulate_command
 
     app.command("serve")(serve_command)
     app.command("serve-demo")(serve_demo_command)
 
     app.command("simulate")(simulate_command)
     app.command("replay")(replay_command)
+    app.command("eval")(eval_command)
     app.command("feedback-worker")(feedback_worker_command)
     app.add_typer(chart_app, name="chart")
     app.add_typer(experts_app, name="experts")

@@ -29,8 +29,10 @@ from aegis_online.taxonomy import CANONICAL_IDS, CUSTOM_PREFIX, EXTERNAL, catego
 __all__ = [
     "FORMATS",
     "HARMBENCH_MAP",
+    "SHARED_SETS",
     "SST_HARM_AREA_MAP",
     "LabelledText",
+    "SharedSet",
     "binary_targets",
     "detect_format",
     "load",
@@ -39,6 +41,7 @@ __all__ = [
     "load_harmbench",
     "load_jsonl",
     "load_openai_moderation",
+    "load_shared",
     "load_simplesafetytests",
     "load_xstest",
     "shared_data_dir",
@@ -404,6 +407,7 @@ def _generic_row(
     labels_map: Mapping[str, str],
     overall_column: str | None,
     source: str,
+    missing_as_safe: bool = False,
 ) -> LabelledText:
     text = obj.get(text_column)
     if not isinstance(text, str):
@@ -416,13 +420,14 @@ def _generic_row(
         # several columns may feed one category: any 1 makes it 1
         labels[cat_id] = max(labels.get(cat_id, 0), _binary(value, path, i, column))
     unsafe: bool | None
-    if overall_column is not None:
-        value = obj.get(overall_column)
-        unsafe = None if _unknown(value) else bool(_binary(value, path, i, overall_column))
+    if overall_column is not None and not _unknown(obj.get(overall_column)):
+        unsafe = bool(_binary(obj.get(overall_column), path, i, overall_column))
+    elif overall_column is not None and not missing_as_safe:
+        unsafe = None
     elif any(labels.values()):
         unsafe = True
-    elif labels_map and len(labels) == len(set(labels_map.values())):
-        unsafe = False  # every mapped category is known and 0
+    elif (labels_map and len(labels) == len(set(labels_map.values()))) or missing_as_safe:
+        unsafe = False  # every mapped category is known and 0 (or, missing_as_safe, a missing one counts as 0)
     else:
         unsafe = None
     used = {text_column, overall_column, *labels_map}
@@ -438,18 +443,24 @@ def load_jsonl(
     overall_column: str | None = None,
     source: str | None = None,
     limit: int | None = None,
+    missing_as_safe: bool = False,
 ) -> Iterator[LabelledText]:
     """One JSON object per line (``.jsonl`` or ``.jsonl.gz``), read through a column map.
 
     ``label_columns`` maps a field to a canonical id or slug (or a ``custom:`` id); values may be 0/1, booleans,
     numbers in [0, 1] (>= 0.5 is 1) or words (safe/unsafe, true/false, yes/no); a missing, null or empty value is
     unknown. ``overall_column`` gives the overall verdict; without it a row is unsafe when any mapped label is 1,
-    safe when all mapped labels are known and 0, else undecided. Other fields go to ``meta``.
+    safe when all mapped labels are known and 0, else undecided. ``missing_as_safe=True`` counts a missing label or
+    verdict as safe (a row with no 1 is benign), for sets that only mark the harmful rows. Other fields go to
+    ``meta``.
     """
     p = _check_file(path)
     labels_map = _canonical_label_map(label_columns)
     name = source or p.name
-    rows = (_generic_row(obj, i, p, text_column, labels_map, overall_column, name) for i, obj in _jsonl_rows(p))
+    rows = (
+        _generic_row(obj, i, p, text_column, labels_map, overall_column, name, missing_as_safe)
+        for i, obj in _jsonl_rows(p)
+    )
     return _limited(rows, limit)
 
 
@@ -461,6 +472,7 @@ def load_csv(
     overall_column: str | None = None,
     source: str | None = None,
     limit: int | None = None,
+    missing_as_safe: bool = False,
 ) -> Iterator[LabelledText]:
     """A CSV file with a header (``.csv`` or ``.csv.gz``), read through a column map as in ``load_jsonl``."""
     p = _check_file(path)
@@ -470,7 +482,10 @@ def load_csv(
     if missing:
         raise ValueError(f"{p}: missing column(s) {missing}; header has {_header(p)}")
     name = source or p.name
-    rows = (_generic_row(obj, i, p, text_column, labels_map, overall_column, name) for i, obj in _csv_rows(p))
+    rows = (
+        _generic_row(obj, i, p, text_column, labels_map, overall_column, name, missing_as_safe)
+        for i, obj in _csv_rows(p)
+    )
     return _limited(rows, limit)
 
 
@@ -622,3 +637,40 @@ def shared_data_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+@dataclass(frozen=True)
+class SharedSet:
+    """One of the shared labelled sets: its short name, its file under the data folder, its reader options."""
+
+    name: str
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+#: The shared sets, in one place: what the shipped heads are trained on, what ``eval`` and the leave-one-dataset-out
+#: benchmark read. The OpenAI set is read with its own convention (a row with no code set is benign).
+SHARED_SETS: tuple[SharedSet, ...] = (
+    SharedSet("openai_moderation", "openai_moderation/samples-1680.jsonl.gz", {"missing_as_safe": True}),
+    SharedSet("xstest", "xstest/xstest_prompts.csv"),
+    SharedSet("simplesafetytests", "simplesafetytests/sst_test_cases.csv"),
+    SharedSet("davidson", "davidson_hate_offensive/labeled_data.csv"),
+    SharedSet("harmbench", "harmbench/harmbench_behaviors_text_all.csv"),
+)
+
+
+def load_shared(
+    name: str, base: str | os.PathLike[str] | None = None, *, limit: int | None = None
+) -> list[LabelledText]:
+    """The rows of the shared set called ``name`` (``SHARED_SETS``), read from ``base`` (default ``shared_data_dir()``).
+
+    FileNotFoundError when the folder or the file is absent (callers skip or say so).
+    """
+    by_name = {s.name: s for s in SHARED_SETS}
+    if name not in by_name:
+        raise KeyError(f"unknown shared set {name!r}; known: {', '.join(by_name)}")
+    folder = Path(base) if base is not None else shared_data_dir()
+    if folder is None:
+        raise FileNotFoundError("shared data folder not found: set AEGIS_DATA_DIR or put it at ../shared/data")
+    spec = by_name[name]
+    return list(load(folder / spec.path, limit=limit, **spec.options))

@@ -3,6 +3,11 @@
 ``moderate`` (async) calls the experts under a deadline; ``decide`` (sync) takes expert outputs already in hand (a
 replay cache). Both combine with the learned weights of the tenant's scope (``weights.personalised_states``), apply
 the tenant's policy and log the prediction that feedback will be joined with.
+
+Both identify the language of the checked turn (``language.identify``) and apply one rule, ``Moderator.readers``: an
+expert that does not read it is not called (and an output of it in hand is not used), and is missing with kind
+``language``; a category only such experts cover is unscored, and the policy's ``on_unscored`` decides it. Every path
+that calls experts for a request goes through ``moderate`` (the Ray Serve ingress too, over its remote experts).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 from aegis_online.ensemble import combine
 from aegis_online.errors import InvalidRequestError
 from aegis_online.experts import Expert, ExpertInput, score_with_deadline
+from aegis_online.language import identify, warm_up
 from aegis_online.learn import DEFAULT_LEARNER, Adaptive, Learner, make_learner
 from aegis_online.learn.exp3ix import Exp3IX
 from aegis_online.policy import (
@@ -137,6 +143,12 @@ class Moderator:
         #: The platform operator's per-category floors (category id -> floor), which no tenant policy loosens.
         self.floors = dict(floors or {})
         self._rng = np.random.default_rng(seed)
+        warm_up()  # the language model loads now, not on the first request's clock
+
+    def readers(self, language: str) -> np.ndarray:
+        """Which experts read ``language`` (in the engine's order): the only rule by which the request path puts an
+        expert to sleep for its language. An undetermined language (``und``) is read by all."""
+        return np.array([expert.reads(language) for expert in self.experts], dtype=bool)
 
     def load_states(self, tenant: str, categories: Sequence[str], policy: TenantPolicy) -> tuple[np.ndarray, list[str]]:
         """Learner states to predict with per category, and which scope each came from."""
@@ -186,15 +198,18 @@ class Moderator:
         policy = self.policies.effective(request.tenant)
         categories = self.categories_for(request, policy)
         chosen, propensities = self.select_experts(request.tenant, categories.ids, policy)
+        language = identify(request.checked_text)
         calls = []
-        for expert, selected in zip(self.experts, chosen, strict=True):
+        for expert, selected, reads in zip(self.experts, chosen, self.readers(language), strict=True):
             covered = tuple(c for c in categories if expert.covers(c))
-            if selected and covered:
+            if selected and reads and covered:
                 item = ExpertInput(messages=tuple(request.messages), check=request.check, categories=covered)
                 calls.append(score_with_deadline(expert, [item], budget))
         results = await asyncio.gather(*calls)
         outputs = [batch[0] for batch in results]
-        return self.decide(request, outputs, propensities=propensities, policy=policy, categories=categories)
+        return self.decide(
+            request, outputs, propensities=propensities, policy=policy, categories=categories, language=language
+        )
 
     def decide(
         self,
@@ -204,10 +219,15 @@ class Moderator:
         propensities: np.ndarray | None = None,
         policy: TenantPolicy | None = None,
         categories: CategorySet | None = None,
+        language: str | None = None,
     ) -> Decision:
-        """Combine expert outputs already in hand, apply the tenant's policy, log the prediction."""
+        """Combine expert outputs already in hand, apply the tenant's policy, log the prediction. ``language``: the
+        checked turn's, when already identified (else identified here); the outputs of experts that do not read it
+        are not used, as ``moderate`` would not have called them."""
         policy = policy or self.policies.effective(request.tenant)
         categories = categories or self.categories_for(request, policy)
+        language = identify(request.checked_text) if language is None else language
+        reads = self.readers(language)
         cat_ids = categories.ids
         by_name = {o.expert: o for o in outputs}
         unknown = set(by_name) - set(self.expert_names)
@@ -219,8 +239,14 @@ class Moderator:
         absent: list[MissingKind | None] = []
         for i, (name, expert) in enumerate(zip(self.expert_names, self.experts, strict=True)):
             out = by_name.get(name)
-            if out is None:
-                covers_any = any(expert.covers(cat) for cat in categories)
+            covers_any = any(expert.covers(cat) for cat in categories)
+            if covers_any and not reads[i]:
+                read = ", ".join(sorted(expert.languages or ()))
+                missing.append(
+                    MissingExpert(expert=name, kind="language", reason=f"does not read {language!r} (reads {read})")
+                )
+                absent.append("language")
+            elif out is None:
                 kind: MissingKind = "not_queried" if covers_any else "not_covered"
                 reason = "not queried (bandit mode)" if propensities is not None else "not queried"
                 missing.append(
@@ -274,7 +300,7 @@ class Moderator:
                 latency_ms=by_name[name].latency_ms,
             )
             for i, name in enumerate(self.expert_names)
-            if name in by_name and by_name[name].ok
+            if absent[i] is None
         ]
         flagged = tuple(d.category for d in decisions if d.flagged and d.score is not None)
         self.prediction_log.put(
@@ -305,6 +331,7 @@ class Moderator:
             degraded=degraded,
             unscored=unscored,
             overall=overall,
+            language=language,
         )
 
     def learned_thresholds(

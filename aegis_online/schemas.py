@@ -124,6 +124,12 @@ class ModerationRequest(Model):
         )
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
+    @property
+    def checked_text(self) -> str:
+        """The turn under check: the last user message (prompt) or the last assistant message (response)."""
+        role = "user" if self.check == "prompt" else "assistant"
+        return next(m.content for m in reversed(self.messages) if m.role == role)
+
     @model_validator(mode="after")
     def _checked_turn_exists(self) -> ModerationRequest:
         role = "user" if self.check == "prompt" else "assistant"
@@ -228,6 +234,11 @@ class Decision(Model):
     unscored: list[UnscoredCategory] = Field(default_factory=list, description="Categories degraded, with why.")
     overall: OverallDecision | None = Field(
         default=None, description="The whole-request decision (null when no category was scored)."
+    )
+    language: str = Field(
+        default="und",
+        description="ISO 639-1 code of the checked turn's language, as identified; 'und' when it could not be told "
+        "with confidence (every expert reads it). Experts that do not read it are missing with kind language.",
     )
 
 

@@ -100,7 +100,7 @@ def test_experts_score_runs_the_cpu_experts_on_a_prompt() -> None:
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "S12 profanity" in line)
     scores = [float(cell) for cell in row.replace("│", " ").split()[2:]]
-    assert len(scores) == 2 and max(scores) > 0.5
+    assert len(scores) >= 2 and max(scores) > 0.5  # one cell per CPU expert that scores S12
 
 
 def test_experts_score_rejects_an_unknown_expert() -> None:

@@ -264,3 +264,78 @@ def test_engine_rejects_inconsistent_configuration() -> None:
         Engine([FixedExpert("a", 0.1)], learner="default", bandit=BanditConfig(k=1))
     with pytest.raises(ValueError, match="BanditConfig"):
         Engine([FixedExpert("a", 0.1)], learner="exp3-ix")
+
+
+# -- language: an expert is not called on a language it does not read ---------------------------------------------
+
+
+def english_only(name: str, p: float, categories: Sequence[str] = ("S1", "S8")) -> FixedExpert:
+    expert = FixedExpert(name, p, categories)
+    expert.languages = frozenset({"en"})
+    return expert
+
+
+def said(text: str, **kw) -> ModerationRequest:
+    return ModerationRequest(messages=[{"role": "user", "content": text}], categories=["S1", "S8"], **kw)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [("Ты тупая сука, я тебя убью", "ru"), ("אני אהרוג אותך", "he"), ("我要杀了你", "zh")],
+)
+def test_an_english_only_expert_sleeps_on_another_language_and_its_categories_are_flagged(text: str, code: str) -> None:
+    expert = english_only("cpu", 0.05)
+    engine = Engine([expert])
+    decision = moderate(engine, said(text))
+    assert expert.calls == 0  # never asked: its 0.05 would have been a silent allow
+    assert decision.language == code
+    assert [(m.expert, m.kind) for m in decision.missing_experts] == [("cpu", "language")]
+    assert code in decision.missing_experts[0].reason
+    assert [(u.category, u.kinds, u.experts) for u in decision.unscored] == [
+        ("S1", ["language"], ["cpu"]),
+        ("S8", ["language"], ["cpu"]),
+    ]
+    assert all(c.score is None and c.unscored == "language" for c in decision.categories)
+    assert decision.degraded and decision.action == "flag" and decision.flagged  # default on_unscored: flag
+    assert np.isnan(engine.prediction_log.get(decision.request_id).outputs).all()
+
+
+def test_an_english_request_still_calls_the_english_expert() -> None:
+    expert = english_only("cpu", 0.05)
+    decision = moderate(Engine([expert]), said("What is the best way to kill a Python process on Linux?"))
+    assert expert.calls == 1 and decision.language == "en"
+    assert not decision.degraded and decision.missing_experts == [] and decision.action == "allow"
+
+
+def test_an_undetermined_language_wakes_every_expert() -> None:
+    expert = english_only("cpu", 0.05)
+    decision = moderate(Engine([expert]), said("ok"))
+    assert expert.calls == 1 and decision.language == "und" and not decision.degraded
+
+
+def test_a_multilingual_expert_stays_awake_and_scores_what_it_covers() -> None:
+    english, multi = english_only("cpu", 0.05), FixedExpert("guard", 0.9, categories=("S1",))
+    assert multi.languages is None  # the default: it reads any language
+    decision = moderate(Engine([english, multi]), said("Я тебя убью"))
+    assert (english.calls, multi.calls) == (0, 1)
+    s1, s8 = decision.categories
+    assert s1.score == pytest.approx(0.9) and s1.unscored is None  # the multilingual expert alone decides S1
+    assert s8.score is None and s8.unscored == "language"  # only the English expert covers S8
+    assert [(m.expert, m.kind) for m in decision.missing_experts] == [("cpu", "language")]
+    assert [e.expert for e in decision.experts] == ["guard"]
+
+
+def test_decide_from_outputs_in_hand_applies_the_same_language_rule() -> None:
+    """A replay cache may hold an English expert's score of a Russian text: it is not used, as the live path would
+    not have asked for it."""
+    engine = Engine([english_only("cpu", 0.05), FixedExpert("guard", 0.9, categories=("S1",))])
+    outputs = [
+        ExpertOutput(expert="cpu", scores={"S1": 0.05, "S8": 0.05}),
+        ExpertOutput(expert="guard", scores={"S1": 0.9}),
+    ]
+    cached = engine.decide(said("Я тебя убью", request_id="r-cached"), outputs)
+    live = moderate(engine, said("Я тебя убью", request_id="r-live"))
+    assert cached.language == live.language == "ru"
+    assert [c.score for c in cached.categories] == [c.score for c in live.categories]
+    assert [(m.expert, m.kind) for m in cached.missing_experts] == [("cpu", "language")]
+    assert engine.decide(said("x"), outputs, language="en").missing_experts == []  # a language already identified

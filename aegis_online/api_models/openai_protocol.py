@@ -140,6 +140,11 @@ class AegisResultInfo(_Wire):
     unscored: list[str] = Field(description="OpenAI labels with a related category that no expert could score.")
     unscored_categories: list[str] = Field(description="The canonical categories that could not be scored.")
     missing_experts: list[dict[str, str]] = Field(description="{expert, kind} of each expert that gave no score.")
+    language: str = Field(
+        default="und",
+        description="ISO 639-1 code of the input's language, as identified ('und': undetermined); experts that do "
+        "not read it are in missing_experts with kind language.",
+    )
 
 
 class Moderation(_Wire):

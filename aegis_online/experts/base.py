@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from aegis_online.language import UNDETERMINED
 from aegis_online.schemas import Check, ExpertOutput, Message
 from aegis_online.taxonomy import Category
 
@@ -37,15 +38,22 @@ class Expert(abc.ABC):
     """A content-safety expert.
 
     ``categories`` are the canonical ids it can score; ``free_form`` experts also score custom categories from
-    their descriptions. ``score`` returns one output per input, in order.
+    their descriptions. ``languages`` are the ISO 639-1 codes of the languages it reads (None: any); the request
+    path does not call it on a text in another language. ``score`` returns one output per input, in order.
     """
 
     name: str
     categories: frozenset[str]
     free_form: bool = False
+    languages: frozenset[str] | None = None
 
     def covers(self, category: Category) -> bool:
         return category.id in self.categories or (category.custom and self.free_form)
+
+    def reads(self, language: str) -> bool:
+        """Whether it reads ``language`` (an ISO 639-1 code from ``language.identify``). An undetermined language
+        is read by every expert: an expert is never put to sleep on a guess."""
+        return self.languages is None or language == UNDETERMINED or language in self.languages
 
     @abc.abstractmethod
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:

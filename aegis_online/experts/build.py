@@ -54,6 +54,10 @@ def build_expert(spec: ExpertSpec) -> Expert:
         from aegis_online.experts.cpu import ProfanityExpert
 
         expert = ProfanityExpert(name=spec.name, **options)
+    elif spec.backend == "lexical":
+        from aegis_online.experts.cpu import LexicalExpert
+
+        expert = LexicalExpert(name=spec.name, **options)
     else:
         from aegis_online.experts.cpu import EmbeddingExpert
 
@@ -63,4 +67,5 @@ def build_expert(spec: ExpertSpec) -> Expert:
         if uncovered:
             raise CatalogError(f"{spec.name}: categories: {uncovered} are not covered by this expert")
         expert.categories = frozenset(spec.categories)
+    expert.languages = spec.reads_languages
     return expert

@@ -68,11 +68,13 @@ class ExpertDeployment:
         self.score.set_batch_wait_timeout_s(options.batch_wait_timeout_ms / 1000.0)
 
     def describe(self) -> dict[str, Any]:
-        """What the ingress needs to route to this expert: its name and coverage."""
+        """What the ingress needs to route to this expert: its name, coverage and languages (None: any)."""
+        languages = self.expert.languages
         return {
             "name": self.expert.name,
             "categories": sorted(self.expert.categories),
             "free_form": bool(self.expert.free_form),
+            "languages": None if languages is None else sorted(languages),
         }
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
@@ -103,16 +105,25 @@ async def build_ready_expert(spec: ExpertSpec, options: ExpertServing, *, in_thr
 
 
 class RemoteExpert(Expert):
-    """An expert deployment as the engine sees it: coverage known, ``score`` a call to the deployment's handle.
+    """An expert deployment as the engine sees it: coverage and languages known (the engine's ``moderate`` decides
+    whom to call with them, as for an expert in process), ``score`` a call to the deployment's handle.
 
     The latency it reports is the round trip seen by the ingress (queueing and transport included): what a caller
     waits for. A cancelled call (the request's deadline passed) cancels the Ray request too.
     """
 
-    def __init__(self, name: str, categories: Sequence[str], free_form: bool, handle: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        name: str,
+        categories: Sequence[str],
+        free_form: bool,
+        handle: DeploymentHandle,
+        languages: Sequence[str] | None = None,
+    ) -> None:
         self.name = name
         self.categories = frozenset(categories)
         self.free_form = free_form
+        self.languages = None if languages is None else frozenset(languages)
         self.handle = handle
 
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
@@ -152,7 +163,7 @@ class ModerationIngress:
                 spec, serving = ExpertSpec.model_validate(entry["spec"]), ExpertServing.model_validate(entry["serving"])
                 return await build_ready_expert(spec, serving, in_thread=True)
             d = await handle.describe.remote()
-            return RemoteExpert(d["name"], d["categories"], d["free_form"], handle)
+            return RemoteExpert(d["name"], d["categories"], d["free_form"], handle, d.get("languages"))
 
         entries = list(plan) or [{"name": name} for name in experts]
         built = await asyncio.gather(*(expert(entry) for entry in entries))

@@ -130,5 +130,6 @@ def to_openai(decision: Decision) -> Moderation:
             unscored=unscored_labels,
             unscored_categories=sorted(unscored),
             missing_experts=[{"expert": m.expert, "kind": m.kind} for m in decision.missing_experts],
+            language=decision.language,
         ),
     )

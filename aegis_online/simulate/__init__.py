@@ -5,5 +5,7 @@ The outer ring of the package (nothing imports it). ``scenario`` + ``schedules``
 turn real labelled data into one, and ``replay`` sends it through the engine (or, through ``service_client``, the
 project's HTTP client). ``runner`` drives the learners over a stream with the engine's own update code;
 ``oracles`` and ``predictor_metrics`` measure; ``report`` and ``plots`` write; ``simulation`` and ``replay_run``
-tie each path together for ``cli`` and ``results`` (the results page).
+tie each path together for ``cli`` and ``results`` (the results page). ``evaluation`` (+ ``evaluation_report``) is
+the offline ``eval``: each expert and the ensemble per data set, no learning; ``data_options`` parses the data options
+``replay`` and ``eval`` share.
 """

@@ -1,7 +1,8 @@
-"""The ``simulate`` and ``replay`` commands, as plain functions with typer options (the main app registers them).
+"""The ``simulate``, ``replay`` and ``eval`` commands, as plain functions with typer options (the main app registers
+them); ``replay`` and ``eval`` share their data options (defined once below, parsed by ``data_options``).
 
-Thin: parse and check the options, call ``simulation`` or ``replay``, print the headline table, say where the files
-went. A bad option or input ends with exit code 1 and a message that names it, never a traceback.
+Thin: parse and check the options, call ``simulation``, ``replay`` or ``evaluation``, print the headline table, say
+where the files went. A bad option or input ends with exit code 1 and a message that names it, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aegis_online.learn import LEARNERS
+from aegis_online.learn import DEFAULT_LEARNER, LEARNERS
 
 if TYPE_CHECKING:  # the simulation modules pull in scipy: import them when a command runs, not with the CLI
     from aegis_online.simulate.traffic import DataSpec
@@ -148,42 +149,80 @@ def simulate_command(
     console.print(f"wrote {', '.join(escape(str(p)) for p in files)}", soft_wrap=True)
 
 
+# -- options replay and eval share (one definition each; ``data_options`` parses them) ----------------------------
+DATA_OPTION = typer.Option(
+    [],
+    "--data",
+    help="Labelled data file; repeat for several (replay chains them: a shift). A file can carry its own column map "
+    "after '::': PATH::text=COL,label=COL:CATEGORY,overall=COL,format=F (label repeatable; it replaces the global "
+    "--text-column/--label/--overall-column for that file).",
+)
+FORMAT_OPTION = typer.Option(
+    None, "--format", help="Format of every --data file (default: detected from each file's name or header)."
+)
+LIMIT_OPTION = typer.Option(None, "--limit", min=1, help="Rows taken from each file (after a seeded shuffle).")
+TEXT_COLUMN_OPTION = typer.Option(None, "--text-column", help="Text column of generic jsonl/csv files.")
+LABEL_OPTION = typer.Option(None, "--label", help="COLUMN=CATEGORY for generic jsonl/csv files; repeatable.")
+OVERALL_COLUMN_OPTION = typer.Option(
+    None, "--overall-column", help="Overall safe/unsafe column of generic jsonl/csv files."
+)
+MISSING_AS_SAFE_OPTION = typer.Option(
+    False,
+    "--missing-as-safe",
+    help="A missing label counts as safe (OpenAI moderation: a row with no code set is benign, the set's own "
+    "convention; generic files: a row with no 1 among its label columns is safe).",
+)
+EXPERTS_OPTION = typer.Option(
+    None, "--experts", help="Comma-separated catalog experts (default: the catalog's CPU experts)."
+)
+HEADS_OPTION = typer.Option(None, "--heads", exists=True, dir_okay=False, help="MiniLM heads (.npz).")
+CACHE_OPTION = typer.Option(
+    None, "--cache", dir_okay=False, help="Expert-output cache (default: ~/.cache/aegis-online/...)."
+)
+NO_CACHE_OPTION = typer.Option(False, "--no-cache", help="Keep expert outputs in memory only.")
+
+
 def _data_specs(
-    data: list[Path],
+    data: list[str],
     data_format: str | None,
     limit: int | None,
     text_column: str | None,
     label: list[str] | None,
     overall_column: str | None,
+    missing_as_safe: bool = False,
 ) -> list[DataSpec]:
-    from aegis_online.datasets import detect_format
-    from aegis_online.simulate.traffic import DataSpec
+    from aegis_online.simulate.data_options import data_specs
 
-    options: dict[str, Any] = {}
-    if text_column or label or overall_column:
-        pairs = [item.split("=", 1) for item in label or []]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError(f"--label takes COLUMN=CATEGORY, got {label}")
-        options = {"text_column": text_column or "text", "label_columns": dict(pairs)}
-        if overall_column:
-            options["overall_column"] = overall_column
-    specs = []
-    for path in data:
-        if not path.exists():
-            raise ValueError(f"{path}: no such file")
-        generic = (data_format or detect_format(path, generic=bool(options)) or "") in ("jsonl", "csv")
-        specs.append(DataSpec(path=path, format=data_format, options=options if generic else {}, limit=limit))
-    return specs
+    return data_specs(
+        data,
+        data_format=data_format,
+        limit=limit,
+        text_column=text_column,
+        label=label,
+        overall_column=overall_column,
+        missing_as_safe=missing_as_safe,
+    )
+
+
+@contextmanager
+def stage_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar with one task per stage; yields ``report(stage, done, total)``."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield report
 
 
 def replay_command(
-    data: list[Path] = typer.Option([], "--data", help="Labelled data file; repeat to chain several (a shift)."),
-    data_format: str | None = typer.Option(
-        None, "--format", help="Format of every --data file (default: detected from each file's name or header)."
-    ),
-    experts: str | None = typer.Option(
-        None, "--experts", help="Comma-separated catalog experts (default: the catalog's CPU experts)."
-    ),
+    data: list[str] = DATA_OPTION,
+    data_format: str | None = FORMAT_OPTION,
+    experts: str | None = EXPERTS_OPTION,
     feedback_delay: int = typer.Option(0, "--feedback-delay", min=0, help="Requests between a decision and its label."),
     url: str | None = typer.Option(
         None,
@@ -193,7 +232,7 @@ def replay_command(
     ),
     out: Path = typer.Option(Path("replay-out"), "--out", file_okay=False, help="Folder for report and plots."),
     learners: str = typer.Option("default,hedge", "--learners", help="Comma-separated learners (in process)."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Rows taken from each file (after shuffling)."),
+    limit: int | None = LIMIT_OPTION,
     shuffle: bool = typer.Option(True, "--shuffle/--no-shuffle", help="Shuffle the rows within each file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffle, feedback sampling and bandit selection."),
     categories: str | None = typer.Option(
@@ -208,14 +247,13 @@ def replay_command(
     ),
     bandit_k: int | None = typer.Option(None, "--bandit-k", min=1, help="Experts per request for exp3-ix."),
     bandit_always: str | None = typer.Option(None, "--bandit-always", help="Experts exp3-ix queries every time."),
-    heads: Path | None = typer.Option(None, "--heads", exists=True, dir_okay=False, help="MiniLM heads (.npz)."),
-    cache: Path | None = typer.Option(
-        None, "--cache", dir_okay=False, help="Expert-output cache (default: ~/.cache/aegis-online/...)."
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep expert outputs in memory only."),
-    text_column: str | None = typer.Option(None, help="Text column of generic jsonl/csv files."),
-    label: list[str] | None = typer.Option(None, "--label", help="COLUMN=CATEGORY for generic jsonl/csv files."),
-    overall_column: str | None = typer.Option(None, help="Overall safe/unsafe column of generic jsonl/csv files."),
+    heads: Path | None = HEADS_OPTION,
+    cache: Path | None = CACHE_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
+    text_column: str | None = TEXT_COLUMN_OPTION,
+    label: list[str] | None = LABEL_OPTION,
+    overall_column: str | None = OVERALL_COLUMN_OPTION,
+    missing_as_safe: bool = MISSING_AS_SAFE_OPTION,
     switches: int | None = typer.Option(
         None, "--switches", min=0, help="Switches per category for the oracle (default: one per data-set boundary)."
     ),
@@ -259,6 +297,7 @@ def replay_command(
             text_column=text_column,
             label=label,
             overall_column=overall_column,
+            missing_as_safe=missing_as_safe,
             tenant_column=tenant_column,
             policy=policy,
             policy_change=policy_change,
@@ -295,7 +334,7 @@ def replay_command(
 
     try:
         config = ReplayConfig(
-            data=_data_specs(data, data_format, limit, text_column, label, overall_column),
+            data=_data_specs(data, data_format, limit, text_column, label, overall_column, missing_as_safe),
             learners=_names(learners) or [],
             categories=_names(categories),
             tenant=tenant,
@@ -307,15 +346,7 @@ def replay_command(
             seed=seed,
             switches=switches,
         )
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
-            tasks: dict[str, Any] = {}
-
-            def report(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=total)
-                progress.update(tasks[stage], completed=done, total=total)
-
+        with stage_progress() as report:
             if url is not None:
                 if experts or heads or learners != "default,hedge":
                     console.print(
@@ -367,12 +398,13 @@ def print_segments(report: dict[str, Any]) -> None:
 
 def _replay_tenants(
     *,
-    data: list[Path],
+    data: list[str],
     data_format: str | None,
     limit: int | None,
     text_column: str | None,
     label: list[str] | None,
     overall_column: str | None,
+    missing_as_safe: bool,
     tenant_column: str | None,
     policy: list[Path],
     policy_change: list[str],
@@ -402,7 +434,7 @@ def _replay_tenants(
             specs, policies, changes = scenario_inputs(story, base)
             delay, seed, shuffle = delay or story.feedback_delay, seed or story.seed, shuffle and story.shuffle
             column, size = story.tenant_column, story.window
-        specs += _data_specs(data, data_format, limit, text_column, label, overall_column)
+        specs += _data_specs(data, data_format, limit, text_column, label, overall_column, missing_as_safe)
         if not specs:
             raise ValueError("--data: give at least one labelled data file (or --scenario)")
         policies += [load_policy_file(p) for p in policy]
@@ -458,3 +490,76 @@ def print_tenants(report: dict[str, Any]) -> None:
                 cell,
             )
         console.print(table)
+
+
+def _skipped(name: str, error: Exception) -> None:
+    console.print(f"[yellow]{escape(name)}: left out, it cannot be built here: {escape(str(error))}[/yellow]")
+
+
+def eval_command(
+    data: list[str] = DATA_OPTION,
+    data_format: str | None = FORMAT_OPTION,
+    experts: str | None = EXPERTS_OPTION,
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        dir_okay=False,
+        help="A weights snapshot: the JSON of GET /v1/tenants/<tenant>/weights (or /v1/weights/global); adds the "
+        "predictor 'ensemble_weights', the experts combined under those weights.",
+    ),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        dir_okay=False,
+        help="Tenant policy (YAML or JSON) whose thresholds decide (default: the default policy).",
+    ),
+    learner: str = typer.Option(
+        DEFAULT_LEARNER, "--learner", help="Learner whose initial state combines the 'ensemble' predictor."
+    ),
+    out: Path = typer.Option(Path("eval-out"), "--out", file_okay=False, help="Folder for eval.json and eval.md."),
+    limit: int | None = LIMIT_OPTION,
+    text_column: str | None = TEXT_COLUMN_OPTION,
+    label: list[str] | None = LABEL_OPTION,
+    overall_column: str | None = OVERALL_COLUMN_OPTION,
+    missing_as_safe: bool = MISSING_AS_SAFE_OPTION,
+    heads: Path | None = HEADS_OPTION,
+    cache: Path | None = CACHE_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
+) -> None:
+    """Score labelled data sets with each expert and the ensemble; print and write AUROC, AUPRC and F1 / precision /
+    recall / FPR at the policy's thresholds, per data set, predictor and category (eval.json, eval.md)."""
+    if not data:
+        raise _fail("--data: give at least one labelled data file")
+    from aegis_online.simulate.cache import ReplayCache, default_cache_path
+    from aegis_online.simulate.evaluation import EvalConfig, WeightsSnapshot, run_eval
+    from aegis_online.simulate.evaluation_report import console_tables, write_eval
+    from aegis_online.simulate.replay_run import build_catalog_experts
+    from aegis_online.simulate.tenancy import TenantInputError, load_policy_file
+
+    try:
+        config = EvalConfig(
+            data=_data_specs(data, data_format, limit, text_column, label, overall_column, missing_as_safe),
+            learner=learner,
+        )
+        if policy is not None:
+            try:
+                config.policy = load_policy_file(policy)
+            except TenantInputError as error:
+                raise ValueError(f"--policy: {error}") from None
+        if weights is not None:
+            if not weights.is_file():
+                raise ValueError(f"--weights: {weights}: no such file")
+            config.weights = WeightsSnapshot.load(weights)
+        chosen = build_catalog_experts(_names(experts), heads, on_unavailable=_skipped)
+        store = ReplayCache(None if no_cache else (cache or default_cache_path()))
+        with stage_progress() as report:
+            result = run_eval(config, chosen, store, progress=lambda name, done, total: report(name, done, total))
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error)) from None
+    for table in console_tables(result):
+        console.print(table)
+    failures = {name: n for name, n in result["expert_failures"].items() if n}
+    if failures:
+        console.print(f"[yellow]texts an expert failed on (left out of its metrics): {failures}[/yellow]")
+    files = write_eval(result, out)
+    console.print(f"wrote {', '.join(escape(str(p)) for p in files)}", soft_wrap=True)

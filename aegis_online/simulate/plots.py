@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from aegis_online.simulate.oracles import expert_losses
+from aegis_online.simulate.report import covered_weights, covering
 from aegis_online.simulate.runner import LearnerRun
 from aegis_online.simulate.stream import Stream
 
@@ -106,10 +107,13 @@ def plot_weights(stream: Stream, runs: Mapping[str, LearnerRun], path: Path, cat
     cols = min(3, len(names))
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    covers = covering(stream)
     for ax, name in zip(axes.flat, names, strict=False):
         run = runs[name]
+        samples = covered_weights(run.weight_samples, covers)
         for i, expert in enumerate(stream.experts):
-            ax.plot(run.weight_times, run.weight_samples[:, c, i], label=expert)
+            if covers[c, i]:  # an expert that never scores the category keeps a meaningless prior weight
+                ax.plot(run.weight_times, samples[:, c, i], label=expert)
         _drift_lines(ax, stream.drifts, label=False)
         ax.set(title=name, ylim=(0, 1), xlabel="request")
     for ax in list(axes.flat)[len(names) :]:
@@ -209,9 +213,10 @@ def plot_overview(
         # Per tenant, the weights its requests used (its own once personalised); experts that never matter omitted.
         styles = ("-", "--", ":", "-.")
         colours = {name: f"C{i}" for i, name in enumerate(stream.experts)}
-        for k, (tenant, samples) in enumerate(run.tenant_weight_samples.items()):
+        for k, (tenant, raw) in enumerate(run.tenant_weight_samples.items()):
+            samples = covered_weights(raw, covering(stream))
             for i, name in enumerate(stream.experts):
-                if samples[:, c, i].max() > 0.2:
+                if np.nanmax(samples[:, c, i], initial=0.0) > 0.2:
                     right.plot(
                         run.weight_times,
                         samples[:, c, i],
@@ -221,8 +226,10 @@ def plot_overview(
                     )
         scope = "per tenant"
     else:
+        samples = covered_weights(run.weight_samples, covering(stream))
         for i, name in enumerate(stream.experts):
-            right.plot(run.weight_times, run.weight_samples[:, c, i], label=name)
+            if np.isfinite(samples[:, c, i]).any():
+                right.plot(run.weight_times, samples[:, c, i], label=name)
         scope = "global"
     _drift_lines(right, stream.drifts, label=False)
     right.set(

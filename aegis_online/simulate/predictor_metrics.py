@@ -222,3 +222,62 @@ def recovery_steps(
             return None
         found.append(int(hits[0]))
     return float(np.mean(found))
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive outscores a random negative (ties count half).
+
+    The Mann-Whitney statistic over average ranks, equal to scikit-learn's ``roc_auc_score``; NaN when either class
+    is absent (a set of unsafe prompts only has no false-positive axis).
+
+    >>> auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    >>> auroc(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.9]))
+    0.75
+    """
+    labels = np.asarray(labels, dtype=bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(scores, kind="mergesort")
+    ranked = scores[order]
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    # ties share the average of their ranks
+    starts = np.r_[0, np.flatnonzero(np.diff(ranked)) + 1]
+    ends = np.r_[starts[1:], len(ranked)]
+    for a, b in zip(starts, ends, strict=True):
+        if b - a > 1:
+            ranks[order[a:b]] = (a + 1 + b) / 2
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | int]:
+    """AUROC, AUPRC, and F1 / precision / recall / false-positive rate of ``score >= threshold`` (as the policy
+    decides), over the rows with a label and a score; ``rows`` and ``positives`` say how many there were.
+
+    A metric the rows cannot define is NaN (one class only: no AUROC; no flag: no precision), never a guess, so a
+    report can print it as missing.
+
+    >>> m = binary_metrics(np.array([1.0, 0.0, np.nan, 1.0]), np.array([0.9, 0.6, 0.2, np.nan]), 0.5)
+    >>> m["rows"], m["positives"], m["precision"], m["recall"], m["fpr"], round(m["f1"], 3)
+    (2, 1, 0.5, 1.0, 1.0, 0.667)
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = np.isfinite(labels) & np.isfinite(scores)
+    y, s = labels[keep] > 0.5, scores[keep]
+    flagged = s >= threshold
+    tp, fp = int(np.sum(y & flagged)), int(np.sum(~y & flagged))
+    positives, negatives = int(y.sum()), int((~y).sum())
+    return {
+        "auroc": auroc(y, s),
+        "auprc": average_precision(y, s),
+        "f1": f1_score(y, flagged),
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+        "recall": tp / positives if positives else math.nan,
+        "fpr": fp / negatives if negatives else math.nan,
+        "rows": int(keep.sum()),
+        "positives": positives,
+    }

@@ -81,8 +81,16 @@ class ReplayResult:
     tenant_curves: TenantCurves | None = None
 
 
-def build_catalog_experts(names: Sequence[str] | None = None, heads: Path | None = None) -> list[Expert]:
-    """Experts from the repository's catalog by name (default: its CPU experts); ``heads`` for the MiniLM one."""
+def build_catalog_experts(
+    names: Sequence[str] | None = None,
+    heads: Path | None = None,
+    on_unavailable: Callable[[str, Exception], None] | None = None,
+) -> list[Expert]:
+    """Experts from the repository's catalog by name (default: its CPU experts); ``heads`` for the MiniLM one.
+
+    With ``on_unavailable``, a default expert that cannot be built here (its model file or package missing) is
+    reported to it and left out instead of failing the run; an expert named in ``names`` always fails loudly.
+    """
     from aegis_online.catalog import cpu_expert_specs, default_catalog_dir, load_catalog
     from aegis_online.experts.build import build_expert
 
@@ -99,7 +107,12 @@ def build_catalog_experts(names: Sequence[str] | None = None, heads: Path | None
     for spec in chosen:
         if heads is not None and spec.backend == "minilm":
             spec = spec.model_copy(update={"backend_options": {**spec.backend_options, "heads": str(heads)}})
-        experts.append(build_expert(spec))
+        try:
+            experts.append(build_expert(spec))
+        except (OSError, RuntimeError, ValueError) as error:
+            if names or on_unavailable is None:
+                raise
+            on_unavailable(spec.name, error)
     return experts
 
 
@@ -146,7 +159,7 @@ def _context(config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str |
         + ("through the in-process engine." if mode == "in-process" else f"against the service at {url}."),
         "data": [
             {"name": seg.name, "path": str(spec.path), "rows": seg.end - seg.start, "start": seg.start}
-            for spec, seg in zip(config.data, traffic.segments, strict=False)
+            for spec, seg in zip(traffic.sources or config.data, traffic.segments, strict=False)
         ],
         "feedback": {"delay": config.feedback_delay, "share": config.feedback_share},
         "shuffle": config.shuffle,

@@ -35,6 +35,27 @@ def uniform_average(stream: Stream) -> np.ndarray:
     return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
+def covering(stream: Stream) -> np.ndarray:
+    """``(C, N)``: whether each expert scored each category anywhere in the stream (covers it)."""
+    return np.isfinite(stream.outputs).any(axis=(0, 1))
+
+
+def covered_weights(weights: np.ndarray, covers: np.ndarray) -> np.ndarray:
+    """Weights ``(..., C, N)`` renormalised over the experts that cover each category, NaN for the others.
+
+    A learner keeps a weight for every expert in every category, but one that never scores a category keeps its
+    prior there (0.5 / 0.5 with two experts), which says nothing: the service's weights endpoint leaves such experts
+    out, and so do the report and the plots.
+
+    >>> covered_weights(np.array([[0.5, 0.5], [0.2, 0.8]]), np.array([[True, False], [True, True]])).tolist()
+    [[1.0, nan], [0.2, 0.8]]
+    """
+    kept = np.where(covers, weights, 0.0)
+    total = kept.sum(axis=-1, keepdims=True)
+    shares = np.divide(kept, total, out=np.zeros_like(kept, dtype=np.float64), where=total > 0)
+    return np.where(covers, shares, np.nan)
+
+
 def bound_applies(stream: Stream) -> bool:
     """True when a learner sees every label, right away and unflipped, on one tenant: the bounds' setting."""
     every = np.all(stream.arrival == np.arange(stream.steps)[None, :] + 1)
@@ -99,6 +120,7 @@ def evaluate(
     references = _drift_references(stream, e_loss)
     applies = bound_applies(stream)
     R = stream.replicas
+    covers = covering(stream)
     full_calls = float(np.isfinite(stream.outputs).any(axis=2).sum() / R)
 
     learners: dict[str, Any] = {}
@@ -126,16 +148,19 @@ def evaluate(
         ]
         entry["expert_calls"] = float(run.queried.sum() / R)
         entry["expert_calls_per_request"] = entry["expert_calls"] / stream.steps
+        samples = covered_weights(run.weight_samples, covers)
         entry["weights"] = {
             "scope": "global",
             "replica": 0,
             "times": run.weight_times.tolist(),
-            "by_category": {c: run.weight_samples[:, k, :].tolist() for k, c in enumerate(stream.categories)},
+            # an expert that does not cover a category is null there (by_category) or left out (final)
+            "by_category": {c: samples[:, k, :].tolist() for k, c in enumerate(stream.categories)},
             "final": {
                 scope: {
-                    c: dict(zip(stream.experts, map(float, w[k]), strict=True)) for k, c in enumerate(stream.categories)
+                    c: {e: float(v) for e, v, on in zip(stream.experts, w[k], covers[k], strict=True) if on}
+                    for k, c in enumerate(stream.categories)
                 }
-                for scope, w in run.final_weights.items()
+                for scope, w in ((s, covered_weights(w, covers)) for s, w in run.final_weights.items())
             },
         }
         entry["seconds"] = run.seconds
@@ -198,17 +223,17 @@ def evaluate(
     }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     return value
 
 
@@ -216,7 +241,7 @@ def write_report(report: Mapping[str, Any], out: Path) -> Path:
     """Write ``report.json`` (NaN and infinities as null) into folder ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
-    path.write_text(json.dumps(_jsonable(dict(report)), indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(jsonable(dict(report)), indent=1, allow_nan=False) + "\n")
     return path
 
 

@@ -289,7 +289,7 @@ def _context(config: TenantReplayConfig, traffic: ReplayTraffic, setup: TenantSe
         "description": "Real labelled traffic replayed through the in-process engine, each row as its tenant.",
         "data": [
             {"name": seg.name, "path": str(spec.path), "rows": seg.end - seg.start, "start": seg.start}
-            for spec, seg in zip(config.data, traffic.segments, strict=False)
+            for spec, seg in zip(traffic.sources or config.data, traffic.segments, strict=False)
         ],
         "feedback": {"delay": config.feedback_delay, "share": config.feedback_share},
         "shuffle": config.shuffle,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from aegis_online.datasets import LabelledText, detect_format, load
+from aegis_online.datasets import LabelledText, load
 from aegis_online.simulate.stream import Segment
 
 
@@ -30,7 +30,29 @@ class DataSpec:
     name: str | None = None
 
     def label(self) -> str:
-        return self.name or self.format or detect_format(self.path, generic=bool(self.options)) or self.path.stem
+        """The name given, else the file's (``dataset_name``): what reports call this data set."""
+        return self.name or dataset_name(self.path)
+
+
+#: Suffixes a data file's name carries that say how it is stored, not what it holds.
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst")
+FORMAT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+
+
+def dataset_name(path: Path) -> str:
+    """A data set's name: its file name without compression and format suffixes, so chained files and the ``eval``
+    report read ``samples-1680`` and ``xstest_prompts`` (not the format, which two different files share).
+
+    >>> dataset_name(Path("data/samples-1680.jsonl.gz")), dataset_name(Path("xstest_prompts.csv"))
+    ('samples-1680', 'xstest_prompts')
+    """
+    name = path.name
+    for suffixes in (COMPRESSION_SUFFIXES, FORMAT_SUFFIXES):
+        for suffix in suffixes:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                break
+    return name
 
 
 @dataclass
@@ -39,6 +61,8 @@ class ReplayTraffic:
 
     rows: list[LabelledText]
     segments: tuple[Segment, ...]
+    #: the file each segment came from (files without rows have no segment)
+    sources: tuple[DataSpec, ...] = ()
 
     def labelled_categories(self) -> list[str]:
         """Canonical categories some row labels, in first-seen order."""
@@ -69,4 +93,5 @@ def chain(specs: Sequence[DataSpec], *, shuffle: bool = True, seed: int = 0) -> 
             name = f"{name} ({names[name]})"
         segments.append(Segment(name, len(rows), len(rows) + len(part)))
         rows.extend(part)
-    return ReplayTraffic(rows=rows, segments=tuple(s for s in segments if s.end > s.start))
+    kept = [(seg, spec) for seg, spec in zip(segments, specs, strict=True) if seg.end > seg.start]
+    return ReplayTraffic(rows=rows, segments=tuple(s for s, _ in kept), sources=tuple(spec for _, spec in kept))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
@@ -114,3 +115,61 @@ def test_readiness_names_a_failing_expert_by_kind_not_by_its_message(
         assert _moderate(client)["degraded"] is True
     ready = client.get("/readyz").json()
     assert ready["status"] == "degraded" and "embedding" in ready["checks"]["experts"]["detail"]
+
+
+def _english_only(experts: list[KeywordExpert]) -> list[KeywordExpert]:
+    for expert in experts:
+        expert.languages = frozenset({"en"})
+    return experts
+
+
+def test_a_language_no_expert_reads_is_unscored_and_flagged_over_http(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    """The CPU tier reads English: a Russian threat or a Hebrew one is not scored 0.05 and allowed, it is unscored
+    (kind language) and the default on_unscored flags it; metrics and readiness do not count it as a failure."""
+    experts = _english_only(self_harm_experts(slow=False))
+    client = service_factory(experts)
+    with uvicorn_server(client.app) as url:
+        for _ in range(5):  # as many as make a failing expert "failing" in /readyz
+            native = httpx.post(
+                f"{url}/v1/moderate", json=conversation("Я тебя убью, тварь"), headers=ADMIN, timeout=10
+            ).json()
+        openai = httpx.post(f"{url}/v1/moderations", json={"input": "אני אהרוג אותך"}, headers=ADMIN, timeout=10)
+        english = httpx.post(f"{url}/v1/moderate", json=conversation("I want to end my life"), headers=ADMIN).json()
+        ready = httpx.get(f"{url}/readyz").json()
+        metrics = httpx.get(f"{url}/metrics", headers=ADMIN).text
+    assert [e.calls for e in experts] == [1, 1]  # only the English request reached them
+    assert native["language"] == "ru" and native["degraded"] is True and native["action"] == "flag"
+    assert {m["expert"]: m["kind"] for m in native["missing_experts"]} == {
+        "embedding": "language",
+        "profanity": "language",
+    }
+    assert {"category": "S6", "kinds": ["language"], "experts": ["embedding"]} in native["unscored"]
+    s6 = next(c for c in native["categories"] if c["category"] == "S6")
+    assert s6["score"] is None and s6["unscored"] == "language" and s6["action"] == "flag"
+    result = openai.json()["results"][0]
+    assert openai.headers["X-Aegis-Degraded"] == "true" and result["flagged"] is True
+    assert result["aegis"]["language"] == "he" and result["category_scores"]["self-harm"] is None
+    assert {"expert": "embedding", "kind": "language"} in result["aegis"]["missing_experts"]
+    assert english["language"] == "en" and english["missing_experts"] == [] and not english["degraded"]
+    assert ready["status"] == "ready"  # not reading a language is a choice, not a failing expert
+    assert 'aegis_degraded_decisions_total{kind="language"} 6.0' in metrics
+    assert "aegis_expert_failures_total{" not in metrics
+
+
+def test_the_ray_ingress_knows_which_languages_its_remote_experts_read() -> None:
+    """The ingress builds the engine over ``RemoteExpert`` stand-ins from each deployment's ``describe``: they carry
+    the languages, so the engine's one rule puts them to sleep as it does an expert in process."""
+    pytest.importorskip("ray")
+    from aegis_online.rayserve.deployments import ExpertDeployment, RemoteExpert
+
+    cls = ExpertDeployment.func_or_class
+    for languages, reads_russian in ((frozenset({"en", "fr"}), False), (None, True)):
+        replica = cls.__new__(cls)
+        replica.expert = KeywordExpert("guard", {"S1": ("kill",)})
+        replica.expert.languages = languages
+        d = cls.describe(replica)
+        remote = RemoteExpert(d["name"], d["categories"], d["free_form"], handle=None, languages=d.get("languages"))  # type: ignore[arg-type]
+        assert remote.languages == languages
+        assert remote.reads("ru") is reads_russian and remote.reads("en") and remote.reads("und")

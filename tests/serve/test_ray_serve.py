@@ -22,6 +22,10 @@ from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
 
 
+#: The catalog's CPU experts (the default tier), in the engine's order.
+TIER = ["lexical-heads", "minilm-embedding", "minilm-heads", "profanity-check"]
+
+
 @pytest.fixture(scope="module")
 def service(ray_session: dict[str, Any]) -> Iterator[str]:
     from ray import serve
@@ -51,7 +55,7 @@ def test_the_app_is_ready_with_every_cpu_expert(service: str) -> None:
     ready = httpx.get(f"{service}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     weights = httpx.get(f"{service}/v1/tenants/acme/weights", headers=bearer(ACME_KEY), timeout=10).json()
-    assert weights["experts"] == ["minilm-embedding", "profanity-check"]
+    assert weights["experts"] == TIER
 
 
 def test_moderate_fans_out_to_the_expert_deployments_and_decides(service: str) -> None:
@@ -60,7 +64,7 @@ def test_moderate_fans_out_to_the_expert_deployments_and_decides(service: str) -
     body = response.json()
     assert body["tenant"] == "acme" and body["missing_experts"] == []
     experts = {e["expert"]: e for e in body["experts"]}
-    assert set(experts) == {"minilm-embedding", "profanity-check"}
+    assert set(experts) == set(TIER)
     assert experts["profanity-check"]["scores"]["S12"] > 0.8
     assert experts["minilm-embedding"]["latency_ms"] > 0
     assert {c["category"]: c for c in body["categories"]}["S12"]["flagged"]
@@ -133,5 +137,5 @@ def test_the_projects_client_works_through_ray_serve(service: str) -> None:
         assert decision.tenant == "acme" and decision.flagged and decision.missing_experts == []
         outcome = client.feedback(FeedbackEvent(request_id=decision.request_id, labels={"S12": 1.0}))
         assert outcome.status == "queued" and outcome.scopes == ["tenant"]
-        assert client.weights("acme", ["S12"]).experts == ["minilm-embedding", "profanity-check"]
+        assert client.weights("acme", ["S12"]).experts == TIER
         assert [r.flagged for r in client.moderations(["I will kill you", "Thanks!"]).results] == [True, False]

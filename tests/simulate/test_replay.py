@@ -25,7 +25,7 @@ def _config(folder: Path, **extra: object) -> ReplayConfig:
 def test_chaining_keeps_the_files_in_order_as_segments(tmp_path: Path) -> None:
     config = _config(tmp_path)
     traffic = chain(config.data, seed=1)
-    assert [(s.name, s.start, s.end) for s in traffic.segments] == [("jsonl", 0, 60), ("jsonl (2)", 60, 120)]
+    assert [(s.name, s.start, s.end) for s in traffic.segments] == [("first", 0, 60), ("second", 60, 120)]
     assert all("message" in r.text for r in traffic.rows[:60]) and all("note" in r.text for r in traffic.rows[60:])
     assert [r.text for r in chain(config.data, seed=1).rows] == [r.text for r in traffic.rows]  # seeded shuffle
     limited = chain([DataSpec(config.data[0].path, "jsonl", COLUMNS, limit=7)], shuffle=False)
@@ -47,7 +47,7 @@ def test_replay_writes_the_report_with_learners_experts_and_oracles(tmp_path: Pa
     assert set(report["experts"]) == {"red", "blue"}
     assert {"best_fixed_loss", "best_switching_loss"} <= set(report["oracles"])
     assert report["categories"] == ["S1", "S8"]
-    assert [s["name"] for s in report["segments"]] == ["jsonl", "jsonl (2)"]
+    assert [s["name"] for s in report["segments"]] == ["first", "second"]
     feedback = {"sent": 120, "applied": 120, "queued": 0, "duplicate": 0, "rejected": {}}
     assert report["learners"]["default"]["feedback"] == feedback
     # after the shift blue is the right expert for S1: the adaptive ensemble moves its weight there
@@ -117,3 +117,17 @@ def test_unknown_learner_or_category_is_refused(tmp_path: Path) -> None:
         run_replay(_config(tmp_path, learners=["nope"]), experts(), ReplayCache(None))
     with pytest.raises(ValueError, match="unknown categories"):
         run_replay(_config(tmp_path, categories=["S99"]), experts(), ReplayCache(None))
+
+
+def test_an_expert_that_does_not_cover_a_category_is_left_out_of_its_weights(tmp_path: Path) -> None:
+    from .stubs import KeywordExpert
+
+    only_s8 = KeywordExpert("green", {"S8": ["grr"]})
+    result = run_replay(_config(tmp_path, learners=["default"]), [*experts(), only_s8], ReplayCache(None))
+    weights = result.report["learners"]["default"]["weights"]
+    final = weights["final"]["global"]
+    assert set(final["S1"]) == {"red", "blue"} and set(final["S8"]) == {"red", "blue", "green"}
+    assert sum(final["S1"].values()) == pytest.approx(1.0)  # renormalised over the experts that score S1
+    green = result.stream.experts.index("green")
+    assert all(np.isnan(sample[green]) for sample in weights["by_category"]["S1"])  # null in report.json, not 0.5
+    assert all(np.isfinite(sample[green]) for sample in weights["by_category"]["S8"])

@@ -139,3 +139,50 @@ def test_replay_command_on_generic_files_with_a_column_map(tmp_path: Path) -> No
 def test_replay_names_a_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["replay", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "no such file" in result.output
+
+
+def test_replay_command_takes_a_column_map_per_file_and_missing_as_safe(tmp_path: Path) -> None:
+    pytest.importorskip("profanity_check", reason="the replay command builds the catalog's CPU experts")
+    first, _ = shifted_files(tmp_path, n=30)
+    renamed = tmp_path / "renamed.jsonl"  # the second file's columns named differently, and no label on safe rows
+    rows = [{"body": f"note {i} grr", "insult": 1 if i % 4 == 0 else None} for i in range(30)]
+    renamed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "replay",
+            "--data",
+            str(first),
+            "--data",
+            f"{renamed}::text=body,label=insult:S8",
+            "--format",
+            "jsonl",
+            "--text-column",
+            "text",
+            "--label",
+            "hate=S8",
+            "--missing-as-safe",
+            "--experts",
+            "profanity-check",
+            "--learners",
+            "default",
+            "--cache",
+            str(tmp_path / "cache.jsonl"),
+            "--out",
+            str(out),
+            "--no-plots",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["segments"]] == ["first", "renamed"]
+    assert report["steps"] == 60
+    renamed_part = report["learners"]["default"]["per_segment"]["renamed"]
+    assert renamed_part["benign_requests"] == 22 and renamed_part["unsafe_requests"] == 8  # missing: safe
+
+
+def test_replay_names_the_option_of_a_bad_column_map(tmp_path: Path) -> None:
+    first, _ = shifted_files(tmp_path, n=5)
+    result = runner.invoke(app, ["replay", "--data", f"{first}::text", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--data" in result.output and "KEY=VALUE" in result.output

@@ -78,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         embeddings = get_embedder().encode(texts)
         for expert_name, expert in experts.items():
             if isinstance(expert, ProfanityExpert):
-                p = expert.offensive_probability(texts)
-                scores = {c: p * expert.scale[c] for c in sorted(expert.categories)}
+                cats_p = sorted(expert.categories)
+                scores = dict(zip(cats_p, expert.score_texts(texts, cats_p).T, strict=True))
             else:
                 assert isinstance(expert, EmbeddingExpert)
                 matrix = expert.score_embeddings(embeddings, cats)

@@ -1,34 +1,31 @@
 """A CPU expert on offensive language: ``alt-profanity-check``'s linear model (TF-IDF + calibrated linear SVM).
 
 The package ships one score, P(offensive), learned from toxic-comment data. It is a direct signal for S12
-(profanity) and, weaker, for S10 (harassment) and S8 (hate): insults and slurs are usually profane, but so is plenty
-of friendly banter, and hate can be written politely. Field notes section 8 measured harmful-vs-benign AUROC .84 on
-the OpenAI moderation set and .58 on XSTest (which has no swearing in either class). We therefore report the same
-score for all three categories, scaled down for the two indirect ones, so that on its own it never claims more
-than it knows; the ensemble learns per category how far to trust it.
+(profanity) and a weaker one for S10 (harassment) and S8 (hate): insults and slurs are usually profane, but so is
+plenty of friendly banter, and hate can be written politely. Each category's score is P(offensive) through that
+category's calibration map (``profanity_calibration``: Platt scaling fitted on the shared labelled sets, shipped with
+its provenance), so each is an honest probability of its own category, never a fixed fraction known to be too low.
 
-Imports only ``experts.base``, ``schemas``, numpy and, lazily, ``profanity_check`` (its import loads scikit-learn
-and the model: about 3 s, so it happens on first use, not on import).
+Imports only ``experts.base``, ``schemas``, the calibration, numpy and, lazily, ``profanity_check`` (its import
+loads scikit-learn and the model: about 3 s, so it happens on first use, not on import).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from aegis_online.experts.base import Expert, ExpertInput
+from aegis_online.experts.cpu.profanity_calibration import PACKAGED_CALIBRATION, ProfanityCalibration
 from aegis_online.schemas import ExpertOutput
 
-__all__ = ["DEFAULT_CATEGORY_SCALE", "ProfanityExpert"]
-
-#: Category id -> factor applied to P(offensive). 1 for profanity itself; below 1 for the categories where
-#: offensive wording is evidence but not proof (so a profane joke does not read as confident hate).
-DEFAULT_CATEGORY_SCALE: Mapping[str, float] = {"S12": 1.0, "S10": 0.7, "S8": 0.5}
+__all__ = ["ProfanityExpert", "offensive_probability"]
 
 _predict_lock = threading.Lock()
 _predict_prob: Callable[[Sequence[str]], Any] | None = None
@@ -48,15 +45,28 @@ def _load_predict_prob() -> Callable[[Sequence[str]], Any]:
     return _predict_prob
 
 
+def offensive_probability(texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+    """profanity-check's P(offensive) per text, shape ``(len(texts),)``, in batches of ``batch_size``."""
+    predict_prob = _load_predict_prob()
+    if not texts:
+        return np.zeros(0, dtype=np.float64)
+    parts = [
+        np.asarray(predict_prob(list(texts[i : i + batch_size])), dtype=np.float64)
+        for i in range(0, len(texts), batch_size)
+    ]
+    return np.clip(np.concatenate(parts), 0.0, 1.0)
+
+
 class ProfanityExpert(Expert):
-    """P(offensive language) from ``alt-profanity-check``, reported for S12 and, scaled, S10 and S8.
+    """P(offensive language) from ``alt-profanity-check``, calibrated per category (S12, S10, S8).
 
     Parameters
     ----------
     name
         Expert name in outputs and learner state.
-    category_scale
-        Category id -> factor in (0, 1] applied to P(offensive); its keys are the categories covered.
+    calibration
+        A ``ProfanityCalibration`` or the path of its JSON file; default: the fit shipped with the package. Its
+        categories are the ones covered.
     batch_size
         Texts per call of the vectoriser (it is fast; this only bounds memory).
 
@@ -70,32 +80,27 @@ class ProfanityExpert(Expert):
     def __init__(
         self,
         name: str = "profanity-check",
-        category_scale: Mapping[str, float] | None = None,
+        calibration: ProfanityCalibration | str | os.PathLike[str] | None = None,
         batch_size: int = 1024,
     ) -> None:
-        scale = dict(DEFAULT_CATEGORY_SCALE if category_scale is None else category_scale)
-        if not scale:
-            raise ValueError("category_scale must name at least one category")
-        for cat_id, factor in scale.items():
-            if not 0.0 < factor <= 1.0:
-                raise ValueError(f"category_scale[{cat_id!r}] must be in (0, 1], got {factor}")
+        if not isinstance(calibration, ProfanityCalibration):
+            calibration = ProfanityCalibration.load(PACKAGED_CALIBRATION if calibration is None else calibration)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.name = name
-        self.scale = scale
-        self.categories = frozenset(scale)
+        self.calibration = calibration
+        self.categories = calibration.categories
         self.batch_size = batch_size
 
     def offensive_probability(self, texts: Sequence[str]) -> np.ndarray:
         """P(offensive) per text, shape ``(len(texts),)`` (blocking; ``score`` runs it in a thread)."""
-        predict_prob = _load_predict_prob()
-        if not texts:
-            return np.zeros(0, dtype=np.float64)
-        parts = [
-            np.asarray(predict_prob(list(texts[i : i + self.batch_size])), dtype=np.float64)
-            for i in range(0, len(texts), self.batch_size)
-        ]
-        return np.clip(np.concatenate(parts), 0.0, 1.0)
+        return offensive_probability(texts, self.batch_size)
+
+    def score_texts(self, texts: Sequence[str], categories: Sequence[str]) -> np.ndarray:
+        """Calibrated probabilities, shape ``(len(texts), len(categories))``, of covered categories (blocking)."""
+        p = self.offensive_probability(texts)
+        columns = [self.calibration.apply(c, p) for c in categories]
+        return np.stack(columns, axis=1) if columns else np.empty((len(texts), 0))
 
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
         started = time.perf_counter()
@@ -103,6 +108,6 @@ class ProfanityExpert(Expert):
         latency_ms = (time.perf_counter() - started) * 1000.0
         outputs = []
         for item, p in zip(batch, probs, strict=True):
-            scores = {c.id: float(p) * self.scale[c.id] for c in item.categories if c.id in self.categories}
+            scores = {c.id: float(self.calibration.apply(c.id, p)) for c in item.categories if c.id in self.categories}
             outputs.append(ExpertOutput(expert=self.name, scores=scores, latency_ms=latency_ms))
         return outputs

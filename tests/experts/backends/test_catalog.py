@@ -24,13 +24,18 @@ REQUIRED = {
     "granite-guardian-3-8b",
     "profanity-check",
     "minilm-embedding",
+    "minilm-heads",
+    "lexical-heads",
 }
+
+#: The default CPU tier (issue 14): what the embedded service and `make demo` run.
+DEFAULT_TIER = {"profanity-check", "minilm-embedding", "minilm-heads", "lexical-heads"}
 
 
 def test_the_shipped_catalog_has_every_required_expert_and_validates() -> None:
     specs = {s.name: s for s in load_catalog(default_catalog_dir())}
     assert set(specs) >= REQUIRED
-    assert {s.name for s in cpu_expert_specs(specs.values())} == {"profanity-check", "minilm-embedding"}
+    assert {s.name for s in cpu_expert_specs(specs.values())} == DEFAULT_TIER
     assert specs["llama-guard-3-8b"].hardware.gpus > 0 and specs["llama-guard-3-8b"].family == "llama_guard_3"
 
 

@@ -97,7 +97,9 @@ def test_a_custom_category_is_scored_zero_shot_from_its_description() -> None:
 def test_heads_replace_zero_shot_for_their_categories_and_round_trip(tmp_path: Path) -> None:
     rows = [LabelledText(f"I will hurt you badly, number {i}", {"S11": 1}, True) for i in range(12)]
     rows += [LabelledText(f"Here is my favourite soup recipe, version {i}", {}, False) for i in range(12)]
-    heads, reports = train_heads(rows, tmp_path / "heads.npz", categories=["S11", "S2"], min_positives=5, folds=3)
+    heads, reports = train_heads(
+        rows, tmp_path / "heads.npz", categories=["S11", "S2"], min_positives=5, folds=3, overall=False
+    )
     assert heads.categories == ("S11",)
     assert [r.category for r in reports] == ["S11", "S2"] and reports[1].skipped.startswith("too few positives")
     assert reports[0].cv_auroc == pytest.approx(1.0)

