@@ -81,6 +81,12 @@ class ExpertSpec(BaseModel):
         description="ISO 639-1 codes of the languages it reads (its model card's); null or ['*']: any. The request "
         "path does not call it on a text identified as another language (missing kind 'language').",
     )
+    in_default_tier: bool = Field(
+        default=True,
+        description="Whether a CPU expert joins the embedded service's default set. The trained heads opt out: "
+        "uniform weights over them let their low scores on rare categories outvote the zero-shot expert ('I will "
+        "kill you' went unflagged); list them in experts.use to run them.",
+    )
     cost: CostClass
     hardware: Hardware = Field(default_factory=Hardware)
 
@@ -213,5 +219,5 @@ def default_catalog_dir() -> Path:
 
 
 def cpu_expert_specs(specs: Iterable[ExpertSpec]) -> list[ExpertSpec]:
-    """The default expert set of the embedded service: the catalog's CPU experts."""
-    return [s for s in specs if s.runs_on_cpu]
+    """The default expert set of the embedded service: the catalog's CPU experts in the default tier."""
+    return [s for s in specs if s.runs_on_cpu and s.in_default_tier]

@@ -29,12 +29,7 @@ def _placements(config: ServiceConfig) -> list[tuple[str, bool]]:
 
 
 def test_cpu_light_experts_go_into_the_ingress_by_default_and_keep_their_place() -> None:
-    assert _placements(_config()) == [
-        ("lexical-heads", True),
-        ("minilm-embedding", False),
-        ("minilm-heads", False),
-        ("profanity-check", True),
-    ]
+    assert _placements(_config()) == [("minilm-embedding", False), ("profanity-check", True)]
     config = _config(experts={"use": ["profanity-check", "minilm-embedding"]})
     assert _placements(config) == [("profanity-check", True), ("minilm-embedding", False)]
 
@@ -67,8 +62,8 @@ def test_the_ingress_replica_reserves_the_cpus_of_its_experts() -> None:
     # ingress 0.5 CPU; profanity-check 0.1 in it; minilm-embedding 0.5 on its own
     assert ingress_replica_needs(config) == {"CPU": pytest.approx(0.6), "memory_gb": pytest.approx(0.3)}
     assert resource_needs(config) == {"CPU": pytest.approx(1.1), "GPU": 0.0}
-    # the default tier: lexical-heads (0.1) joins the ingress, minilm-heads (0.5) gets a replica
-    tier = _config()
+    # the opt-in heads: lexical-heads (0.1) joins the ingress, minilm-heads (0.5) gets a replica
+    tier = _config(experts={"use": ["lexical-heads", "minilm-embedding", "minilm-heads", "profanity-check"]})
     assert ingress_replica_needs(tier) == {"CPU": pytest.approx(0.7), "memory_gb": pytest.approx(0.6)}
     assert resource_needs(tier) == {"CPU": pytest.approx(1.7), "GPU": 0.0}
     scaled = _config(

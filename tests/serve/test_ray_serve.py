@@ -22,8 +22,8 @@ from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
 
 
-#: The catalog's CPU experts (the default tier), in the engine's order.
-TIER = ["lexical-heads", "minilm-embedding", "minilm-heads", "profanity-check"]
+#: The catalog's default CPU tier, in the engine's order.
+TIER = ["minilm-embedding", "profanity-check"]
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ REQUIRED = {
     "lexical-heads",
 }
 
-#: The default CPU tier (issue 14): what the embedded service and `make demo` run.
-DEFAULT_TIER = {"profanity-check", "minilm-embedding", "minilm-heads", "lexical-heads"}
+#: The default CPU tier: what the embedded service and `make demo` run (the trained heads are opt-in).
+DEFAULT_TIER = {"profanity-check", "minilm-embedding"}
 
 
 def test_the_shipped_catalog_has_every_required_expert_and_validates() -> None:
