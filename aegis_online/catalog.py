@@ -81,11 +81,11 @@ class ExpertSpec(BaseModel):
         description="ISO 639-1 codes of the languages it reads (its model card's); null or ['*']: any. The request "
         "path does not call it on a text identified as another language (missing kind 'language').",
     )
-    in_default_tier: bool = Field(
-        default=True,
-        description="Whether a CPU expert joins the embedded service's default set. The trained heads opt out: "
-        "uniform weights over them let their low scores on rare categories outvote the zero-shot expert ('I will "
-        "kill you' went unflagged); list them in experts.use to run them.",
+    shares_replica_with: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Another catalog expert on the same model. When both are served, this one is served by the "
+        "other's deployment, in the same process, so each text is embedded once for both.",
     )
     cost: CostClass
     hardware: Hardware = Field(default_factory=Hardware)
@@ -209,6 +209,17 @@ def load_catalog(directory: str | os.PathLike[str]) -> list[ExpertSpec]:
     specs = [load_spec(p) for p in sorted(folder.glob("*.yaml"))]
     if not specs:
         raise CatalogError(f"{folder}: no expert files (*.yaml)")
+    by_name = {s.name: s for s in specs}
+    for spec in specs:
+        host = by_name.get(spec.shares_replica_with or "")
+        if spec.shares_replica_with is None:
+            continue
+        if host is None or host.name == spec.name or host.shares_replica_with is not None:
+            why = "is not in the catalog" if host is None else "is itself" if host.name == spec.name else "shares too"
+            raise CatalogError(
+                f"{folder / (spec.name + '.yaml')}: shares_replica_with: {spec.shares_replica_with!r} {why}; "
+                "name another catalog expert that runs in a replica of its own"
+            )
     return specs
 
 
@@ -219,5 +230,5 @@ def default_catalog_dir() -> Path:
 
 
 def cpu_expert_specs(specs: Iterable[ExpertSpec]) -> list[ExpertSpec]:
-    """The default expert set of the embedded service: the catalog's CPU experts in the default tier."""
-    return [s for s in specs if s.runs_on_cpu and s.in_default_tier]
+    """The default expert set of the embedded service: the catalog's CPU experts."""
+    return [s for s in specs if s.runs_on_cpu]

@@ -363,7 +363,7 @@ def cpu_quantity(value: Any) -> float:
 def check_capacity(service: dict[str, Any], config: Any) -> list[str]:
     """The Serve replicas the configuration starts with must fit the worker groups at their ceiling, and every
     expert must fit in one pod of some group (else Ray leaves it pending and the application never runs)."""
-    from aegis_online.rayserve.deployments import ingress_replica_needs, resource_needs
+    from aegis_online.rayserve.deployments import ingress_replica_needs, placements, resource_needs
 
     where = f"{_where(service)} serveConfigV2"
     cluster = service["spec"]["rayClusterConfig"]
@@ -383,9 +383,10 @@ def check_capacity(service: dict[str, Any], config: Any) -> list[str]:
             f"{where}: an ingress replica needs {ingress_cpus:g} CPU (its own and its in-ingress experts'); no Ray "
             "pod has that; lower ingress.num_cpus or resize the groups"
         )
-    for spec, serving in config.expert_plan():
-        if serving.in_ingress(spec):
-            continue  # counted with the ingress replica
+    for place in placements(config):
+        if place.where != "replica":
+            continue  # counted with the ingress replica, or with the deployment that hosts it
+        spec, serving = place.spec, place.serving
         cpus = serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus
         gpus = serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus
         if not any(c >= cpus and g >= gpus for _, c, g, _ in pods):

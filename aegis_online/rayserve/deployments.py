@@ -30,7 +30,8 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -58,28 +59,55 @@ WARM_UP_TEXT = "Hello! Could you help me write a short, friendly note to a colle
 
 @serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=5)
 class ExpertDeployment:
-    """One catalog expert, batched."""
+    """One catalog expert, batched, and the experts it hosts (catalog ``shares_replica_with``: the same model,
+    another reading of it), scored in the same process so that what they share (MiniLM's embedding of a text) is
+    computed once."""
 
-    async def __init__(self, spec: dict[str, Any], serving: dict[str, Any]) -> None:
+    async def __init__(
+        self, spec: dict[str, Any], serving: dict[str, Any], guests: Sequence[dict[str, Any]] = ()
+    ) -> None:
         self.spec = ExpertSpec.model_validate(spec)
         options = ExpertServing.model_validate(serving)
         self.expert = await build_ready_expert(self.spec, options, in_thread=False)
+        self.experts = {self.spec.name: self.expert}
+        for guest in guests:
+            guest_spec = ExpertSpec.model_validate(guest)
+            self.experts[guest_spec.name] = await build_ready_expert(guest_spec, options, in_thread=False)
         self.score.set_max_batch_size(options.max_batch_size)
         self.score.set_batch_wait_timeout_s(options.batch_wait_timeout_ms / 1000.0)
 
-    def describe(self) -> dict[str, Any]:
-        """What the ingress needs to route to this expert: its name, coverage and languages (None: any)."""
-        languages = self.expert.languages
+    def describe(self, name: str | None = None) -> dict[str, Any]:
+        """What the ingress needs to route to an expert of this deployment (default: its own): its name, coverage
+        and languages (None: any)."""
+        expert = self.expert if name is None else self.experts[name]
+        languages = expert.languages
         return {
-            "name": self.expert.name,
-            "categories": sorted(self.expert.categories),
-            "free_form": bool(self.expert.free_form),
+            "name": expert.name,
+            "categories": sorted(expert.categories),
+            "free_form": bool(expert.free_form),
             "languages": None if languages is None else sorted(languages),
         }
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def score(self, items: list[ExpertInput]) -> list[ExpertOutput]:
-        return await score_with_deadline(self.expert, items, REPLICA_SCORE_TIMEOUT_S)
+    async def score(self, items: list[ExpertInput], names: list[str]) -> list[ExpertOutput]:
+        return await score_named(self.experts, self.spec.name, items, names)
+
+
+async def score_named(
+    experts: Mapping[str, Expert], host: str, items: Sequence[ExpertInput], names: Sequence[str]
+) -> list[ExpertOutput]:
+    """Score each item with the expert it names, one call per expert; the host first, so that its guests find
+    what they share with it (the embedding of each text) in the process' cache."""
+    outputs: list[ExpertOutput | None] = [None] * len(items)
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    for name in sorted(groups, key=lambda n: n != host):
+        index = groups[name]
+        scored = await score_with_deadline(experts[name], [items[i] for i in index], REPLICA_SCORE_TIMEOUT_S)
+        for i, output in zip(index, scored, strict=True):
+            outputs[i] = output
+    return [o for o in outputs if o is not None]
 
 
 async def build_ready_expert(spec: ExpertSpec, options: ExpertServing, *, in_thread: bool) -> Expert:
@@ -128,7 +156,7 @@ class RemoteExpert(Expert):
 
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
         started = time.perf_counter()
-        responses = [self.handle.score.remote(item) for item in batch]
+        responses = [self.handle.score.remote(item, self.name) for item in batch]
         try:
             outputs = [await response for response in responses]
         except asyncio.CancelledError:
@@ -162,7 +190,7 @@ class ModerationIngress:
             if handle is None:
                 spec, serving = ExpertSpec.model_validate(entry["spec"]), ExpertServing.model_validate(entry["serving"])
                 return await build_ready_expert(spec, serving, in_thread=True)
-            d = await handle.describe.remote()
+            d = await handle.describe.remote(entry["name"])
             return RemoteExpert(d["name"], d["categories"], d["free_form"], handle, d.get("languages"))
 
         entries = list(plan) or [{"name": name} for name in experts]
@@ -179,22 +207,57 @@ def deployment_name(expert: str) -> str:
     return f"expert-{expert}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one served expert runs: ``ingress`` (built in the ingress, called in process), ``replica`` (a
+    deployment of its own) or ``guest`` (in ``host``'s deployment: catalog ``shares_replica_with``)."""
+
+    spec: ExpertSpec
+    serving: ExpertServing
+    where: Literal["ingress", "replica", "guest"]
+    host: str | None = None
+
+
+def placements(config: ServiceConfig) -> list[Placement]:
+    """Each served expert's place, in the engine's order.
+
+    An expert whose catalog entry ``shares_replica_with`` another served expert runs where that one does (in its
+    deployment, or in the ingress with it), unless the config gives it serving options of its own (replicas,
+    autoscaling, CPUs, placement, ...): then it asked for a deployment of its own and gets one."""
+    plan = config.expert_plan()
+    own = {spec.name: serving.in_ingress(spec) for spec, serving in plan}
+    result = []
+    for spec, serving in plan:
+        host = spec.shares_replica_with
+        asked_apart = bool(serving.model_fields_set - {"name", "backend_options"})
+        if host in own and not asked_apart:
+            result.append(Placement(spec, serving, "ingress" if own[host] else "guest", host))
+        else:
+            result.append(Placement(spec, serving, "ingress" if own[spec.name] else "replica"))
+    return result
+
+
 def build_app(config: ServiceConfig, keys: KeyTable) -> serve.Application:
-    """The Ray Serve application of ``config``: the expert deployments and the ingress, bound."""
+    """The Ray Serve application of ``config``: the expert deployments (with their guests) and the ingress, bound."""
+    places = placements(config)
+    plan = [
+        {"name": p.spec.name, "spec": p.spec.model_dump(mode="json"), "serving": p.serving.model_dump(mode="json")}
+        for p in places
+    ]
     experts: dict[str, serve.Application] = {}
-    plan = []
-    for spec, serving in config.expert_plan():
-        plan.append(
-            {"name": spec.name, "spec": spec.model_dump(mode="json"), "serving": serving.model_dump(mode="json")}
-        )
-        if serving.in_ingress(spec):
+    for p in places:
+        if p.where != "replica":
             continue
-        experts[spec.name] = ExpertDeployment.options(
-            name=deployment_name(spec.name),
-            **_replica_options(serving.replicas, serving.autoscaling),
-            max_ongoing_requests=serving.max_ongoing_requests,
-            **replica_resources(spec, serving),
-        ).bind(spec.model_dump(mode="json"), serving.model_dump(mode="json"))
+        guests = [g.spec.model_dump(mode="json") for g in places if g.where == "guest" and g.host == p.spec.name]
+        experts[p.spec.name] = ExpertDeployment.options(
+            name=deployment_name(p.spec.name),
+            **_replica_options(p.serving.replicas, p.serving.autoscaling),
+            max_ongoing_requests=p.serving.max_ongoing_requests,
+            **replica_resources(p.spec, p.serving),
+        ).bind(p.spec.model_dump(mode="json"), p.serving.model_dump(mode="json"), guests)
+    for p in places:
+        if p.where == "guest":
+            experts[p.spec.name] = experts[p.host]  # the ingress calls the host's deployment, naming the guest
     # The ingress gets the config without the inline keys (their digests travel in ``keys``).
     wire_config = config.model_dump(mode="json", exclude={"auth": {"keys"}})
     ingress = ingress_replica_needs(config)
@@ -255,10 +318,10 @@ def _replicas(replicas: int, autoscaling: Autoscaling | None, bound: str) -> int
 def ingress_replica_needs(config: ServiceConfig) -> dict[str, float]:
     """What one ingress replica reserves: its own CPUs plus those (and the memory) of the experts placed in it."""
     cpus, memory_gb = config.ingress.num_cpus, 0.0
-    for spec, serving in config.expert_plan():
-        if serving.in_ingress(spec):
-            cpus += serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus
-            memory_gb += spec.hardware.memory_gb
+    for p in placements(config):
+        if p.where == "ingress" and p.host is None:  # a guest shares its host's reservation
+            cpus += p.serving.num_cpus if p.serving.num_cpus is not None else p.spec.hardware.cpus
+            memory_gb += p.spec.hardware.memory_gb
     return {"CPU": cpus, "memory_gb": memory_gb}
 
 
@@ -269,9 +332,10 @@ def resource_needs(config: ServiceConfig, bound: str = "min") -> dict[str, float
     ingress = _replicas(config.ingress.replicas, config.ingress.autoscaling, bound)
     cpus = ingress * ingress_replica_needs(config)["CPU"]
     gpus = 0.0
-    for spec, serving in config.expert_plan():
-        if serving.in_ingress(spec):
+    for p in placements(config):
+        if p.where != "replica":
             continue
+        spec, serving = p.spec, p.serving
         replicas = _replicas(serving.replicas, serving.autoscaling, bound)
         cpus += replicas * (serving.num_cpus if serving.num_cpus is not None else spec.hardware.cpus)
         gpus += replicas * (serving.num_gpus if serving.num_gpus is not None else spec.hardware.gpus)

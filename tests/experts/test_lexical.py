@@ -189,7 +189,8 @@ def test_the_shipped_artifact_loads_with_an_overall_head_and_names_its_sources()
     assert "experts train-head --kind lexical --shared-data" in provenance["command"]
     assert set(provenance["heads"]) == set(model.heads) and provenance["bytes"] == path.stat().st_size
     threat, chore = expert.overall_probability(["I will kill you, you worthless idiot", "How do I bake bread?"])
-    assert threat > 0.9 > chore
+    assert threat > 0.8 and chore < 0.2  # balanced classes: the pooled sets' 80% unsafe rows do not lift every score
+    assert model.metadata["class_weight"] == "balanced"
 
 
 def test_held_out_auroc_on_a_shared_set_is_clearly_above_chance() -> None:

@@ -26,7 +26,7 @@ def test_defaults_serve_the_catalogs_cpu_experts_on_embedded_backends() -> None:
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
     assert (config.store.kind, config.bus.kind) == ("memory", "inprocess")
     plan = config.expert_plan()
-    assert [spec.name for spec, _ in plan] == ["minilm-embedding", "profanity-check"]
+    assert [spec.name for spec, _ in plan] == ["lexical-heads", "minilm-embedding", "minilm-heads", "profanity-check"]
     assert all(spec.hardware.gpus == 0 for spec, _ in plan)
 
 
@@ -175,7 +175,12 @@ def test_the_example_config_and_keys_file_are_valid(tmp_path: Path, monkeypatch:
     root = Path(__file__).resolve().parents[2] / "deploy"
     monkeypatch.setenv("AEGIS_SERVE_AUTH__KEYS_FILE", str(root / "keys.example.yaml"))
     config = load_config(root / "serve-config.yaml")
-    assert [spec.name for spec, _ in config.expert_plan()] == ["profanity-check", "minilm-embedding"]
+    assert [spec.name for spec, _ in config.expert_plan()] == [
+        "profanity-check",
+        "minilm-embedding",
+        "minilm-heads",
+        "lexical-heads",
+    ]
     table = load_key_table(config.auth)
     assert len(table) == 4 and table.authenticate("replace-with-a-random-token-for-operators").role == "admin"
     assert table.authenticate("replace-with-a-random-token-for-reviewers").role == "moderator"

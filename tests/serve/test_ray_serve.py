@@ -22,8 +22,8 @@ from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
 
 
-#: The catalog's default CPU tier, in the engine's order.
-TIER = ["minilm-embedding", "profanity-check"]
+#: The catalog's CPU experts (the default tier), in the engine's order.
+TIER = ["lexical-heads", "minilm-embedding", "minilm-heads", "profanity-check"]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +77,13 @@ def test_a_cpu_light_expert_answers_from_inside_the_ingress(service: str) -> Non
 
     from aegis_online.rayserve.runtime import APP_NAME
 
-    # profanity-check (catalog cost cpu-light) has no deployment: the ingress built it and calls it in process
+    # profanity-check and lexical-heads (catalog cost cpu-light) have no deployment: the ingress built them and
+    # calls them in process; minilm-heads is served by minilm-embedding's deployment (one embedding per text)
     assert set(serve.status().applications[APP_NAME].deployments) == {"ingress", "expert-minilm-embedding"}
     body = post(service, "/v1/moderate", conversation("what the fuck is this shit")).json()
     experts = {e["expert"]: e for e in body["experts"]}
     assert body["missing_experts"] == [] and experts["profanity-check"]["scores"]["S12"] > 0.8
+    assert experts["minilm-heads"]["scores"]["S12"] > 0.5 and experts["lexical-heads"]["scores"]["S12"] > 0.5
     assert "aegis_admission_limit" in httpx.get(f"{service}/metrics", timeout=10).text
 
 

@@ -28,8 +28,8 @@ REQUIRED = {
     "lexical-heads",
 }
 
-#: The default CPU tier: what the embedded service and `make demo` run (the trained heads are opt-in).
-DEFAULT_TIER = {"profanity-check", "minilm-embedding"}
+#: The default CPU tier: what the embedded service and `make demo` run.
+DEFAULT_TIER = {"profanity-check", "minilm-embedding", "minilm-heads", "lexical-heads"}
 
 
 def test_the_shipped_catalog_has_every_required_expert_and_validates() -> None:
@@ -106,3 +106,21 @@ def test_an_entry_cannot_claim_categories_its_expert_does_not_cover(tmp_path: Pa
     path.write_text("name: profanity-everything\nbackend: profanity-check\ncost: cpu-light\ncategories: [S17]\n")
     with pytest.raises(CatalogError, match="S17"):
         build_expert(load_spec(path))
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [("absent-expert", "is not in the catalog"), ("a", "is itself"), ("b", "shares too")],
+)
+def test_an_expert_shares_a_replica_only_with_another_catalog_expert_that_does_not_share(
+    tmp_path: Path, host: str, why: str
+) -> None:
+    """``shares_replica_with`` names the deployment that serves this expert: it must exist and host no one else's."""
+    entry = "backend: profanity-check\ncost: cpu-light\n"
+    (tmp_path / "a.yaml").write_text(f"name: a\n{entry}shares_replica_with: {host}\n")
+    (tmp_path / "b.yaml").write_text(f"name: b\n{entry}shares_replica_with: c\n")
+    (tmp_path / "c.yaml").write_text(f"name: c\n{entry}")
+    with pytest.raises(CatalogError, match=rf"a\.yaml: shares_replica_with: '{host}' {why}"):
+        load_catalog(tmp_path)
+    (tmp_path / "a.yaml").write_text(f"name: a\n{entry}shares_replica_with: c\n")
+    assert {s.name: s.shares_replica_with for s in load_catalog(tmp_path)} == {"a": "c", "b": "c", "c": None}

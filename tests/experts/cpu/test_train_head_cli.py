@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -180,3 +181,24 @@ def test_experts_score_reads_a_batch_from_a_file_or_stdin_and_takes_heads(tmp_pa
     assert result.exit_code == 1 and "bad.jsonl: line 2" in result.output
     result = runner.invoke(app, ["experts", "score", "hello", "--file", str(texts)])
     assert result.exit_code == 1 and "not both" in result.output
+
+
+def test_balanced_heads_do_not_carry_the_training_mix_base_rate() -> None:
+    """A category with 2% positives in the pooled data: unbalanced, a text halfway between the classes scores near
+    that base rate; balanced (the default), near 0.5, so the head's score says how the text reads, not how common
+    the category was in the sets that happened to be pooled."""
+    from aegis_online.datasets import LabelledText
+    from aegis_online.experts.cpu import train_heads
+
+    rng = np.random.default_rng(0)
+    negatives, positives = rng.normal(-1.0, 1.0, (1960, 4)), rng.normal(1.0, 1.0, (40, 4))
+    X = np.vstack([negatives, positives])
+    rows = [LabelledText(f"n{i}", unsafe=False) for i in range(1960)]
+    rows += [LabelledText(f"p{i}", labels={"S1": 1}, unsafe=True) for i in range(40)]
+    middle = np.zeros((1, 4))
+    scores = {}
+    for balanced in (True, False):
+        heads, _ = train_heads(rows, embeddings=X, categories=["S1"], overall=False, balanced=balanced, folds=2)
+        scores[balanced] = float(heads.predict(middle, ["S1"])[0, 0])
+        assert heads.metadata["class_weight"] == ("balanced" if balanced else None)
+    assert scores[False] < 0.1 and 0.3 < scores[True] < 0.7

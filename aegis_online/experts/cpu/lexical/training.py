@@ -111,6 +111,7 @@ def train_lexical(
     progress: Callable[[str, int, int], None] | None = None,
     command: str | None = None,
     overall: bool = True,
+    balanced: bool = True,
     word_features: int = WORD_FEATURES,
     char_features: int = CHAR_FEATURES,
     min_df: int = MIN_DF,
@@ -145,6 +146,8 @@ def train_lexical(
         The command that produced the model, kept in the metadata.
     overall
         Also train the whole-request head.
+    balanced
+        Weigh each class by the inverse of its frequency, as ``minilm.train_heads`` does.
     word_features, char_features, min_df
         Vocabulary caps and the fewest texts a term must occur in.
 
@@ -183,7 +186,7 @@ def train_lexical(
             targets[name] = (index, y)
 
     def fit(X: Any, y: np.ndarray) -> Any:
-        return LogisticRegression(C=C, max_iter=2000).fit(X, y)
+        return LogisticRegression(C=C, max_iter=2000, class_weight="balanced" if balanced else None).fit(X, y)
 
     oof = {name: np.full(len(index), np.nan) for name, (index, _) in targets.items()}
     if targets:
@@ -236,6 +239,7 @@ def train_lexical(
         "sources": list(sources),
         "command": command,
         "C": C,
+        "class_weight": "balanced" if balanced else None,
         "folds": folds,
         "min_positives": min_positives,
         "min_df": min_df,

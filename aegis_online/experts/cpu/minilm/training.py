@@ -61,6 +61,7 @@ def train_heads(
     C: float = 4.0,
     sources: Sequence[str] = (),
     overall: bool = True,
+    balanced: bool = True,
     command: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[EmbeddingHeads, list[HeadReport]]:
@@ -93,6 +94,9 @@ def train_heads(
         Descriptions of the training files, kept in the metadata.
     overall
         Also train the whole-request head.
+    balanced
+        Weigh each class by the inverse of its frequency (scikit-learn's ``class_weight="balanced"``), so a head's
+        score does not carry the base rate of the pooled training mix (see ``BALANCED_PRIOR``).
     command
         The command that trained them, kept in the metadata (provenance).
     progress
@@ -138,7 +142,7 @@ def train_heads(
             reason = f"too few {which} ({pos} positive, {neg} negative; need {need} of each)"
             reports.append(HeadReport(cat, pos, neg, skipped=reason))
         else:
-            model = LogisticRegression(C=C, max_iter=2000)
+            model = LogisticRegression(C=C, max_iter=2000, class_weight="balanced" if balanced else None)
             cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
             oof = cross_val_predict(model, X[index], y, cv=cv, method="decision_function")
             auroc = float(roc_auc_score(y, oof))
@@ -159,6 +163,7 @@ def train_heads(
         "sources": list(sources),
         **({"command": command} if command else {}),
         "C": C,
+        "class_weight": "balanced" if balanced else None,
         "folds": folds,
         "categories": {
             r.category: {"positives": r.positives, "negatives": r.negatives, "cv_auroc": r.cv_auroc}
