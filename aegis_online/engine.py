@@ -80,8 +80,10 @@ class Engine:
         self.moderator.policies = self.applier.policies = policies
 
     # -- the request path (``Moderator``) --------------------------------------------------------------------------
-    async def moderate(self, request: ModerationRequest, *, deadline_s: float | None = None) -> Decision:
-        return await self.moderator.moderate(request, deadline_s=deadline_s)
+    async def moderate(
+        self, request: ModerationRequest, *, deadline_s: float | None = None, remember: bool = True
+    ) -> Decision:
+        return await self.moderator.moderate(request, deadline_s=deadline_s, remember=remember)
 
     def decide(self, request: ModerationRequest, outputs: Sequence[ExpertOutput], **context: Any) -> Decision:
         return self.moderator.decide(request, outputs, **context)

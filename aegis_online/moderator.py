@@ -191,9 +191,12 @@ class Moderator:
         assert isinstance(self.learner, Exp3IX)
         return self.learner.select(mean_state, self.bandit.k, self._rng, always=always)
 
-    async def moderate(self, request: ModerationRequest, *, deadline_s: float | None = None) -> Decision:
+    async def moderate(
+        self, request: ModerationRequest, *, deadline_s: float | None = None, remember: bool = True
+    ) -> Decision:
         """Score the request with the experts under the deadline (``deadline_s``, default the engine's: what is
-        left of the request's budget after queueing), combine, decide and log."""
+        left of the request's budget after queueing), combine, decide and log (``remember=False``: not logged, so
+        no feedback can refer to it; for callers that ask for their text not to be stored)."""
         budget = self.deadline_s if deadline_s is None else deadline_s
         policy = self.policies.effective(request.tenant)
         categories = self.categories_for(request, policy)
@@ -208,7 +211,13 @@ class Moderator:
         results = await asyncio.gather(*calls)
         outputs = [batch[0] for batch in results]
         return self.decide(
-            request, outputs, propensities=propensities, policy=policy, categories=categories, language=language
+            request,
+            outputs,
+            propensities=propensities,
+            policy=policy,
+            categories=categories,
+            language=language,
+            remember=remember,
         )
 
     def decide(
@@ -220,10 +229,11 @@ class Moderator:
         policy: TenantPolicy | None = None,
         categories: CategorySet | None = None,
         language: str | None = None,
+        remember: bool = True,
     ) -> Decision:
-        """Combine expert outputs already in hand, apply the tenant's policy, log the prediction. ``language``: the
-        checked turn's, when already identified (else identified here); the outputs of experts that do not read it
-        are not used, as ``moderate`` would not have called them."""
+        """Combine expert outputs already in hand, apply the tenant's policy, log the prediction (unless not
+        ``remember``). ``language``: the checked turn's, when already identified (else identified here); the outputs
+        of experts that do not read it are not used, as ``moderate`` would not have called them."""
         policy = policy or self.policies.effective(request.tenant)
         categories = categories or self.categories_for(request, policy)
         language = identify(request.checked_text) if language is None else language
@@ -303,21 +313,22 @@ class Moderator:
             if absent[i] is None
         ]
         flagged = tuple(d.category for d in decisions if d.flagged and d.score is not None)
-        self.prediction_log.put(
-            PredictionRecord(
-                request_id=request_id,
-                tenant=request.tenant,
-                check=request.check,
-                created=time.time(),
-                experts=self.expert_names,
-                categories=cat_ids,
-                outputs=matrix,
-                scores=scores,
-                flagged=flagged,
-                propensities=propensities,
-                input_digest=request.input_digest,
+        if remember:
+            self.prediction_log.put(
+                PredictionRecord(
+                    request_id=request_id,
+                    tenant=request.tenant,
+                    check=request.check,
+                    created=time.time(),
+                    experts=self.expert_names,
+                    categories=cat_ids,
+                    outputs=matrix,
+                    scores=scores,
+                    flagged=flagged,
+                    propensities=propensities,
+                    input_digest=request.input_digest,
+                )
             )
-        )
         return Decision(
             request_id=request_id,
             tenant=request.tenant,

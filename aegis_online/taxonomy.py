@@ -32,6 +32,8 @@ __all__ = [
     "OPENAI_EVAL_MAP",
     "OPENAI_OMNI",
     "OPENAI_OMNI_MAP",
+    "PERSPECTIVE",
+    "PERSPECTIVE_MAP",
     "SHIELDGEMMA",
     "SHIELDGEMMA_MAP",
     "Category",
@@ -414,12 +416,30 @@ SHIELDGEMMA_MAP: dict[str, frozenset[str]] = {
     "Sexually Explicit Information": frozenset({"S2"}),
 }
 
+#: Google Perspective API's attributes (production and the experimental ones our categories can score). Perspective
+#: scores how a comment reads to a reader, so TOXICITY ("rude, disrespectful or unreasonable") spans hate,
+#: harassment, threats and profanity; SEVERE_TOXICITY leaves plain profanity out. Attributes we have no category for
+#: (FLIRTATION, the New York Times set, SPAM, INCOHERENT, ...) are not declared: asking for one is an error, as
+#: an unknown attribute is on Perspective.
+PERSPECTIVE_MAP: dict[str, frozenset[str]] = {
+    "TOXICITY": frozenset({"S8", "S10", "S11", "S12"}),
+    "SEVERE_TOXICITY": frozenset({"S8", "S10", "S11"}),
+    "IDENTITY_ATTACK": frozenset({"S8"}),
+    "INSULT": frozenset({"S10"}),
+    "PROFANITY": frozenset({"S12"}),
+    "THREAT": frozenset({"S11"}),
+    "SEXUALLY_EXPLICIT": frozenset({"S2", "S7"}),
+}
+
 LLAMA_GUARD_3 = ExternalTaxonomy("llama_guard_3", tuple(LLAMA_GUARD_3_NAMES), LLAMA_GUARD_3_MAP)
 OPENAI_OMNI = ExternalTaxonomy("openai_omni", tuple(OPENAI_OMNI_MAP), OPENAI_OMNI_MAP)
 OPENAI_EVAL = ExternalTaxonomy("openai_eval", tuple(OPENAI_EVAL_MAP), OPENAI_EVAL_MAP)
 SHIELDGEMMA = ExternalTaxonomy("shieldgemma", tuple(SHIELDGEMMA_MAP), SHIELDGEMMA_MAP)
+PERSPECTIVE = ExternalTaxonomy("perspective", tuple(PERSPECTIVE_MAP), PERSPECTIVE_MAP)
 
-EXTERNAL: dict[str, ExternalTaxonomy] = {t.name: t for t in (LLAMA_GUARD_3, OPENAI_OMNI, OPENAI_EVAL, SHIELDGEMMA)}
+EXTERNAL: dict[str, ExternalTaxonomy] = {
+    t.name: t for t in (LLAMA_GUARD_3, OPENAI_OMNI, OPENAI_EVAL, SHIELDGEMMA, PERSPECTIVE)
+}
 
 
 # --------------------------------------------------------------------------------------------------

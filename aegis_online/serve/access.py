@@ -9,13 +9,27 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from aegis_online.serve.auth import KeyTable, Principal
 from aegis_online.serve.errors import ApiError
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key, for clients without Bearer.")
+_query_key = APIKeyQuery(
+    name="key",
+    auto_error=False,
+    description="The same key as Perspective clients send it (`?key=`), on the Perspective route only: a key in a URL "
+    "ends up in the logs of proxies on the way, so prefer the header.",
+)
+
+
+def _resolve(keys: KeyTable, token: str | None) -> Principal:
+    found = keys.authenticate(token)
+    if found is None:
+        message = "missing API key: send Authorization: Bearer <key>" if not token else "invalid API key"
+        raise ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
+    return found
 
 
 def principal_dependency(keys: KeyTable) -> Callable[..., Awaitable[Principal]]:
@@ -25,12 +39,21 @@ def principal_dependency(keys: KeyTable) -> Callable[..., Awaitable[Principal]]:
         credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
         api_key: str | None = Security(_api_key),
     ) -> Principal:
-        token = credentials.credentials if credentials is not None else api_key
-        found = keys.authenticate(token)
-        if found is None:
-            message = "missing API key: send Authorization: Bearer <key>" if not token else "invalid API key"
-            raise ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
-        return found
+        return _resolve(keys, credentials.credentials if credentials is not None else api_key)
+
+    return principal
+
+
+def query_key_principal_dependency(keys: KeyTable) -> Callable[..., Awaitable[Principal]]:
+    """``principal_dependency`` that also takes the key from ``?key=`` (Perspective's clients send it there)."""
+
+    async def principal(
+        credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
+        api_key: str | None = Security(_api_key),
+        query_key: str | None = Security(_query_key),
+    ) -> Principal:
+        token = credentials.credentials if credentials is not None else api_key or query_key
+        return _resolve(keys, token)
 
     return principal
 

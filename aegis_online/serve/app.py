@@ -29,9 +29,14 @@ from aegis_online.api_models.openai_protocol import (
     ModerationCreateResponse,
     OpenAIErrorResponse,
 )
+from aegis_online.api_models.perspective_protocol import (
+    AnalyzeCommentRequest,
+    AnalyzeCommentResponse,
+    PerspectiveErrorResponse,
+)
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import Decision, ModerationRequest, TenantId
-from aegis_online.serve.access import principal_dependency, tenant_for
+from aegis_online.serve.access import principal_dependency, query_key_principal_dependency, tenant_for
 from aegis_online.serve.admission import AdmissionControl, ArrivalStamp, arrival
 from aegis_online.serve.auth import Principal
 from aegis_online.serve.errors import ApiError, install_error_handlers
@@ -39,6 +44,7 @@ from aegis_online.serve.feedback import FeedbackServing
 from aegis_online.serve.middleware import BodySizeLimit, RequestTiming, RequireJson
 from aegis_online.serve.moderate import DecisionRecorder, ModerateServing
 from aegis_online.serve.openai_moderations import OpenAIModerationServing
+from aegis_online.serve.perspective import PerspectiveServing
 from aegis_online.serve.service import ModerationService
 from aegis_online.serve.tenants import TenantServing
 
@@ -51,11 +57,12 @@ policy turns the ensemble's risk into allow, flag or block.
 
 Authenticate with `Authorization: Bearer <API key>`: the key decides the tenant a call acts for.
 `POST /v1/moderations` is compatible with OpenAI's moderation API (point the `openai` SDK's `base_url` here).
+`POST /v1alpha1/comments:analyze` is compatible with Google's Perspective API (the key also as `?key=` there).
 """
 
 
-def _errors(*codes: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
-    model = OpenAIErrorResponse if openai else ErrorResponse
+def _errors(*codes: int, openai: bool = False, perspective: bool = False) -> dict[int | str, dict[str, Any]]:
+    model = OpenAIErrorResponse if openai else PerspectiveErrorResponse if perspective else ErrorResponse
     return {code: {"model": model} for code in codes}
 
 
@@ -76,8 +83,10 @@ def create_app(service: ModerationService) -> FastAPI:
         gate=service.gate,
         quotas=service.quotas,
     )
+    perspective = PerspectiveServing(engine, record, config.limits)
     tenants = TenantServing(engine, config.learner.name)
     principal = principal_dependency(service.keys)
+    perspective_principal = query_key_principal_dependency(service.keys)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -144,6 +153,29 @@ def create_app(service: ModerationService) -> FastAPI:
         response.headers["X-Aegis-Request-Ids"] = ",".join(request_ids)
         degraded = any(r.aegis is not None and r.aegis.degraded for r in result.results)
         response.headers["X-Aegis-Degraded"] = "true" if degraded else "false"
+        return result
+
+    @app.post(
+        "/v1alpha1/comments:analyze",
+        response_model=AnalyzeCommentResponse,
+        response_model_exclude_none=True,
+        tags=["moderation"],
+        summary="Perspective API-compatible comment analysis",
+        responses=_errors(400, 401, 413, 415, 429, 503, perspective=True),
+    )
+    async def perspective_route(
+        body: AnalyzeCommentRequest,
+        http: Request,
+        response: Response,
+        caller: Principal = Depends(perspective_principal),
+    ) -> AnalyzeCommentResponse:
+        checks = perspective.checks(body)
+        await asyncio.to_thread(service.quotas.check, caller, caller.home_tenant, "moderate", checks)
+        async with admission.slot(arrival(http.scope), checks) as budget_s:
+            result = await perspective(body, caller, deadline_s=budget_s)
+        if result.aegis.request_id is not None:
+            response.headers["X-Aegis-Request-Ids"] = result.aegis.request_id
+        response.headers["X-Aegis-Degraded"] = "true" if result.aegis.degraded else "false"
         return result
 
     @app.post(

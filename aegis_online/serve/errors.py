@@ -3,7 +3,8 @@
 Bad input is the caller's to fix, so it must never surface as a 5xx: validation errors (schema, JSON syntax, the
 engine's own ``AegisError``s) become 4xx naming the field; only faults of the service itself are 500 or 503.
 ``/v1/moderations`` answers in OpenAI's error shape (``param`` beside ``field``) and with 400 for invalid input,
-as OpenAI does, so the SDK raises its usual ``BadRequestError``.
+as OpenAI does, so the SDK raises its usual ``BadRequestError``. ``/v1alpha1/`` (Perspective) answers in Google's
+shape: ``{"error": {"code", "message", "status", "details": [{"@type", "errorType"}]}}``, 400 for invalid input.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ from aegis_online.errors import AegisError, InvalidFeedbackError, TenantMismatch
 log = logging.getLogger("aegis_online.serve")
 
 OPENAI_PREFIX = "/v1/moderations"
+PERSPECTIVE_PREFIX = "/v1alpha1/"
+
+#: Google's status names (google.rpc.Code) for the HTTP statuses this API answers with.
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    409: "ALREADY_EXISTS",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+_PERSPECTIVE_ERROR_DETAIL = "type.googleapis.com/google.commentanalyzer.v1alpha1.Error"
 
 _STATUS_TYPES = {
     400: "invalid_request",
@@ -52,6 +70,7 @@ class ApiError(Exception):
         field: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -60,6 +79,7 @@ class ApiError(Exception):
         self.field = field
         self.code = code
         self.headers = headers
+        self.details = details
 
 
 def from_aegis_error(error: AegisError) -> ApiError:
@@ -117,7 +137,23 @@ def from_validation_error(error: RequestValidationError) -> ApiError:
     return ApiError(422, text, field=field, code=kind or None)
 
 
+def perspective_error_body(error: ApiError) -> tuple[dict[str, Any], int]:
+    """Google's error shape. Invalid input is 400, with Perspective's ``errorType`` in ``details`` (the error's
+    ``code`` when it is one, else ``INVALID_REQUEST``); the field, when known, also under ``field``."""
+    status = 400 if error.status == 422 else error.status
+    body: dict[str, Any] = {"code": status, "message": error.message, "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}
+    if status == 400:
+        error_type = error.code if error.code and error.code.isupper() else "INVALID_REQUEST"
+        body["details"] = [{"@type": _PERSPECTIVE_ERROR_DETAIL, "errorType": error_type, **(error.details or {})}]
+    if error.field:
+        body["field"] = error.field
+    return {"error": body}, status
+
+
 def error_response(request_path: str, error: ApiError) -> JSONResponse:
+    if request_path.startswith(PERSPECTIVE_PREFIX):
+        body, status = perspective_error_body(error)
+        return JSONResponse(body, status_code=status, headers=error.headers)
     detail: dict[str, Any] = {"type": error.type, "message": error.message, "field": error.field, "code": error.code}
     status = error.status
     if request_path.startswith(OPENAI_PREFIX):

@@ -81,6 +81,13 @@ class ReplayResult:
     tenant_curves: TenantCurves | None = None
 
 
+#: The catalog experts the studies on ``../shared/data`` (``make results``) replay: those with no head fitted to those
+#: sets. ``minilm-heads`` and ``lexical-heads`` were trained on them, so replaying the sets through them would be
+#: in-sample; their held-out figures are leave-one-dataset-out (``bench/lodo.py``). profanity-check's per-category
+#: calibration was fitted on the sets too: a monotone map per category, so each category's ranking is its own.
+SHARED_DATA_STUDY_EXPERTS: tuple[str, ...] = ("minilm-embedding", "profanity-check")
+
+
 def build_catalog_experts(
     names: Sequence[str] | None = None,
     heads: Path | None = None,

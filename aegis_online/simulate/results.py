@@ -3,11 +3,11 @@
 Two parts. Simulated drift: every scenario in ``simulators/`` x every learner, over fixed seeds (loss against the
 oracles, regret, recovery time after a drift, bandit savings), one figure per scenario. Real traffic: the shared
 labelled sets chained into one stream (OpenAI moderation, then Davidson tweets, XSTest, SimpleSafetyTests,
-HarmBench) replayed through the engine with the catalog's CPU experts, comparing each expert, their plain average and
-the adaptive ensemble (AUPRC and F1 per category, false positives on XSTest's safe prompts); then the two-tenant study
-of ``tenants_study`` (two tenants with opposite conventions on the same real texts, one relaxing its policy midway).
-The replays are skipped, with the reason on the page, when the data or the experts' packages are absent. Every number
-on the page is computed here: rerunning the module with the same options rewrites the same page.
+HarmBench) replayed through the engine with the CPU experts not trained on them, comparing each expert, their plain
+average and the adaptive ensemble (AUPRC and F1 per category, false positives on XSTest's safe prompts); then the
+two-tenant study of ``tenants_study`` (two tenants with opposite conventions on the same real texts, one relaxing its
+policy midway). The replays are skipped, with the reason on the page, when the data or the experts' packages are
+absent. Every number on the page is computed here: rerunning the module with the same options rewrites the same page.
 """
 
 from __future__ import annotations
@@ -326,14 +326,19 @@ def replay_real(data_dir: Path | None, figures: Path, cache_path: Path | None, s
         return reason
     from aegis_online.simulate.cache import ReplayCache, default_cache_path
     from aegis_online.simulate.plots import plot_overview
-    from aegis_online.simulate.replay_run import ReplayConfig, build_catalog_experts, run_replay
+    from aegis_online.simulate.replay_run import (
+        SHARED_DATA_STUDY_EXPERTS,
+        ReplayConfig,
+        build_catalog_experts,
+        run_replay,
+    )
     from aegis_online.simulate.traffic import DataSpec
 
     specs = [DataSpec(base / rel, limit=limit, name=name) for name, rel, limit in REPLAY_CHAIN]
     config = ReplayConfig(
         data=specs, learners=REPLAY_LEARNERS, feedback_delay=REPLAY_FEEDBACK_DELAY, seed=seed, shuffle=True
     )
-    experts = build_catalog_experts()
+    experts = build_catalog_experts(SHARED_DATA_STUDY_EXPERTS)
     cache = ReplayCache(cache_path or default_cache_path())
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -422,8 +427,8 @@ def replay_section(replay: Mapping[str, Any] | str) -> list[str]:
         "The shared labelled sets, each shuffled (seeded), chained into one stream so that the traffic shifts under "
         "the learners: "
         + " -> ".join(f"{s['name']} ({s['end'] - s['start']:,} rows)" for s in segments)
-        + f". Each row is a `ModerationRequest` through `Engine.moderate` with the catalog's CPU experts ({experts}, "
-        "outputs cached by text), and its labels come back as a `FeedbackEvent` "
+        + ". Each row is a `ModerationRequest` through `Engine.moderate` with the CPU experts not trained on these "
+        f"sets ({experts}; outputs cached by text), and its labels come back as a `FeedbackEvent` "
         f"{REPLAY_FEEDBACK_DELAY} requests later. Categories evaluated: those the data labels and some expert "
         f"covers ({', '.join(report['categories'])}): {coverage}. Where only one expert scores a category the "
         "ensemble is that expert, so the learners differ only where several do. Decisions use the default policy "

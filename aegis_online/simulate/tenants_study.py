@@ -115,7 +115,7 @@ def _replay(
     predictors: Sequence[str] | None = None,
 ) -> tuple[ReplayResult, TenantCurves]:
     from aegis_online.simulate.cache import ReplayCache, default_cache_path
-    from aegis_online.simulate.replay_run import build_catalog_experts
+    from aegis_online.simulate.replay_run import SHARED_DATA_STUDY_EXPERTS, build_catalog_experts
     from aegis_online.simulate.tenants_replay import ENGINE_PREDICTORS, TenantReplayConfig, run_tenant_replay
 
     config = TenantReplayConfig(
@@ -129,12 +129,12 @@ def _replay(
         predictors=tuple(predictors or ENGINE_PREDICTORS),
     )
     cache = ReplayCache(cache_path or default_cache_path())
-    return run_tenant_replay(config, build_catalog_experts(), cache, traffic=traffic)
+    return run_tenant_replay(config, build_catalog_experts(SHARED_DATA_STUDY_EXPERTS), cache, traffic=traffic)
 
 
 def run_study(base: Path, cache_path: Path | None, figures: Path, seed: int) -> dict[str, Any] | str:
-    """Replay the study through each predictor with the catalog's CPU experts, then ``adaptive`` and ``fixed`` again
-    with the default objective; a reason string when it cannot."""
+    """Replay the study through each predictor with the CPU experts not trained on the shared sets, then
+    ``adaptive`` and ``fixed`` again with the default objective; a reason string when it cannot."""
     missing = [rel for rel in FILES.values() if not (base / rel).is_file()]
     if missing:
         return f"data files absent under {base}: {', '.join(missing)}"
@@ -289,8 +289,8 @@ def study_section(study: Mapping[str, Any] | str) -> list[str]:
         f"offensive-only, {DAVIDSON_ROWS[2]} neither; {OPENAI_ROWS} OpenAI moderation rows with a verdict; all of "
         f"XSTest), each sent once by `{KIDS}` (policy strict) and once by `{GAMING}` (lenient), "
         f"{report['steps']:,} requests in one seeded shuffle, labels back {FEEDBACK_DELAY} requests later, through "
-        f"`Engine.moderate` with the catalog's CPU experts ({experts}, outputs cached). `{KIDS}` labels "
-        f"offensive-only tweets unsafe, `{GAMING}` safe; everything else is labelled alike. At request "
+        f"`Engine.moderate` with the CPU experts not trained on these sets ({experts}; outputs cached). "
+        f"`{KIDS}` labels offensive-only tweets unsafe, `{GAMING}` safe; everything else is labelled alike. At request "
         f"{study['change']:,} `{KIDS}` switches to a lenient policy and from then on labels offensive-only tweets "
         "safe.",
         "",

@@ -98,6 +98,20 @@ def test_concurrent_requests_are_batched_and_all_answered(service: str) -> None:
     assert asyncio.run(run()) == [200] * len(texts)
 
 
+def test_perspective_clients_work_through_ray_serve(service: str) -> None:
+    """A Perspective-shaped request with the key in the URL, scored by the real CPU tier."""
+    scores = {}
+    for text in ("You are a stupid idiot and a loser", "Have a lovely day, see you tomorrow"):
+        body = {"comment": {"text": text}, "languages": ["en"], "requestedAttributes": {"TOXICITY": {}, "INSULT": {}}}
+        response = httpx.post(f"{service}/v1alpha1/comments:analyze", params={"key": ACME_KEY}, json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert set(answer["attributeScores"]) == {"TOXICITY", "INSULT"} and not answer["aegis"]["degraded"]
+        scores[text] = answer["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
+    toxic, kind = scores.values()
+    assert toxic > 0.5 > kind, scores
+
+
 def test_the_openai_sdk_works_through_ray_serve(service: str) -> None:
     client = openai.OpenAI(base_url=f"{service}/v1", api_key=ACME_KEY, max_retries=0, timeout=30)
     response = client.moderations.create(input=["I will kill you", "Thanks for your help!"])
