@@ -431,6 +431,77 @@ class RaySection(Section):
     )
 
 
+class ChatUpstream(Section):
+    """An OpenAI-compatible LLM server the chat proxy forwards to (vLLM, Ollama, OpenAI, ...)."""
+
+    base_url: str = Field(
+        pattern=r"^https?://", description="Its OpenAI base URL, e.g. http://vllm:8000/v1 (the proxy adds /chat/...)."
+    )
+    api_key_env: str | None = Field(default=None, description="Environment variable holding its API key.")
+    api_key_file: Path | None = Field(default=None, description="File holding its API key (a mounted Secret).")
+    model: str | None = Field(default=None, description="Model sent upstream; default: the client's.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    read_timeout_s: float = Field(default=60.0, gt=0, le=600, description="Longest wait for the answer or a chunk.")
+    total_timeout_s: float = Field(default=300.0, gt=0, le=3600, description="Longest a whole answer may take.")
+
+    def api_key(self) -> str | None:
+        """The key, read at each call (a rotated Secret file takes effect at once); None when none is set."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip() or None
+        if self.api_key_env is not None:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class ChatOptions(Section):
+    """How the proxy moderates; the ``chat`` section's defaults, overridable per tenant."""
+
+    upstream: ChatUpstream | None = None
+    mode: Literal["check_first", "stream_first"] | None = Field(
+        default=None,
+        description="check_first: a window of a streamed answer reaches the client only once checked; stream_first: "
+        "tokens flow at once, checks run behind and cut the stream when one fails.",
+    )
+    window_chars: int | None = Field(default=None, ge=20, le=20_000, description="New characters per checked window.")
+    overlap_chars: int | None = Field(default=None, ge=0, le=5_000, description="Characters of overlap per window.")
+    prompt_block: Literal["refusal", "error"] | None = Field(
+        default=None, description="A blocked prompt: an assistant refusal (finish_reason content_filter) or a 400."
+    )
+    cut_on: Literal["block", "flag"] | None = Field(
+        default=None, description="The action (or worse) of the tenant's policy that blocks a prompt or cuts an answer."
+    )
+    refusal: str | None = Field(default=None, max_length=2000, description="The refusal message.")
+
+
+class ChatSection(ChatOptions):
+    """``POST /v1/chat/completions``: a guarded OpenAI-compatible proxy (absent ``upstream``: the route answers 404)."""
+
+    tenants: dict[TenantId, ChatOptions] = Field(default_factory=dict, description="Per-tenant overrides.")
+
+    def for_tenant(self, tenant: str) -> ResolvedChat | None:
+        """This tenant's options, its overrides over the section's, with defaults; None when no upstream is set."""
+        own = self.tenants.get(tenant)
+        merged = {
+            name: getattr(own, name) if own is not None and getattr(own, name) is not None else getattr(self, name)
+            for name in ChatOptions.model_fields
+        }
+        if merged["upstream"] is None:
+            return None
+        return ResolvedChat(**{k: v for k, v in merged.items() if v is not None})
+
+
+class ResolvedChat(Section):
+    """One tenant's chat options, every field set."""
+
+    upstream: ChatUpstream
+    mode: Literal["check_first", "stream_first"] = "check_first"
+    window_chars: int = 400
+    overlap_chars: int = 100
+    prompt_block: Literal["refusal", "error"] = "refusal"
+    cut_on: Literal["block", "flag"] = "block"
+    refusal: str = "I can't help with that."
+
+
 class ServiceConfig(Section):
     """The whole service configuration."""
 
@@ -451,6 +522,7 @@ class ServiceConfig(Section):
     rate_limits: RateLimitsSection = Field(default_factory=RateLimitsSection)
     global_learning: GlobalLearningSection = Field(default_factory=GlobalLearningSection)
     ray: RaySection = Field(default_factory=RaySection)
+    chat: ChatSection = Field(default_factory=ChatSection, description="The guarded chat proxy.")
 
     @field_validator("policies")
     @classmethod

@@ -71,3 +71,30 @@ def test_overload_benchmark_quick_run_reports_goodput_under_overload() -> None:
         assert re.search(rf"^goodput at {multiple} overload: \d+\.\d\d of peak$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^p99 of admitted requests at 4x: \d+ ms, (within|over) the \d+ ms deadline$", proc.stdout, re.M)
     assert "without admission control at 4x" in proc.stdout
+
+
+def test_proxy_benchmark_quick_run_reports_the_issue_figures(tmp_path: Path) -> None:
+    out = tmp_path / "proxy.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "proxy.py"), "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for key in (
+        "stream_first_ttft_over_direct_plus_prompt_check_ms",
+        "stream_first_tokens_per_s_ratio",
+        "check_first_added_latency_ms_p50",
+        "check_first_added_latency_ms_p99",
+        "harmful_cut_within_one_window",
+        "benign_byte_for_byte",
+    ):
+        assert re.search(rf"^{key}: ", proc.stdout, re.M), proc.stdout
+    figures = json.loads(out.read_text())
+    for mode in ("stream_first", "check_first"):
+        assert figures[mode]["benign_byte_for_byte"] == 1.0  # benign streams pass unchanged
+        assert figures[mode]["harmful_streams"] == 3 and 0 < figures[mode]["tokens_per_s_ratio"] <= 1.5
+    assert figures["check_first"]["windows"] > 0

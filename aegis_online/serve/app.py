@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
@@ -39,6 +39,7 @@ from aegis_online.schemas import Decision, ModerationRequest, TenantId
 from aegis_online.serve.access import principal_dependency, query_key_principal_dependency, tenant_for
 from aegis_online.serve.admission import AdmissionControl, ArrivalStamp, arrival
 from aegis_online.serve.auth import Principal
+from aegis_online.serve.chat_proxy import ChatProxyServing
 from aegis_online.serve.errors import ApiError, install_error_handlers
 from aegis_online.serve.feedback import FeedbackServing
 from aegis_online.serve.middleware import BodySizeLimit, RequestTiming, RequireJson
@@ -84,6 +85,7 @@ def create_app(service: ModerationService) -> FastAPI:
         quotas=service.quotas,
     )
     perspective = PerspectiveServing(engine, record, config.limits)
+    chat = ChatProxyServing(engine, record, config.chat)
     tenants = TenantServing(engine, config.learner.name)
     principal = principal_dependency(service.keys)
     perspective_principal = query_key_principal_dependency(service.keys)
@@ -94,6 +96,7 @@ def create_app(service: ModerationService) -> FastAPI:
         try:
             yield
         finally:
+            await chat.aclose()
             await asyncio.to_thread(service.stop)
 
     # Swagger UI and ReDoc from files shipped in fastapi-offline: FastAPI's defaults load them from a CDN, which
@@ -154,6 +157,21 @@ def create_app(service: ModerationService) -> FastAPI:
         degraded = any(r.aegis is not None and r.aegis.degraded for r in result.results)
         response.headers["X-Aegis-Degraded"] = "true" if degraded else "false"
         return result
+
+    @app.post(
+        "/v1/chat/completions",
+        tags=["moderation"],
+        summary="Guarded OpenAI-compatible chat completions (a proxy to the configured upstream LLM)",
+        responses=_errors(400, 401, 404, 413, 415, 429, 502, 503, 504, openai=True),
+    )
+    async def chat_route(
+        http: Request,
+        body: dict[str, Any] = Body(..., description="An OpenAI chat completion request, forwarded upstream."),
+        caller: Principal = Depends(principal),
+    ) -> Response:
+        await asyncio.to_thread(service.quotas.check, caller, caller.home_tenant, "moderate", 1)
+        async with admission.slot(arrival(http.scope)) as budget_s:
+            return await chat(body, caller.home_tenant, deadline_s=budget_s)
 
     @app.post(
         "/v1alpha1/comments:analyze",

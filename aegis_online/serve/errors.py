@@ -23,7 +23,7 @@ from aegis_online.errors import AegisError, InvalidFeedbackError, TenantMismatch
 
 log = logging.getLogger("aegis_online.serve")
 
-OPENAI_PREFIX = "/v1/moderations"
+OPENAI_PREFIXES = ("/v1/moderations", "/v1/chat/")
 PERSPECTIVE_PREFIX = "/v1alpha1/"
 
 #: Google's status names (google.rpc.Code) for the HTTP statuses this API answers with.
@@ -54,7 +54,9 @@ _STATUS_TYPES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "rate_limited",
+    502: "upstream_error",
     503: "unavailable",
+    504: "upstream_timeout",
 }
 
 
@@ -150,17 +152,22 @@ def perspective_error_body(error: ApiError) -> tuple[dict[str, Any], int]:
     return {"error": body}, status
 
 
-def error_response(request_path: str, error: ApiError) -> JSONResponse:
+def error_body(request_path: str, error: ApiError) -> tuple[dict[str, Any], int]:
+    """The JSON body and status of an error, in the shape of the route's protocol (ours, OpenAI's, Google's)."""
     if request_path.startswith(PERSPECTIVE_PREFIX):
-        body, status = perspective_error_body(error)
-        return JSONResponse(body, status_code=status, headers=error.headers)
+        return perspective_error_body(error)
     detail: dict[str, Any] = {"type": error.type, "message": error.message, "field": error.field, "code": error.code}
     status = error.status
-    if request_path.startswith(OPENAI_PREFIX):
+    if request_path.startswith(OPENAI_PREFIXES):
         detail["param"] = error.field
         detail["type"] = "invalid_request_error" if status in (400, 422) else error.type
         status = 400 if status == 422 else status
-    return JSONResponse({"error": detail}, status_code=status, headers=error.headers)
+    return {"error": detail}, status
+
+
+def error_response(request_path: str, error: ApiError) -> JSONResponse:
+    body, status = error_body(request_path, error)
+    return JSONResponse(body, status_code=status, headers=error.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from aegis_online.serve.errors import OPENAI_PREFIX
+from aegis_online.serve.errors import ApiError, error_body
 from aegis_online.serve.metrics import ServiceMetrics
 
 Scope = MutableMapping[str, Any]
@@ -25,10 +25,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 async def _send_error(send: Send, path: str, status: int, error_type: str, message: str) -> None:
-    detail: dict[str, Any] = {"type": error_type, "message": message, "field": None, "code": None}
-    if path.startswith(OPENAI_PREFIX):
-        detail["param"] = None
-    body = json.dumps({"error": detail}).encode()
+    content, _ = error_body(path, ApiError(status, message, type=error_type))
+    body = json.dumps(content).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

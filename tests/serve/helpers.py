@@ -90,7 +90,9 @@ def default_experts(**overrides: Any) -> list[Expert]:
 
 def make_config(**sections: Any) -> ServiceConfig:
     """A service config for tests: memory only unless ``store`` says ``persist`` (never an ``aegis-data/`` here)."""
-    base: dict[str, Any] = {"limits": {"deadline_ms": 500}}
+    # 5 s: a loaded CI machine (a Ray cluster shutting down beside the test) can take 0.5 s for a keyword expert;
+    # the tests of missed deadlines set their own.
+    base: dict[str, Any] = {"limits": {"deadline_ms": 5000}}
     base.update(sections)
     base["store"] = {"persist": False, **base.get("store", {})}
     return ServiceConfig.model_validate(base)

@@ -12,11 +12,12 @@ import pytest
 
 from aegis_online.client import AegisClient
 from aegis_online.config import ServiceConfig
+from aegis_online.demos.scripted_llm import BENIGN, HARMFUL, ScriptedLLM
 from aegis_online.schemas import FeedbackEvent, Message, ModerationRequest
 from aegis_online.serve.auth import KeyTable
 from tests.helpers import wait_until
 
-from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation
+from .helpers import ACME_KEY, ADMIN_KEY, GLOBEX_KEY, KEYS, bearer, conversation, uvicorn_server
 
 # Ray's own config models use pydantic features deprecated in v2: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`:DeprecationWarning")
@@ -32,19 +33,27 @@ def service(ray_session: dict[str, Any]) -> Iterator[str]:
 
     from aegis_online.rayserve.runtime import APP_NAME, deploy
 
-    config = ServiceConfig.model_validate(
-        {
-            "limits": {"deadline_ms": 10_000},  # 2 shared cores: generous, the first batches warm caches up
-            "ingress": {"num_cpus": 0.2},
-            "store": {"persist": False},  # nothing written where Ray's workers happen to run
-            "policies": [{"tenant": "acme", "personalise_after": 0}],
-        }
-    )
-    deploy(config, KeyTable.from_keys(KEYS))
-    try:
-        yield ray_session["url"]
-    finally:
-        serve.delete(APP_NAME)
+    llm = ScriptedLLM(tokens_per_s=200)  # the chat proxy's upstream, on a loopback port of this process
+    with uvicorn_server(llm.app()) as upstream:
+        config = ServiceConfig.model_validate(
+            {
+                "limits": {"deadline_ms": 10_000},  # 2 shared cores: generous, the first batches warm caches up
+                "ingress": {"num_cpus": 0.2},
+                "store": {"persist": False},  # nothing written where Ray's workers happen to run
+                "policies": [{"tenant": "acme", "personalise_after": 0}],
+                "chat": {
+                    "upstream": {"base_url": f"{upstream}/v1"},
+                    "mode": "stream_first",
+                    "window_chars": 60,
+                    "cut_on": "flag",
+                },
+            }
+        )
+        deploy(config, KeyTable.from_keys(KEYS))
+        try:
+            yield ray_session["url"]
+        finally:
+            serve.delete(APP_NAME)
 
 
 def post(url: str, path: str, body: object, key: str = ACME_KEY) -> httpx.Response:
@@ -110,6 +119,21 @@ def test_perspective_clients_work_through_ray_serve(service: str) -> None:
         scores[text] = answer["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
     toxic, kind = scores.values()
     assert toxic > 0.5 > kind, scores
+
+
+def test_the_chat_proxy_streams_through_ray_serve_and_cuts_a_harmful_answer(service: str) -> None:
+    client = openai.OpenAI(base_url=f"{service}/v1", api_key=ACME_KEY, max_retries=0, timeout=60)
+    for model, expected in (("benign", BENIGN), ("harmful", HARMFUL)):
+        text, finishes = "", []
+        messages = [{"role": "user", "content": "Tell me about your weekend."}]
+        for chunk in client.chat.completions.create(model=model, messages=messages, stream=True):
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finishes += [choice.finish_reason] if choice.finish_reason else []
+        if model == "benign":
+            assert text == expected and finishes == ["stop"]
+        else:
+            assert finishes == ["content_filter"] and expected.startswith(text) and len(text) < len(expected)
 
 
 def test_the_openai_sdk_works_through_ray_serve(service: str) -> None:
