@@ -36,12 +36,14 @@ def proxy(
     monkeypatch.setenv("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
     stack: list[Any] = []
 
-    def start(experts: list[Any] | None = None, **chat: Any) -> str:
+    def start(experts: list[Any] | None = None, sections: dict[str, Any] | None = None, **chat: Any) -> str:
         section = {"upstream": {"base_url": upstream[0], "api_key_env": "TEST_UPSTREAM_KEY", "read_timeout_s": 1.5}}
         section["window_chars"] = 60
         section["overlap_chars"] = 20
         section |= chat
-        client = service_factory(experts or list(EXPERTS), chat=section, limits={"deadline_ms": 2000})
+        client = service_factory(
+            experts or list(EXPERTS), chat=section, limits={"deadline_ms": 2000}, **(sections or {})
+        )
         server = uvicorn_server(client.app)
         url = server.__enter__()
         stack.append(server)
@@ -219,3 +221,14 @@ def test_what_could_not_be_checked_is_said_never_passed_as_checked(proxy: Callab
     strict = proxy(experts=[*EXPERTS, broken], mode=mode, cut_on="flag")
     refused = sdk(strict).chat.completions.create(**ask("benign"))
     assert refused.choices[0].finish_reason == "content_filter"  # a tenant that stops on flag stops here
+
+
+def test_rate_limits_apply_to_the_proxy_per_tenant(proxy: Callable[..., str], upstream: tuple[str, Any]) -> None:
+    url = proxy(sections={"rate_limits": {"tenants": {"acme": {"moderate": [{"rate": 1, "per": "minute"}]}}}})
+    assert sdk(url).chat.completions.create(**ask("benign")).choices[0].finish_reason == "stop"
+    calls = len(upstream[1].requests)
+    with pytest.raises(openai.RateLimitError) as limited:
+        sdk(url).chat.completions.create(**ask("benign"))
+    assert limited.value.response.headers.get("Retry-After")
+    assert len(upstream[1].requests) == calls  # refused before the upstream is called
+    assert sdk(url, GLOBEX_KEY).chat.completions.create(**ask("benign")).choices[0].finish_reason == "stop"
