@@ -21,14 +21,41 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aegis_online.language import ANY_LANGUAGE, is_language_code
-from aegis_online.taxonomy import CANONICAL_IDS, LLAMA_GUARD_3, OPENAI_OMNI, SHIELDGEMMA, ExternalTaxonomy
+from aegis_online.taxonomy import (
+    CANONICAL_IDS,
+    LLAMA_GUARD_3,
+    OPENAI_OMNI,
+    PROMPT_GUARD,
+    QWEN3GUARD,
+    SHIELDGEMMA,
+    ExternalTaxonomy,
+)
 
 GUARD_BACKENDS = ("transformers", "vllm", "openai-chat")
-Backend = Literal["transformers", "vllm", "openai-chat", "openai-moderations", "profanity-check", "minilm", "lexical"]
+Backend = Literal[
+    "transformers",
+    "vllm",
+    "openai-chat",
+    "openai-moderations",
+    "sequence-classifier",
+    "profanity-check",
+    "minilm",
+    "lexical",
+]
 CostClass = Literal["cpu-light", "cpu", "gpu-small", "gpu-large", "remote"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: The guard families an entry may name (``experts.guards.FAMILIES`` registers one class under each).
-GUARD_FAMILIES = ("granite_guardian", "llama_guard_3", "llama_guard_4", "nemoguard", "shieldgemma", "wildguard")
+GUARD_FAMILIES = (
+    "gpt_oss_safeguard",
+    "granite_guardian",
+    "llama_guard_3",
+    "llama_guard_4",
+    "nemoguard",
+    "nemotron_content_safety",
+    "qwen3guard_gen",
+    "shieldgemma",
+    "wildguard",
+)
 
 #: Experts that read labels of their own (a guard family, or a backend) -> the declared map of those labels, which
 #: ``category_map`` amends. The others score canonical ids directly and have nothing to map.
@@ -36,7 +63,9 @@ OWN_LABELS: dict[str, ExternalTaxonomy] = {
     "llama_guard_3": LLAMA_GUARD_3,
     "llama_guard_4": LLAMA_GUARD_3,
     "shieldgemma": SHIELDGEMMA,
+    "qwen3guard_gen": QWEN3GUARD,
     "openai-moderations": OPENAI_OMNI,
+    "sequence-classifier": PROMPT_GUARD,
 }
 
 
@@ -102,7 +131,7 @@ class ExpertSpec(BaseModel):
     def _canonical_categories(cls, value: list[str] | None) -> list[str] | None:
         unknown = [c for c in value or () if c not in CANONICAL_IDS]
         if unknown:
-            raise ValueError(f"unknown canonical ids {unknown}; use S1..S23")
+            raise ValueError(f"unknown canonical ids {unknown}; use S1..S24")
         return value
 
     @field_validator("languages")
@@ -133,6 +162,8 @@ class ExpertSpec(BaseModel):
                 raise ValueError(f"family: the {self.backend} backend needs a guard family")
             if self.model is None:
                 raise ValueError(f"model: the {self.backend} backend needs a model id or path")
+        if self.backend == "sequence-classifier" and self.model is None:
+            raise ValueError("model: the sequence-classifier backend needs a model id or path")
         if self.backend == "openai-chat" and "base_url" not in self.backend_options:
             raise ValueError("backend_options.base_url: the openai-chat backend needs the server's base URL")
         if self.cost.startswith("gpu") and self.hardware.gpus <= 0:
@@ -169,8 +200,14 @@ class ExpertSpec(BaseModel):
 
     @property
     def runs_on_cpu(self) -> bool:
-        """True for experts the embedded service can run on a laptop (no GPU, no remote server)."""
+        """True for experts that need no GPU and no remote server."""
         return self.hardware.gpus == 0 and self.cost in ("cpu-light", "cpu")
+
+    @property
+    def ships_its_weights(self) -> bool:
+        """True for experts whose weights come with the installed packages (no ``model`` to fetch from a hub): what
+        a fresh machine can run with no download."""
+        return self.model is None
 
     @property
     def reads_languages(self) -> frozenset[str] | None:
@@ -230,5 +267,6 @@ def default_catalog_dir() -> Path:
 
 
 def cpu_expert_specs(specs: Iterable[ExpertSpec]) -> list[ExpertSpec]:
-    """The default expert set of the embedded service: the catalog's CPU experts."""
-    return [s for s in specs if s.runs_on_cpu]
+    """The default expert set of the embedded service: the catalog's CPU experts whose weights ship in packages
+    (Prompt Guard runs on a CPU too, but its weights come from the hub: it is chosen by name)."""
+    return [s for s in specs if s.runs_on_cpu and s.ships_its_weights]

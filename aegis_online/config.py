@@ -541,7 +541,7 @@ class ServiceConfig(Section):
         for key, floor in value.items():
             cat = resolve_category(key, known)
             if cat is None:
-                raise ValueError(f"floors.{key}: unknown category; use a canonical id (S1..S23) or slug")
+                raise ValueError(f"floors.{key}: unknown category; use a canonical id (S1..S24) or slug")
             resolved[cat] = floor
         return resolved
 

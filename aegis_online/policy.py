@@ -147,7 +147,7 @@ class TenantPolicy(Model):
         for key, rule in self.categories.items():
             cat_id = resolve_category(key, known)
             if cat_id is None:
-                raise ValueError(f"categories.{key}: unknown category; use an id (S1..S23), a slug, or a custom name")
+                raise ValueError(f"categories.{key}: unknown category; use an id (S1..S24), a slug, or a custom name")
             resolved[cat_id] = rule
         object.__setattr__(self, "categories", resolved)
         return self

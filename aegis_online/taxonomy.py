@@ -3,7 +3,8 @@
 Every expert in the ensemble speaks its own taxonomy (Llama Guard's MLCommons hazards, OpenAI's
 moderation names, ShieldGemma's harm types, ...). The learner can only combine their opinions if they
 are first projected onto one common set of labels, so this module fixes that set -- Aegis 2.0's S1..S23
-(the NemoGuard content-safety taxonomy) -- and declares, once, how each external taxonomy maps onto it.
+(the NemoGuard content-safety taxonomy) and S24, prompt attacks -- and declares, once, how each external taxonomy
+maps onto it.
 Tenants may add their own categories at run time; those are scored only by experts that accept a
 free-form policy text.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 __all__ = [
+    "AEGIS_2_IDS",
     "CANONICAL",
     "CANONICAL_IDS",
     "CUSTOM_PREFIX",
@@ -34,6 +36,10 @@ __all__ = [
     "OPENAI_OMNI_MAP",
     "PERSPECTIVE",
     "PERSPECTIVE_MAP",
+    "PROMPT_GUARD",
+    "PROMPT_GUARD_MAP",
+    "QWEN3GUARD",
+    "QWEN3GUARD_MAP",
     "SHIELDGEMMA",
     "SHIELDGEMMA_MAP",
     "Category",
@@ -224,8 +230,21 @@ CANONICAL: tuple[Category, ...] = (
         "Content that, while possibly legal, encourages clearly unethical or immoral behaviour such as "
         "cheating, cruelty or exploiting others.",
     ),
+    _c(
+        24,
+        "Prompt Attack",
+        "prompt_attack",
+        "Input written to subvert the assistant rather than to use it: jailbreaks that try to lift its safety "
+        "rules, and prompt injections that smuggle instructions into a conversation or a document it reads.",
+    ),
 )
-"""Aegis 2.0 categories in S1..S23 order; the order is the canonical column order of score vectors."""
+"""Aegis 2.0's categories S1..S23, then S24 Prompt Attack, this project's own (Aegis 2.0 has no category for
+jailbreaks and injections; Llama Prompt Guard 2 and Qwen3Guard's ``Jailbreak`` score it). The order is the canonical
+column order of score vectors."""
+
+AEGIS_2_IDS: tuple[str, ...] = tuple(f"S{n}" for n in range(1, 24))
+"""The Aegis 2.0 categories alone: what NemoGuard's prompt lists and the zero-shot embedding expert scores by
+default (a description is no prototype of an attack's form)."""
 
 CANONICAL_IDS: tuple[str, ...] = tuple(c.id for c in CANONICAL)
 
@@ -258,7 +277,7 @@ def _is_custom_id(cat_id: str) -> bool:
 def _validate_map(taxonomy: str, labels: tuple[str, ...], to_canonical: Mapping[str, frozenset[str]]) -> None:
     """Reject a declared map that would silently drop or invent scores.
 
-    A label with no target would lose that expert's signal; a target outside S1..S23 would create a score
+    A label with no target would lose that expert's signal; a target outside S1..S24 would create a score
     column nobody reads. Both are declaration bugs, so they fail loudly at import time.
     """
     if len(set(labels)) != len(labels):
@@ -431,14 +450,33 @@ PERSPECTIVE_MAP: dict[str, frozenset[str]] = {
     "SEXUALLY_EXPLICIT": frozenset({"S2", "S7"}),
 }
 
+#: Qwen3Guard-Gen's categories (QwenLM/Qwen3Guard README). "Unethical Acts" spans bias, hate, harassment, insults,
+#: threats and other legal but unethical conduct; "Jailbreak" appears on prompt checks only.
+QWEN3GUARD_MAP: dict[str, frozenset[str]] = {
+    "Violent": frozenset({"S1", "S4"}),
+    "Non-violent Illegal Acts": frozenset({"S3", "S5", "S16", "S17", "S22"}),
+    "Sexual Content or Sexual Acts": frozenset({"S2", "S7"}),
+    "PII": frozenset({"S9"}),
+    "Suicide & Self-Harm": frozenset({"S6"}),
+    "Unethical Acts": frozenset({"S8", "S10", "S11", "S12", "S15", "S23"}),
+    "Politically Sensitive Topics": frozenset({"S19"}),
+    "Copyright Violation": frozenset({"S20"}),
+    "Jailbreak": frozenset({"S24"}),
+}
+
+#: Llama Prompt Guard 2's labels (a sequence classifier): its malicious class is a prompt attack.
+PROMPT_GUARD_MAP: dict[str, frozenset[str]] = {"MALICIOUS": frozenset({"S24"})}
+
 LLAMA_GUARD_3 = ExternalTaxonomy("llama_guard_3", tuple(LLAMA_GUARD_3_NAMES), LLAMA_GUARD_3_MAP)
 OPENAI_OMNI = ExternalTaxonomy("openai_omni", tuple(OPENAI_OMNI_MAP), OPENAI_OMNI_MAP)
 OPENAI_EVAL = ExternalTaxonomy("openai_eval", tuple(OPENAI_EVAL_MAP), OPENAI_EVAL_MAP)
 SHIELDGEMMA = ExternalTaxonomy("shieldgemma", tuple(SHIELDGEMMA_MAP), SHIELDGEMMA_MAP)
 PERSPECTIVE = ExternalTaxonomy("perspective", tuple(PERSPECTIVE_MAP), PERSPECTIVE_MAP)
+QWEN3GUARD = ExternalTaxonomy("qwen3guard", tuple(QWEN3GUARD_MAP), QWEN3GUARD_MAP)
+PROMPT_GUARD = ExternalTaxonomy("prompt_guard", tuple(PROMPT_GUARD_MAP), PROMPT_GUARD_MAP)
 
 EXTERNAL: dict[str, ExternalTaxonomy] = {
-    t.name: t for t in (LLAMA_GUARD_3, OPENAI_OMNI, OPENAI_EVAL, SHIELDGEMMA, PERSPECTIVE)
+    t.name: t for t in (LLAMA_GUARD_3, OPENAI_OMNI, OPENAI_EVAL, SHIELDGEMMA, PERSPECTIVE, QWEN3GUARD, PROMPT_GUARD)
 }
 
 
@@ -496,7 +534,7 @@ class CategorySet:
 
     @classmethod
     def default(cls) -> CategorySet:
-        """The canonical S1..S23 categories with no custom additions."""
+        """The canonical S1..S24 categories with no custom additions."""
         return cls(CANONICAL)
 
     def with_custom(self, name: str, description: str) -> CategorySet:

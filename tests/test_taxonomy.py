@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from aegis_online import taxonomy
 from aegis_online.taxonomy import (
+    AEGIS_2_IDS,
     CANONICAL,
     CANONICAL_IDS,
     EXTERNAL,
@@ -52,6 +53,18 @@ EXPECTED_LABELS: dict[str, tuple[str, ...]] = {
         "THREAT",
         "SEXUALLY_EXPLICIT",
     ),
+    "qwen3guard": (
+        "Violent",
+        "Non-violent Illegal Acts",
+        "Sexual Content or Sexual Acts",
+        "PII",
+        "Suicide & Self-Harm",
+        "Unethical Acts",
+        "Politically Sensitive Topics",
+        "Copyright Violation",
+        "Jailbreak",
+    ),
+    "prompt_guard": ("MALICIOUS",),
 }
 
 TAXONOMY_LABEL_PAIRS = [(t, label) for t in EXTERNAL.values() for label in t.labels]
@@ -60,15 +73,16 @@ TAXONOMY_LABEL_PAIRS = [(t, label) for t in EXTERNAL.values() for label in t.lab
 # ---------------------------------------------------------------- canonical categories
 
 
-def test_there_are_23_canonical_categories_with_ids_s1_to_s23_in_order() -> None:
-    assert len(CANONICAL) == 23
-    assert tuple(f"S{n}" for n in range(1, 24)) == CANONICAL_IDS
+def test_there_are_24_canonical_categories_aegis_2_then_prompt_attack() -> None:
+    assert len(CANONICAL) == 24
+    assert tuple(f"S{n}" for n in range(1, 25)) == CANONICAL_IDS
     assert tuple(c.id for c in CANONICAL) == CANONICAL_IDS
+    assert CANONICAL_IDS[:23] == AEGIS_2_IDS and category("S24").slug == "prompt_attack"
 
 
 def test_canonical_slugs_are_unique_snake_case_and_descriptions_non_empty() -> None:
     slugs = [c.slug for c in CANONICAL]
-    assert len(set(slugs)) == 23
+    assert len(set(slugs)) == 24
     for c in CANONICAL:
         assert c.slug.isidentifier() and c.slug == c.slug.lower()
         assert c.name.strip()
@@ -84,8 +98,8 @@ def test_category_is_found_by_id_and_by_slug() -> None:
 
 def test_unknown_category_raises_key_error_listing_valid_ids() -> None:
     with pytest.raises(KeyError, match="S1, S2") as excinfo:
-        category("S24")
-    assert "S24" in str(excinfo.value) and "S23" in str(excinfo.value)
+        category("S25")
+    assert "S25" in str(excinfo.value) and "S24" in str(excinfo.value)
 
 
 def test_category_is_frozen() -> None:
@@ -301,7 +315,7 @@ def test_custom_category_accepts_limits_exactly() -> None:
 def test_default_category_set_holds_the_canonical_categories() -> None:
     cs = CategorySet.default()
     assert cs.ids == CANONICAL_IDS
-    assert len(cs) == 23
+    assert len(cs) == 24
     assert tuple(cs) == CANONICAL
     assert "S6" in cs and "custom:x" not in cs and 6 not in cs
     assert cs["S6"] is category("S6")
@@ -313,7 +327,7 @@ def test_with_custom_returns_new_set_and_leaves_original_unchanged() -> None:
     assert extended is not base
     assert extended.ids == (*CANONICAL_IDS, "custom:crypto_shilling")
     assert extended["custom:crypto_shilling"].custom
-    assert len(base) == 23 and "custom:crypto_shilling" not in base
+    assert len(base) == 24 and "custom:crypto_shilling" not in base
     assert CategorySet.default() == base
 
 
@@ -323,7 +337,7 @@ def test_category_set_is_immutable() -> None:
         cs.categories = ()  # type: ignore[misc]
     with pytest.raises(TypeError):
         cs._by_id["custom:x"] = custom_category("x", "y")  # type: ignore[index]
-    assert len(CategorySet.default()) == 23
+    assert len(CategorySet.default()) == 24
 
 
 def test_with_custom_rejects_a_slug_clashing_with_an_existing_id() -> None:

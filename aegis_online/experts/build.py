@@ -50,6 +50,13 @@ def build_expert(spec: ExpertSpec) -> Expert:
             model=spec.model or "omni-moderation-latest", labels=label_map(spec), **options
         )
         expert.name = spec.name
+    elif spec.backend == "sequence-classifier":
+        from aegis_online.experts.backends.sequence_classifier import SequenceClassifierExpert
+
+        labels = label_map(spec)
+        expert = SequenceClassifierExpert(
+            spec.model or "", name=spec.name, **options, **({"label_map": labels} if labels else {})
+        )
     elif spec.backend == "profanity-check":
         from aegis_online.experts.cpu import ProfanityExpert
 

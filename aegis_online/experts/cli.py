@@ -33,7 +33,7 @@ def experts_list(
     for column in ("name", "backend", "family", "model / package", "cost", "GPUs", "embedded default", "description"):
         table.add_column(column, no_wrap=column == "name")
     for s in specs:
-        default = "yes" if s.runs_on_cpu else ""
+        default = "yes" if s.runs_on_cpu and s.ships_its_weights else ""
         row = [s.name, s.backend, s.family or "", s.model or s.package or "", s.cost, f"{s.hardware.gpus:g}", default]
         table.add_row(*row, s.description)
     console.print(table)

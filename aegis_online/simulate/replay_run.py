@@ -128,7 +128,7 @@ def choose_categories(traffic: ReplayTraffic, covered: set[str] | None, wanted: 
     if wanted:
         unknown = [c for c in wanted if c not in CANONICAL_IDS]
         if unknown:
-            raise ValueError(f"unknown categories {unknown}; use canonical ids S1..S23")
+            raise ValueError(f"unknown categories {unknown}; use canonical ids S1..S24")
         return list(dict.fromkeys(wanted))
     labelled = [c for c in traffic.labelled_categories() if covered is None or c in covered]
     if labelled:

@@ -120,7 +120,7 @@ class CategorySpec(Spec):
         try:
             return category(value).id
         except KeyError:
-            raise ValueError(f"unknown category {value!r}: use S1..S23, a slug, or 'custom:<name>'") from None
+            raise ValueError(f"unknown category {value!r}: use S1..S24, a slug, or 'custom:<name>'") from None
 
     @model_validator(mode="after")
     def _rates_fit(self) -> CategorySpec:

@@ -273,7 +273,7 @@ def test_a_tenant_without_a_policy_reads_the_default_one(service_factory: Callab
 def test_weights_name_every_expert_per_category_and_refuse_unknown_categories(client: TestClient) -> None:
     body = client.get("/v1/tenants/acme/weights", headers=ACME).json()
     assert body["experts"] == ["words-a", "words-b"] and body["learner"] == "default+adaptive"
-    assert len(body["categories"]) == 23 and body["categories"]["S1"]["scope"] == "global"
+    assert len(body["categories"]) == 24 and body["categories"]["S1"]["scope"] == "global"
     bad = client.get("/v1/tenants/acme/weights", params={"category": "nonsense"}, headers=ACME)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "category.0"
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aegis_online.experts.backends.http_client import GuardHTTPError, RetryingJSONClient
-from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability, verdict_shares
 from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 from aegis_online.schemas import ExpertOutput
@@ -84,6 +84,8 @@ class OpenAIChatGuardBackend:
         common = {"model": self.model, "temperature": 0, "max_tokens": query.max_new_tokens}
         if query.prompt is None:
             body = {**common, "messages": list(query.messages), "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            if query.template_kwargs:  # vLLM's extension of the chat API
+                body["chat_template_kwargs"] = dict(query.template_kwargs)
             return answer_from_chat_completion(await self._http.post_json("chat/completions", body), query)
         body = {**common, "prompt": query.prompt, "logprobs": TOP_LOGPROBS}
         return answer_from_completion(await self._http.post_json("completions", body), query)
@@ -102,7 +104,8 @@ def _with_chosen(candidates: dict[str, float], token: str, logprob: float | None
 
 def _answer(text: str, steps: Sequence[Step], query: GuardQuery) -> GuardAnswer:
     p = verdict_probability(steps, query.positive, query.negative, query.verdict_prefix)
-    return GuardAnswer(text=text, p_positive=p)
+    shares = verdict_shares(steps, query.verdicts, query.verdict_prefix) if query.other_verdicts else None
+    return GuardAnswer(text=text, p_positive=p, shares=shares)
 
 
 def answer_from_chat_completion(data: Mapping[str, Any], query: GuardQuery) -> GuardAnswer:

@@ -19,7 +19,9 @@ def prompt_text(tokenizer: Any, query: GuardQuery) -> str:
     """The prompt as text: the model's chat template applied to ``messages``, or the raw ``prompt``."""
     if query.prompt is not None:
         return query.prompt
-    return tokenizer.apply_chat_template(list(query.messages), add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(
+        list(query.messages), add_generation_prompt=True, tokenize=False, **dict(query.template_kwargs)
+    )
 
 
 def prompt_token_ids(tokenizer: Any, query: GuardQuery) -> list[int]:

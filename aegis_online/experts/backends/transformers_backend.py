@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aegis_online.experts.backends.rendering import prompt_token_ids
-from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability, verdict_shares
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 
 __all__ = ["TransformersGuardBackend"]
@@ -67,7 +67,7 @@ class TransformersGuardBackend:
         pad = self.tokenizer.pad_token_id
         self._pad_id: int = pad if pad is not None else min(self._eos_ids, default=0)
         self._token_texts: dict[int, str] = {}
-        self._verdict_ids: dict[tuple[str, str], frozenset[int]] = {}
+        self._verdict_ids: dict[tuple[str, ...], frozenset[int]] = {}
         # One generate at a time: concurrent calls (one thread per request) would only contend for the same
         # cores or GPU, and a fast tokenizer shared across threads can fail with "Already borrowed".
         self._lock = threading.Lock()
@@ -112,7 +112,7 @@ class TransformersGuardBackend:
         for row, query in enumerate(queries):
             tokens: list[int] = []
             steps: list[Step] = []
-            extra = self._verdict_token_ids(query.positive, query.negative)
+            extra = self._verdict_token_ids(query.verdicts)
             for t in range(min(query.max_new_tokens, len(generated[row]))):
                 token = generated[row][t]
                 if token in self._eos_ids:
@@ -123,7 +123,8 @@ class TransformersGuardBackend:
                 tokens.append(token)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             p = verdict_probability(steps, query.positive, query.negative, query.verdict_prefix)
-            answers.append(GuardAnswer(text=text, p_positive=p))
+            shares = verdict_shares(steps, query.verdicts, query.verdict_prefix) if query.other_verdicts else None
+            answers.append(GuardAnswer(text=text, p_positive=p, shares=shares))
         return answers
 
     def _candidates(self, ids: Sequence[int], values: Sequence[float]) -> dict[str, float]:
@@ -142,12 +143,12 @@ class TransformersGuardBackend:
             self._token_texts[token] = text
         return text
 
-    def _verdict_token_ids(self, positive: str, negative: str) -> frozenset[int]:
+    def _verdict_token_ids(self, words: tuple[str, ...]) -> frozenset[int]:
         """First sub-token of each verdict word, spelled at a word start and mid-line."""
-        key = (positive, negative)
+        key = words
         if key not in self._verdict_ids:
             ids = set()
-            for word in (positive, negative):
+            for word in words:
                 for spelling in (word, " " + word):
                     pieces = self.tokenizer.encode(spelling, add_special_tokens=False)
                     if pieces:

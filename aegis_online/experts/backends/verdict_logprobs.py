@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["Step", "best_logprob", "verdict_probability", "verdict_step"]
+__all__ = ["Step", "best_logprob", "verdict_probability", "verdict_shares", "verdict_step"]
 
 Step = tuple[str, Mapping[str, float]]
 """One generated token: its text and the logprobs of candidate token texts at that position (the chosen one too)."""
@@ -110,3 +110,39 @@ def verdict_probability(steps: Sequence[Step], positive: str, negative: str, ver
         return 1.0 / (1.0 + math.exp(-log_odds))
     odds = math.exp(log_odds)
     return odds / (1.0 + odds)
+
+
+def verdict_shares(steps: Sequence[Step], words: Sequence[str], verdict_prefix: str = "") -> dict[str, float] | None:
+    """P(each verdict word), renormalised over ``words``, at the verdict step: for a model with more than two verdicts
+    (Qwen3Guard's ``Safe`` / ``Controversial`` / ``Unsafe``).
+
+    A candidate counts for a word when its text equals it, or starts it and starts no other word. A word missing from
+    the candidates gets the largest probability it can have (as in ``verdict_probability``); None when no word is
+    among them, or there is no verdict step.
+
+    >>> steps = [("Unsafe", {"Unsafe": -0.5, "Safe": -2.0, "Controversial": -1.5})]
+    >>> {w: round(p, 3) for w, p in verdict_shares(steps, ["Safe", "Controversial", "Unsafe"]).items()}
+    {'Safe': 0.14, 'Controversial': 0.231, 'Unsafe': 0.629}
+    """
+    index = verdict_step(steps, verdict_prefix)
+    if index is None:
+        return None
+    candidates = steps[index][1]
+    found: dict[str, float] = {}
+    for word in words:
+        best: float | None = None
+        for text, logprob in candidates.items():
+            stem = _normalise(text)
+            if not stem or not word.startswith(stem):
+                continue
+            if stem != word and any(other != word and other.startswith(stem) for other in words):
+                continue
+            best = logprob if best is None or logprob > best else best
+        if best is not None:
+            found[word] = math.exp(best)
+    if not found:
+        return None
+    absent = _upper_bound_of_absent(candidates)
+    mass = {word: found.get(word, absent) for word in words}
+    total = sum(mass.values())
+    return {word: value / total for word, value in mass.items()}

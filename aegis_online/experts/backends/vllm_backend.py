@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aegis_online.experts.backends.rendering import prompt_token_ids
-from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability
+from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability, verdict_shares
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 
 __all__ = ["VLLMGuardBackend", "answer_from_request_output", "steps_from_completion"]
@@ -104,5 +104,7 @@ def steps_from_completion(completion: Any) -> list[Step]:
 def answer_from_request_output(output: Any, query: GuardQuery) -> GuardAnswer:
     """A ``GuardAnswer`` from a vLLM ``RequestOutput`` (its first completion) for ``query``."""
     completion = output.outputs[0]
-    p = verdict_probability(steps_from_completion(completion), query.positive, query.negative, query.verdict_prefix)
-    return GuardAnswer(text=completion.text, p_positive=p)
+    steps = steps_from_completion(completion)
+    p = verdict_probability(steps, query.positive, query.negative, query.verdict_prefix)
+    shares = verdict_shares(steps, query.verdicts, query.verdict_prefix) if query.other_verdicts else None
+    return GuardAnswer(text=completion.text, p_positive=p, shares=shares)

@@ -16,14 +16,18 @@ from typing import Any
 
 from aegis_online.catalog import GUARD_FAMILIES
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
+from aegis_online.experts.guards.gpt_oss_safeguard import GptOssSafeguard
 from aegis_online.experts.guards.granite_guardian import GraniteGuardian
 from aegis_online.experts.guards.llama_guard import LlamaGuard3, LlamaGuard4
 from aegis_online.experts.guards.nemoguard import NemoGuardContentSafety
+from aegis_online.experts.guards.nemotron_cs import NemotronContentSafety
+from aegis_online.experts.guards.qwen3guard import Qwen3GuardGen
 from aegis_online.experts.guards.shieldgemma import ShieldGemma
 from aegis_online.experts.guards.wildguard import WildGuard
 
 __all__ = [
     "FAMILIES",
+    "GptOssSafeguard",
     "GraniteGuardian",
     "GuardAnswer",
     "GuardFamily",
@@ -32,6 +36,8 @@ __all__ = [
     "LlamaGuard3",
     "LlamaGuard4",
     "NemoGuardContentSafety",
+    "NemotronContentSafety",
+    "Qwen3GuardGen",
     "ShieldGemma",
     "WildGuard",
     "make_family",
@@ -44,6 +50,9 @@ FAMILIES: dict[str, type[GuardFamily]] = {
     "nemoguard": NemoGuardContentSafety,
     "wildguard": WildGuard,
     "granite_guardian": GraniteGuardian,
+    "qwen3guard_gen": Qwen3GuardGen,
+    "nemotron_content_safety": NemotronContentSafety,
+    "gpt_oss_safeguard": GptOssSafeguard,
 }
 """Catalog name -> family class; each class's ``name`` is its key."""
 if sorted(FAMILIES) != sorted(GUARD_FAMILIES):  # the catalog validates entries against its list of names

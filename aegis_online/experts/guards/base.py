@@ -28,7 +28,10 @@ class GuardQuery:
     already rendered (families whose model cards prescribe a raw prompt). ``verdict_prefix`` is what the model
     writes before its verdict (``""`` for a verdict first, ``'{"User Safety": "'`` for NemoGuard's JSON); the
     backend reads the verdict token's probability at the first generated position after that prefix, skipping
-    whitespace-only tokens (Llama Guard 3 emits blank lines first).
+    whitespace-only tokens (Llama Guard 3 emits blank lines first). ``other_verdicts``: further verdict words of a
+    model with more than two (Qwen3Guard's ``Controversial``); the backend then also returns every verdict's share.
+    ``template_kwargs``: extra arguments of the model's chat template (Nemotron's ``request_categories``), as pairs
+    so that the query stays hashable.
     """
 
     key: str
@@ -38,6 +41,13 @@ class GuardQuery:
     prompt: str | None = None
     verdict_prefix: str = ""
     max_new_tokens: int = 1
+    other_verdicts: tuple[str, ...] = ()
+    template_kwargs: tuple[tuple[str, str | bool], ...] = ()
+
+    @property
+    def verdicts(self) -> tuple[str, ...]:
+        """Every verdict word: the positive, the negative, then the others."""
+        return (self.positive, self.negative, *self.other_verdicts)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.messages):
@@ -46,10 +56,12 @@ class GuardQuery:
 
 @dataclass(frozen=True)
 class GuardAnswer:
-    """A backend's result for one query: greedy text and P(positive verdict), None without logprobs."""
+    """A backend's result for one query: greedy text and P(positive verdict), None without logprobs;
+    ``shares``: P(each verdict word) renormalised over ``GuardQuery.verdicts``, for a query with other verdicts."""
 
     text: str
     p_positive: float | None
+    shares: dict[str, float] | None = None
 
 
 class GuardFamily(abc.ABC):

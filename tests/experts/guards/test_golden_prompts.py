@@ -19,9 +19,19 @@ UPDATE = os.environ.get("AEGIS_UPDATE_GOLDEN") == "1"
 
 CASES = [
     (family, mode)
-    for family in ("llama_guard_3", "llama_guard_4", "shieldgemma", "nemoguard", "wildguard", "granite_guardian")
+    for family in (
+        "llama_guard_3",
+        "llama_guard_4",
+        "shieldgemma",
+        "nemoguard",
+        "wildguard",
+        "granite_guardian",
+        "qwen3guard_gen",
+        "nemotron_content_safety",
+        "gpt_oss_safeguard",
+    )
     for mode in ("prompt", "response", "custom")
-    if not (family == "wildguard" and mode == "custom")  # WildGuard takes no free-form policy
+    if not (family in ("wildguard", "qwen3guard_gen") and mode == "custom")  # no free-form policy
 ]
 
 
@@ -32,7 +42,10 @@ def render_queries(queries: Sequence[GuardQuery]) -> str:
         form = "raw prompt" if q.prompt is not None else "messages: " + ", ".join(m["role"] for m in q.messages)
         parts.append(
             f"=== query {n}/{len(queries)} | key={q.key!r} | positive={q.positive!r} | negative={q.negative!r} "
-            f"| verdict_prefix={q.verdict_prefix!r} | max_new_tokens={q.max_new_tokens} | {form} ===\n"
+            f"| verdict_prefix={q.verdict_prefix!r} | max_new_tokens={q.max_new_tokens} | {form}"
+            + (f" | other_verdicts={q.other_verdicts!r}" if q.other_verdicts else "")
+            + (f" | template_kwargs={dict(q.template_kwargs)!r}" if q.template_kwargs else "")
+            + " ===\n"
         )
         body = q.prompt if q.prompt is not None else "\n".join(m["content"] for m in q.messages)
         parts.append(body)

@@ -8,7 +8,17 @@ from aegis_online.experts.guards import FAMILIES, make_family
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError
 from aegis_online.taxonomy import CANONICAL, CANONICAL_IDS, category
 
-NAMES = ["llama_guard_3", "llama_guard_4", "shieldgemma", "nemoguard", "wildguard", "granite_guardian"]
+NAMES = [
+    "llama_guard_3",
+    "llama_guard_4",
+    "shieldgemma",
+    "nemoguard",
+    "wildguard",
+    "granite_guardian",
+    "qwen3guard_gen",
+    "nemotron_content_safety",
+    "gpt_oss_safeguard",
+]
 
 #: A well-formed negative answer in each family's format, for both checks.
 SAFE = {
@@ -18,6 +28,9 @@ SAFE = {
     "nemoguard": '{"User Safety": "safe", "Response Safety": "safe"}',
     "wildguard": "Harmful request: no\nResponse refusal: no\nResponse harmful: no",
     "granite_guardian": "No",
+    "qwen3guard_gen": "Safety: Safe\nCategories: None\nRefusal: No",
+    "nemotron_content_safety": "User Safety: safe\nResponse Safety: safe",
+    "gpt_oss_safeguard": '{"violation": 0, "policy_category": null}',
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from aegis_online.experts.guards.base import GuardAnswer, GuardParseError
 from aegis_online.experts.guards.nemoguard import PROMPT_PREFIX, RESPONSE_PREFIX, NemoGuardContentSafety
-from aegis_online.taxonomy import CANONICAL_IDS, category, custom_category
+from aegis_online.taxonomy import AEGIS_2_IDS, category, custom_category
 
 GUARD = NemoGuardContentSafety()
 
@@ -17,7 +17,7 @@ def _scores(item, text: str, p: float | None = None) -> dict[str, float]:
 
 
 def test_covers_every_canonical_category_and_custom_ones() -> None:
-    assert GUARD.categories == frozenset(CANONICAL_IDS)
+    assert GUARD.categories == frozenset(AEGIS_2_IDS)
     assert GUARD.free_form
 
 
@@ -41,7 +41,7 @@ def test_prompt_verdict_probability_goes_to_listed_categories(prompt_item) -> No
     )
     assert scores["S4"] == scores["S11"] == 0.9
     assert all(p == 0.0 for c, p in scores.items() if c not in ("S4", "S11"))
-    assert list(scores) == list(CANONICAL_IDS)
+    assert list(scores) == list(AEGIS_2_IDS)
 
 
 def test_safe_verdict_without_categories_spreads_its_probability(prompt_item) -> None:

@@ -38,7 +38,7 @@ from aegis_online.experts.cpu.minilm.heads import EmbeddingHeads
 from aegis_online.experts.cpu.minilm.model import MiniLMEmbedder, get_embedder
 from aegis_online.experts.cpu.minilm.prototypes import prototype_texts
 from aegis_online.schemas import OVERALL, ExpertOutput
-from aegis_online.taxonomy import CANONICAL, CANONICAL_IDS, Category
+from aegis_online.taxonomy import AEGIS_2_IDS, CANONICAL, CANONICAL_IDS, Category
 
 __all__ = ["PACKAGED_HEADS", "ZERO_SHOT_CENTRE", "ZERO_SHOT_SLOPE", "EmbeddingExpert"]
 
@@ -108,7 +108,7 @@ class EmbeddingExpert(Expert):
             missing = sorted(set(categories) - set(with_head))
             if missing:
                 raise ValueError(f"categories {missing} have no head, and zero_shot is off")
-        cats = frozenset(CANONICAL_IDS if categories is None else categories)
+        cats = frozenset(AEGIS_2_IDS if categories is None else categories)
         unknown = sorted(cats - set(CANONICAL_IDS))
         if unknown:
             raise ValueError(f"unknown canonical categories {unknown}; valid ids: {', '.join(CANONICAL_IDS)}")
