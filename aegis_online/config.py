@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,6 +108,25 @@ class AdmissionSection(Section):
                 f"initial_limit: must lie between min_limit ({self.min_limit}) and max_limit ({self.max_limit})"
             )
         return self
+
+
+#: Catalog cost classes a cascade calls only when the cheap experts are uncertain.
+EXPENSIVE_COSTS = ("gpu-small", "gpu-large", "remote")
+
+
+class CascadeSection(Section):
+    """Call the expensive experts only when the cheap ones are uncertain for the tenant's decision."""
+
+    expensive: list[str] | None = Field(
+        default=None,
+        description="The expensive tier (expert names); default: the experts whose catalog cost is gpu-small, "
+        "gpu-large or remote. Every other expert is in the cheap tier, which scores every request.",
+    )
+    target_escalation_rate: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="The share of requests the band is learned to escalate."
+    )
+    step: float = Field(default=0.01, gt=0.0, le=0.5, description="How far one request moves the band.")
+    initial_band: float = Field(default=0.1, ge=0.0, le=0.5, description="The band a tenant starts with.")
 
 
 class LimitsSection(Section):
@@ -523,6 +543,9 @@ class ServiceConfig(Section):
     global_learning: GlobalLearningSection = Field(default_factory=GlobalLearningSection)
     ray: RaySection = Field(default_factory=RaySection)
     chat: ChatSection = Field(default_factory=ChatSection, description="The guarded chat proxy.")
+    cascade: CascadeSection | None = Field(
+        default=None, description="Cascade mode (null: every expert scores every request)."
+    )
 
     @field_validator("policies")
     @classmethod
@@ -600,6 +623,29 @@ class ServiceConfig(Section):
         if self.learner.bandit is not None and self.learner.bandit.k > len(plan):
             raise ConfigError(f"learner.bandit.k: {self.learner.bandit.k} is more than the {len(plan)} experts")
         return plan
+
+    def cascade_expensive(self, served: Sequence[str]) -> frozenset[str] | None:
+        """The cascade's expensive tier among the ``served`` experts (None: no cascade): ``cascade.expensive``, or
+        the planned experts whose catalog cost is expensive. ConfigError when it would be empty, hold every expert,
+        name an expert not served, or be combined with bandit mode."""
+        if self.cascade is None:
+            return None
+        if self.learner.bandit is not None:
+            raise ConfigError("cascade: bandit mode (learner.bandit) and a cascade both choose the experts; use one")
+        if self.cascade.expensive is not None:
+            unknown = sorted(set(self.cascade.expensive) - set(served))
+            if unknown:
+                raise ConfigError(f"cascade.expensive: {unknown} are not among the experts served ({list(served)})")
+            expensive = frozenset(self.cascade.expensive)
+        else:
+            costly = {spec.name for spec, _ in self.expert_plan() if spec.cost in EXPENSIVE_COSTS}
+            expensive = frozenset(name for name in served if name in costly)
+        if not expensive or expensive >= set(served):
+            raise ConfigError(
+                f"cascade.expensive: a cascade needs at least one expensive and one cheap expert; expensive "
+                f"{sorted(expensive)} of {list(served)}"
+            )
+        return expensive
 
 
 def _as_served(where: str, spec: ExpertSpec, serving: ExpertServing) -> ExpertSpec:

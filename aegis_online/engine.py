@@ -12,13 +12,13 @@ from typing import Any
 
 from aegis_online.experts import Expert
 from aegis_online.learn import DEFAULT_LEARNER, Learner
-from aegis_online.moderator import BanditConfig, Moderator
+from aegis_online.moderator import BanditConfig, CascadeConfig, Moderator
 from aegis_online.policy import PlatformFloor, TenantPolicy
 from aegis_online.schemas import Decision, ExpertOutput, FeedbackEvent, FeedbackResult, ModerationRequest
 from aegis_online.state import LearnerStore, PolicyStore, PredictionLog, PredictionRecord
 from aegis_online.weights import GLOBAL_SCOPE, BatchOutcome, FeedbackApplier, PlannedFeedback
 
-__all__ = ["GLOBAL_SCOPE", "BanditConfig", "Engine"]
+__all__ = ["GLOBAL_SCOPE", "BanditConfig", "CascadeConfig", "Engine"]
 
 
 class Engine:
@@ -34,6 +34,7 @@ class Engine:
         policies: PolicyStore | None = None,
         deadline_s: float = 2.0,
         bandit: BanditConfig | None = None,
+        cascade: CascadeConfig | None = None,
         seed: int | None = None,
         floors: dict[str, PlatformFloor] | None = None,
     ) -> None:
@@ -45,6 +46,7 @@ class Engine:
             policies=policies,
             deadline_s=deadline_s,
             bandit=bandit,
+            cascade=cascade,
             seed=seed,
             floors=floors,
         )

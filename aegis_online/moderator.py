@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from aegis_online.errors import InvalidRequestError
 from aegis_online.experts import Expert, ExpertInput, score_with_deadline
 from aegis_online.language import identify, warm_up
 from aegis_online.learn import DEFAULT_LEARNER, Adaptive, Learner, make_learner
+from aegis_online.learn.escalation import EscalationBand
 from aegis_online.learn.exp3ix import Exp3IX
 from aegis_online.policy import (
     PlatformFloor,
@@ -37,6 +38,7 @@ from aegis_online.schemas import (
     FAILURE_KINDS,
     OVERALL,
     Action,
+    CascadeDecision,
     CategoryDecision,
     Decision,
     ExpertContribution,
@@ -63,6 +65,17 @@ from aegis_online.weights.updates import overall_outputs
 
 #: Order in which an unscored category names its reasons: the most actionable first.
 _KIND_ORDER: tuple[str, ...] = ("timeout", "error", "language", "not_queried", "not_covered")
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """Call the ``expensive`` experts only when the cheap ones are uncertain for the tenant's decision: a score of a
+    category the policy acts on (or of the whole request) within the tenant's band of its threshold, or a category
+    the cheap experts did not score. The band is learned per tenant toward ``band.target_rate`` (in this process;
+    each replica keeps its own, and each converges to the target on its own traffic)."""
+
+    expensive: frozenset[str]
+    band: EscalationBand = field(default_factory=EscalationBand)
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,7 @@ class Moderator:
         bandit: BanditConfig | None = None,
         seed: int | None = None,
         floors: dict[str, PlatformFloor] | None = None,
+        cascade: CascadeConfig | None = None,
     ) -> None:
         if not experts:
             raise ValueError("experts: the engine needs at least one expert")
@@ -135,6 +149,17 @@ class Moderator:
         elif self.learner.bandit:
             raise ValueError("a bandit learner needs a BanditConfig (how many experts to query)")
         self.bandit = bandit
+        if cascade is not None:
+            if bandit is not None:
+                raise ValueError("cascade: bandit mode and a cascade both choose the experts to call: use one")
+            unknown = sorted(cascade.expensive - set(names))
+            if unknown or not cascade.expensive or cascade.expensive >= set(names):
+                raise ValueError(
+                    f"cascade.expensive: need at least one expensive and one cheap expert among {names}"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                )
+        self.cascade = cascade
+        self._bands: dict[str, float] = {}
         self.keyspace = KeySpace(self.learner.name, self.expert_names)
         self.store = store or MemoryLearnerStore()
         self.prediction_log = prediction_log or MemoryPredictionLog()
@@ -198,10 +223,42 @@ class Moderator:
         left of the request's budget after queueing), combine, decide and log (``remember=False``: not logged, so
         no feedback can refer to it; for callers that ask for their text not to be stored)."""
         budget = self.deadline_s if deadline_s is None else deadline_s
+        started = time.perf_counter()
         policy = self.policies.effective(request.tenant)
         categories = self.categories_for(request, policy)
         chosen, propensities = self.select_experts(request.tenant, categories.ids, policy)
         language = identify(request.checked_text)
+        context = {"policy": policy, "categories": categories, "language": language}
+        if self.cascade is not None:
+            cheap = np.array([name not in self.cascade.expensive for name in self.expert_names])
+            outputs = await self._score(request, categories, chosen & cheap, language, budget)
+            preview = self.decide(request, outputs, remember=False, **context)  # type: ignore[arg-type]
+            band = self._bands.get(request.tenant, self.cascade.band.initial)
+            reason = self.escalation_reason(preview, policy, band)
+            self._bands[request.tenant] = self.cascade.band.update(band, reason is not None)
+            tier = CascadeDecision(tier="cheap" if reason is None else "expensive", band=band, reason=reason)
+            if reason is not None:
+                left = max(budget - (time.perf_counter() - started), 0.0)
+                outputs += await self._score(request, categories, chosen & ~cheap, language, left)
+            return self.decide(request, outputs, remember=remember, cascade=tier, **context)  # type: ignore[arg-type]
+        outputs = await self._score(request, categories, chosen, language, budget)
+        return self.decide(
+            request,
+            outputs,
+            propensities=propensities,
+            remember=remember,
+            **context,  # type: ignore[arg-type]
+        )
+
+    async def _score(
+        self,
+        request: ModerationRequest,
+        categories: CategorySet,
+        chosen: np.ndarray,
+        language: str,
+        budget: float,
+    ) -> list[ExpertOutput]:
+        """The outputs of the chosen experts that read the language and cover a category, under ``budget``."""
         calls = []
         for expert, selected, reads in zip(self.experts, chosen, self.readers(language), strict=True):
             covered = tuple(c for c in categories if expert.covers(c))
@@ -209,16 +266,29 @@ class Moderator:
                 item = ExpertInput(messages=tuple(request.messages), check=request.check, categories=covered)
                 calls.append(score_with_deadline(expert, [item], budget))
         results = await asyncio.gather(*calls)
-        outputs = [batch[0] for batch in results]
-        return self.decide(
-            request,
-            outputs,
-            propensities=propensities,
-            policy=policy,
-            categories=categories,
-            language=language,
-            remember=remember,
-        )
+        return [batch[0] for batch in results]
+
+    def escalation_reason(self, preview: Decision, policy: TenantPolicy, band: float) -> str | None:
+        """Why the cheap tier's decision needs the expensive experts (None: it does not): a category it did not
+        score, or a score of a category the policy acts on (or of the whole request) within ``band`` of its
+        threshold."""
+        assert self.cascade is not None
+        for d in preview.categories:
+            if d.score is None and d.unscored != "not_covered":
+                return f"{d.category} was not scored by the cheap experts"
+        acted = [d for d in preview.categories if d.score is not None and policy.action_for(d.category) != "allow"]
+        keys = [d.category for d in acted]
+        scores = [d.score for d in acted]
+        thresholds = [d.threshold for d in acted]
+        if preview.overall is not None and preview.overall.score is not None:
+            keys.append(OVERALL)
+            scores.append(preview.overall.score)
+            thresholds.append(preview.overall.threshold)
+        near = np.abs(np.array(scores, dtype=float) - np.array(thresholds, dtype=float)) < band
+        if near.any():
+            key = keys[int(np.argmax(near))]
+            return f"{key} within {band:.3f} of its threshold"
+        return None
 
     def decide(
         self,
@@ -230,6 +300,7 @@ class Moderator:
         categories: CategorySet | None = None,
         language: str | None = None,
         remember: bool = True,
+        cascade: CascadeDecision | None = None,
     ) -> Decision:
         """Combine expert outputs already in hand, apply the tenant's policy, log the prediction (unless not
         ``remember``). ``language``: the checked turn's, when already identified (else identified here); the outputs
@@ -259,6 +330,8 @@ class Moderator:
             elif out is None:
                 kind: MissingKind = "not_queried" if covers_any else "not_covered"
                 reason = "not queried (bandit mode)" if propensities is not None else "not queried"
+                if cascade is not None and cascade.tier == "cheap":
+                    reason = "not called: the cheap experts were confident (cascade)"
                 missing.append(
                     MissingExpert(
                         expert=name, kind=kind, reason=reason if covers_any else "covers none of the categories"
@@ -343,6 +416,7 @@ class Moderator:
             unscored=unscored,
             overall=overall,
             language=language,
+            cascade=cascade,
         )
 
     def learned_thresholds(

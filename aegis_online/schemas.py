@@ -216,6 +216,14 @@ class UnscoredCategory(Model):
     experts: list[str] = Field(description="The experts that cover it and did not score it.")
 
 
+class CascadeDecision(Model):
+    """Which tier decided a request in cascade mode: the cheap experts alone, or with the expensive ones."""
+
+    tier: Literal["cheap", "expensive"]
+    band: float = Field(description="The tenant's escalation band when the request was decided.")
+    reason: str | None = Field(default=None, description="Why the expensive tier was called (null: it was not).")
+
+
 class Decision(Model):
     request_id: str
     tenant: str
@@ -239,6 +247,9 @@ class Decision(Model):
         default="und",
         description="ISO 639-1 code of the checked turn's language, as identified; 'und' when it could not be told "
         "with confidence (every expert reads it). Experts that do not read it are missing with kind language.",
+    )
+    cascade: CascadeDecision | None = Field(
+        default=None, description="Cascade mode: which tier decided (null: every expert was called)."
     )
 
 

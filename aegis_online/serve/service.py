@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aegis_online.config import ServiceConfig
-from aegis_online.engine import GLOBAL_SCOPE, BanditConfig, Engine
+from aegis_online.engine import GLOBAL_SCOPE, BanditConfig, CascadeConfig, Engine
 from aegis_online.experts import Expert
 from aegis_online.feedback.bus import FeedbackPublisher
 from aegis_online.feedback.inprocess import EmbeddedFeedbackWorker, InProcessFeedbackQueue
+from aegis_online.learn.escalation import EscalationBand
 from aegis_online.policy import TenantPolicy
 from aegis_online.serve.auth import KeyTable
 from aegis_online.serve.feedback import GlobalLearningGate
@@ -199,8 +200,18 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
     bandit = None
     if config.learner.bandit is not None:
         bandit = BanditConfig(k=config.learner.bandit.k, always=tuple(config.learner.bandit.always))
+    expensive = config.cascade_expensive([e.name for e in experts])
+    cascade = None
+    if expensive is not None and config.cascade is not None:
+        band = EscalationBand(
+            target_rate=config.cascade.target_escalation_rate,
+            step=config.cascade.step,
+            initial=config.cascade.initial_band,
+        )
+        cascade = CascadeConfig(expensive=expensive, band=band)
     engine = Engine(
         experts,
+        cascade=cascade,
         learner=config.learner.name,
         store=stores.learner,
         prediction_log=stores.predictions,

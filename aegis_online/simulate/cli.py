@@ -93,6 +93,14 @@ def print_learners(report: dict[str, Any], title: str) -> None:
             fmt(m["auprc_macro"], 3),
         )
     console.print(experts)
+    for name, c in report.get("cascade", {}).items():
+        console.print(
+            f"cascade {name}: escalated {pct(c['escalation_rate'])} of requests (target "
+            f"{pct(c['target_escalation_rate'])}); {fmt(c['expensive_calls'], 0)} expensive calls instead of "
+            f"{fmt(c['full_information_expensive_calls'], 0)} ({pct(c['expensive_calls_saved'])} saved); loss "
+            f"{fmt(c['loss_ratio'], 3)} x {c['full_information_learner'] or '-'} with every expert",
+            soft_wrap=True,
+        )
     for name, b in report.get("bandit", {}).items():
         ratio = b["loss_ratio_to_full_information"]
         console.print(
@@ -118,6 +126,15 @@ def simulate_command(
         None, "--switches", min=0, help="Switches per (tenant, category) for the oracle (default: one per drift)."
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
+    cascade: str | None = typer.Option(
+        None,
+        "--cascade",
+        help="Comma-separated expensive experts: each learner also runs as <learner>+cascade, calling them only "
+        "when the others are uncertain; the report's 'cascade' compares it with the learner calling all.",
+    ),
+    cascade_target: float = typer.Option(
+        0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's band is learned toward."
+    ),
 ) -> None:
     """Run a drift scenario through the learners; write report.json, summary.md and plots into --out."""
     from aegis_online.simulate.scenario import ScenarioError, load_scenario
@@ -129,8 +146,9 @@ def simulate_command(
     except (ScenarioError, ValueError) as error:
         raise _fail(str(error)) from None
     horizon = steps or story.steps
+    runs = len(names) * (2 if cascade else 1)
     try:
-        with progress_bar(horizon * len(names) * replicas, f"simulating {story.name}") as advance:
+        with progress_bar(horizon * runs * replicas, f"simulating {story.name}") as advance:
             result = run_simulation(
                 story,
                 steps=horizon,
@@ -140,6 +158,8 @@ def simulate_command(
                 bandit_k=bandit_k,
                 bandit_always=_names(bandit_always),
                 switches=switches,
+                cascade=_names(cascade),
+                cascade_target=cascade_target,
                 progress=lambda name, n: advance(name, n * replicas),
             )
     except ValueError as error:
@@ -247,6 +267,15 @@ def replay_command(
     ),
     bandit_k: int | None = typer.Option(None, "--bandit-k", min=1, help="Experts per request for exp3-ix."),
     bandit_always: str | None = typer.Option(None, "--bandit-always", help="Experts exp3-ix queries every time."),
+    cascade: str | None = typer.Option(
+        None,
+        "--cascade",
+        help="Comma-separated expensive experts (in process): each learner also runs as <learner>+cascade, the "
+        "engine in cascade mode; the report's 'cascade' compares it with the learner calling all.",
+    ),
+    cascade_target: float = typer.Option(
+        0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's band is learned toward."
+    ),
     heads: Path | None = HEADS_OPTION,
     cache: Path | None = CACHE_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
@@ -345,6 +374,8 @@ def replay_command(
             shuffle=shuffle,
             seed=seed,
             switches=switches,
+            cascade=_names(cascade),
+            cascade_target=cascade_target,
         )
         with stage_progress() as report:
             if url is not None:

@@ -20,13 +20,13 @@ import numpy as np
 
 from aegis_online.api_models import FeedbackOutcome
 from aegis_online.datasets import LabelledText
-from aegis_online.engine import BanditConfig, Engine
+from aegis_online.engine import BanditConfig, CascadeConfig, Engine
 from aegis_online.errors import AegisError
 from aegis_online.learn import Learner
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import Decision, FeedbackEvent, FeedbackResult, Message, ModerationRequest
 from aegis_online.simulate.expert_outputs import CachedExpert, request_text
-from aegis_online.simulate.runner import LearnerRun
+from aegis_online.simulate.runner import CascadeSetup, LearnerRun
 from aegis_online.simulate.stream import NO_FEEDBACK, Segment, Stream
 
 #: Weight snapshots kept per run (for the weights-over-time plot).
@@ -108,6 +108,8 @@ class ReplayLog:
     request_flagged: np.ndarray = field(init=False)
     #: whether the whole-request threshold applied was learned (vs the policy's fixed one or a floor)
     overall_learned: np.ndarray = field(init=False)
+    #: cascade mode: whether the expensive tier was called for the request
+    escalated: np.ndarray = field(init=False)
     feedback_sent: int = 0
     #: applied by the learner before the answer (in process)
     feedback_applied: int = 0
@@ -127,6 +129,7 @@ class ReplayLog:
         self.overall_scores = np.full(t, np.nan)
         self.request_flagged = np.zeros(t, dtype=bool)
         self.overall_learned = np.zeros(t, dtype=bool)
+        self.escalated = np.zeros(t, dtype=bool)
 
     def count_feedback(self, result: FeedbackResult | FeedbackOutcome) -> None:
         """Count what the backend said about an event, as it said it: applied, queued or duplicate."""
@@ -147,6 +150,7 @@ class ReplayLog:
         cat = {c: k for k, c in enumerate(self.categories)}
         exp = {e: i for i, e in enumerate(self.experts)}
         self.request_flagged[t] = decision.flagged
+        self.escalated[t] = decision.cascade is not None and decision.cascade.tier == "expensive"
         if decision.overall is not None:
             self.overall_scores[t] = np.nan if decision.overall.score is None else decision.overall.score
             self.overall_learned[t] = decision.overall.threshold_source == "learned"
@@ -327,13 +331,16 @@ def replay_in_process(
     feedback_delay: int = 0,
     feedback_share: float = 1.0,
     bandit: BanditConfig | None = None,
+    cascade: CascadeConfig | None = None,
+    name: str | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[LearnerRun, ReplayLog, np.ndarray, np.ndarray, TenantPolicy]:
-    """Replay rows through a fresh in-process ``Engine`` with ``learner`` over experts that answer from the cache."""
+    """Replay rows through a fresh in-process ``Engine`` with ``learner`` over experts that answer from the cache
+    (with ``cascade``: the engine in cascade mode; the run is called ``name``, default the learner's)."""
     for expert in cached:
         expert.calls = 0
-    engine = Engine(list(cached), learner=learner, bandit=bandit, seed=seed)
+    engine = Engine(list(cached), learner=learner, bandit=bandit, cascade=cascade, seed=seed)
     backend = EngineBackend(engine)
     started = time.perf_counter()
     try:
@@ -351,7 +358,13 @@ def replay_in_process(
         )
     finally:
         backend.close()
-    run = learner_run(learner, log, snapshots, time.perf_counter() - started, bandit is not None, engine.learner)
+    run = learner_run(
+        name or learner, log, snapshots, time.perf_counter() - started, bandit is not None, engine.learner
+    )
+    if cascade is not None:
+        expensive = tuple(i for i, e in enumerate(engine.expert_names) if e in cascade.expensive)
+        run.cascade = CascadeSetup(expensive, cascade.band, full_information=learner)
+        run.escalated = log.escalated[None]
     return run, log, arrival, sent, engine.policy(tenant)
 
 

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aegis_online.client import AegisClient
-from aegis_online.engine import BanditConfig
+from aegis_online.engine import BanditConfig, CascadeConfig
 from aegis_online.experts import Expert
 from aegis_online.learn import LEARNERS, known_learner
+from aegis_online.learn.escalation import EscalationBand
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import Message, ModerationRequest
 from aegis_online.simulate import plots
@@ -66,6 +67,9 @@ class ReplayConfig:
     shuffle: bool = True
     seed: int = 0
     switches: int | None = None
+    #: cascade mode: the expensive experts (each learner also runs as ``<learner>+cascade``), and the target rate
+    cascade: Sequence[str] | None = None
+    cascade_target: float = 0.3
 
 
 @dataclass
@@ -157,6 +161,17 @@ def _bandit(config: ReplayConfig, learner: str, experts: Sequence[str]) -> Bandi
     return BanditConfig(k=k, always=tuple(config.bandit_always))
 
 
+def _cascade(config: ReplayConfig, experts: Sequence[str]) -> CascadeConfig | None:
+    if not config.cascade:
+        return None
+    unknown = sorted(set(config.cascade) - set(experts))
+    if unknown:
+        raise ValueError(f"--cascade: unknown experts {unknown}; the replay has {', '.join(experts)}")
+    if set(config.cascade) >= set(experts):
+        raise ValueError("--cascade: leave at least one cheap expert (the tier that scores every request)")
+    return CascadeConfig(frozenset(config.cascade), EscalationBand(target_rate=config.cascade_target))
+
+
 def _context(config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str | None) -> dict[str, Any]:
     return {
         "kind": "replay",
@@ -237,6 +252,23 @@ def run_replay(
             progress=tick,
         )
         runs[learner], logs[learner] = run, log
+        cascade = _cascade(config, names)
+        if cascade is not None and _bandit(config, learner, names) is None:
+            name = f"{learner}+cascade"
+            run, log, *_ = replay_in_process(
+                traffic.rows,
+                cached,
+                categories,
+                learner,
+                tenant=config.tenant,
+                feedback_delay=config.feedback_delay,
+                feedback_share=config.feedback_share,
+                cascade=cascade,
+                name=name,
+                seed=config.seed,
+                progress=tick,
+            )
+            runs[name], logs[name] = run, log
     assert arrival is not None and sent is not None
     thresholds = np.array([policy.threshold_for(c) for c in categories])
     stream = replay_stream(

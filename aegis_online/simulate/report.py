@@ -194,6 +194,28 @@ def evaluate(
             "loss_ratio_to_hedge": learners[name]["cumulative_loss"] / hedge["cumulative_loss"] if hedge else None,
         }
 
+    cascade = {}
+    for name, run in runs.items():
+        if run.cascade is None or run.escalated is None:
+            continue
+        chosen = list(run.cascade.expensive)
+        full = float(np.isfinite(stream.outputs[..., chosen]).any(axis=2).sum() / R)
+        calls = float(run.queried[..., chosen].sum() / R)
+        reference = learners.get(run.cascade.full_information or "")
+        cascade[name] = {
+            "expensive_experts": [stream.experts[i] for i in chosen],
+            "target_escalation_rate": run.cascade.band.target_rate,
+            "escalation_rate": float(run.escalated.mean()),
+            "expensive_calls": calls,
+            "full_information_expensive_calls": full,
+            "expensive_calls_saved": 1.0 - calls / full if full else math.nan,
+            "full_information_learner": run.cascade.full_information if reference else None,
+            "loss_ratio": learners[name]["cumulative_loss"] / reference["cumulative_loss"] if reference else None,
+            "f1_macro": learners[name].get("f1_macro"),
+            "full_information_f1_macro": reference.get("f1_macro") if reference else None,
+            "per_tenant_f1_macro": {t: m.get("f1_macro") for t, m in learners[name].get("per_tenant", {}).items()},
+        }
+
     return {
         "version": REPORT_VERSION,
         **dict(context or {}),
@@ -211,6 +233,7 @@ def evaluate(
         "baselines": baselines,
         "oracles": oracles.to_json(),
         "bandit": bandit,
+        "cascade": cascade,
         "notes": {
             "loss": "squared loss of the probability against the true label, summed over (request, category); "
             "averaged over replicas",

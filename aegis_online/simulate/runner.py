@@ -23,6 +23,7 @@ import numpy as np
 from aegis_online.learn import Adaptive, Exp3IX, Learner
 from aegis_online.learn.base import awake_weights
 from aegis_online.learn.batch import occurrence_rank
+from aegis_online.learn.escalation import EscalationBand
 from aegis_online.simulate.stream import Stream
 from aegis_online.weights.updates import KeyUpdates, replay, scope_entries
 
@@ -35,6 +36,18 @@ class BanditSetup:
 
     k: int
     always: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CascadeSetup:
+    """Call the ``expensive`` experts (indices) only when the cheap ones' combined score of a category is uncertain
+    for the decision at ``threshold`` (``EscalationBand``: within the band, or cheap experts on both sides of it);
+    ``full_information`` names the run of the same learner with every expert, the reference of the report."""
+
+    expensive: tuple[int, ...]
+    band: EscalationBand = field(default_factory=EscalationBand)
+    threshold: float = 0.5
+    full_information: str | None = None
 
 
 @dataclass
@@ -64,6 +77,9 @@ class LearnerRun:
     flagged: np.ndarray | None = None
     #: True when only some experts were queried per request (bandit mode).
     bandit: bool = False
+    #: The cascade it ran with, and per (replica, request) whether the expensive tier was called; else None.
+    cascade: CascadeSetup | None = None
+    escalated: np.ndarray | None = None
 
 
 def _schedule(stream: Stream) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -83,15 +99,21 @@ def run_learner(
     *,
     name: str | None = None,
     bandit: BanditSetup | None = None,
+    cascade: CascadeSetup | None = None,
     seed: int = 0,
     weight_samples: int = 200,
     progress: Progress | None = None,
 ) -> LearnerRun:
-    """Replay ``stream`` through ``learner``: predict each request from the state its feedback so far has built."""
+    """Replay ``stream`` through ``learner``: predict each request from the state its feedback so far has built.
+    With ``cascade``, the expensive experts answer a request only when the cheap ones are uncertain; the others
+    are asleep for it, and its feedback trains the experts that answered (as for a language an expert does not
+    read)."""
     if learner.n_experts != len(stream.experts):
         raise ValueError(f"learner has {learner.n_experts} experts, the stream {len(stream.experts)}")
     if learner.bandit and bandit is None:
         raise ValueError(f"{learner.name} is a bandit learner: give a BanditSetup (how many experts to query)")
+    if bandit is not None and cascade is not None:
+        raise ValueError("bandit mode and a cascade both choose the experts to call: use one")
     if bandit is not None and not isinstance(learner, Exp3IX):
         raise ValueError("bandit mode needs the exp3-ix learner (it learns from stored selection probabilities)")
     started = time.perf_counter()
@@ -106,7 +128,12 @@ def run_learner(
     global_rows = base + cat
     personalise = stream.personalise_after
 
-    observed = stream.outputs.copy() if bandit is not None else stream.outputs
+    observed = stream.outputs.copy() if bandit is not None or cascade is not None else stream.outputs
+    expensive = np.zeros(N, dtype=bool)
+    if cascade is not None:
+        expensive[list(cascade.expensive)] = True
+    bands = np.full((R, J), cascade.band.initial if cascade is not None else 0.0)
+    escalated = np.zeros((R, T), dtype=bool)
     queried = np.zeros((R, T, N), dtype=bool)
     covers = np.isfinite(stream.outputs).any(axis=2)  # (R, T, N): expert covers an evaluated category
     props = np.ones((R, T, N)) if bandit is not None else None
@@ -152,6 +179,19 @@ def run_learner(
                 queried[r, s], props[r, s] = chosen, probs
             out_s = np.where(queried[:, s, None, :], out_s, np.nan)
             observed[:, s] = out_s
+        elif cascade is not None:
+            cheap_out = np.where(expensive, np.nan, out_s)
+            cheap = _combined(learner, table[rows.reshape(-1)], cheap_out.reshape(R * C, N)).reshape(R, C)
+            for r in range(R):
+                active = np.isfinite(out_s[r]).any(axis=1)
+                j = int(stream.tenant[r, s]) if scoped else 0
+                thresholds = np.full(int(active.sum()), cascade.threshold)
+                up = cascade.band.uncertain(bands[r, j], cheap[r, active], thresholds, cheap_out[r, active])
+                escalated[r, s] = up
+                bands[r, j] = cascade.band.update(bands[r, j], up)
+            out_s = np.where(expensive & ~escalated[:, s, None, None], np.nan, out_s)
+            observed[:, s] = out_s
+            queried[:, s] = covers[:, s] & (~expensive | escalated[:, s, None])
         else:
             queried[:, s] = covers[:, s]
         used_states = table[rows.reshape(-1)]
@@ -187,7 +227,19 @@ def run_learner(
         tenant_weight_samples=tenant_samples,
         seconds=time.perf_counter() - started,
         bandit=bandit is not None,
+        cascade=cascade,
+        escalated=escalated if cascade is not None else None,
     )
+
+
+def _combined(learner: Learner, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """The ensemble's probability per row from ``outputs`` (rows x experts, NaN: asleep), as the service combines:
+    calibrated scores (an Adaptive learner) weighted over the awake experts; NaN where none is awake."""
+    awake = np.isfinite(outputs)
+    scores = learner.calibrate(states, outputs) if isinstance(learner, Adaptive) else outputs
+    weights = awake_weights(learner.log_weights(states), awake)
+    combined = np.einsum("kn,kn->k", weights, np.where(awake, scores, 0.0))
+    return np.where(awake.any(axis=1), combined, np.nan)
 
 
 def _apply(

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from aegis_online.learn import LEARNERS, known_learner, make_learner
+from aegis_online.learn.escalation import EscalationBand
 from aegis_online.simulate import plots
 from aegis_online.simulate.oracles import OracleReport, compute_oracles
 from aegis_online.simulate.report import evaluate, markdown_summary, write_report
-from aegis_online.simulate.runner import BanditSetup, LearnerRun, run_learner
+from aegis_online.simulate.runner import BanditSetup, CascadeSetup, LearnerRun, run_learner
 from aegis_online.simulate.scenario import Scenario
 from aegis_online.simulate.stream import Stream
 from aegis_online.simulate.synthetic import generate_traffic
@@ -61,6 +62,18 @@ def bandit_setup(scenario: Scenario, k: int | None = None, always: Sequence[str]
     return BanditSetup(k=k, always=tuple(names.index(a) for a in always))
 
 
+def cascade_setup(experts: Sequence[str], expensive: Sequence[str], target_rate: float, reference: str) -> CascadeSetup:
+    """A cascade whose expensive tier is ``expensive`` (names checked against ``experts``; at least one expert must
+    stay cheap), the band learned toward ``target_rate``, compared with the learner ``reference`` calling all."""
+    unknown = sorted(set(expensive) - set(experts))
+    if unknown:
+        raise ValueError(f"cascade: unknown experts {unknown}; the experts are {', '.join(experts)}")
+    if not expensive or len(set(expensive)) >= len(experts):
+        raise ValueError("cascade: name at least one expensive expert and leave at least one cheap one")
+    chosen = tuple(sorted(experts.index(name) for name in set(expensive)))
+    return CascadeSetup(chosen, EscalationBand(target_rate=target_rate), full_information=reference)
+
+
 def run_simulation(
     scenario: Scenario,
     *,
@@ -71,9 +84,12 @@ def run_simulation(
     bandit_k: int | None = None,
     bandit_always: Sequence[str] | None = None,
     switches: int | None = None,
+    cascade: Sequence[str] | None = None,
+    cascade_target: float = 0.3,
     progress: Callable[[str, int], None] | None = None,
 ) -> SimulationResult:
-    """Draw the scenario's traffic and run ``learners`` on it (bandit learners with ``k`` experts per request)."""
+    """Draw the scenario's traffic and run ``learners`` on it (bandit learners with ``k`` experts per request). With
+    ``cascade`` (the expensive experts' names), every full-information learner also runs as ``<name>+cascade``."""
     names = parse_learners(learners)
     stream = generate_traffic(scenario, steps=steps, seed=seed, replicas=replicas)
     n = len(scenario.experts)
@@ -83,6 +99,12 @@ def run_simulation(
         bandit = bandit_setup(scenario, bandit_k, bandit_always) if learner.bandit else None
         tick = None if progress is None else (lambda k, name=name: progress(name, k))
         runs[name] = run_learner(learner, stream, name=name, bandit=bandit, seed=seed, progress=tick)
+        if cascade and bandit is None:
+            setup = cascade_setup(scenario.expert_names, cascade, cascade_target, reference=name)
+            cascaded = f"{name}+cascade"
+            tick = None if progress is None else (lambda k, name=cascaded: progress(name, k))
+            fresh = make_learner(name, n)
+            runs[cascaded] = run_learner(fresh, stream, name=cascaded, cascade=setup, seed=seed, progress=tick)
     context = {
         "kind": "simulation",
         "scenario": {

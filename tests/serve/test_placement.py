@@ -160,7 +160,9 @@ def test_the_host_deployment_embeds_each_text_once_for_itself_and_its_guest(monk
 
 
 @pytest.mark.parametrize(
-    "spec", [s for s in load_catalog(default_catalog_dir()) if s.cost == "cpu-light"], ids=lambda s: s.name
+    "spec",
+    [s for s in load_catalog(default_catalog_dir()) if s.cost == "cpu-light" and s.ships_its_weights],
+    ids=lambda s: s.name,
 )
 def test_cpu_light_experts_leave_the_event_loop_free_while_they_score(spec: Any) -> None:
     """In the ingress their work shares the process with every request: it must run in a thread."""

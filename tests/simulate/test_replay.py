@@ -131,3 +131,21 @@ def test_an_expert_that_does_not_cover_a_category_is_left_out_of_its_weights(tmp
     green = result.stream.experts.index("green")
     assert all(np.isnan(sample[green]) for sample in weights["by_category"]["S1"])  # null in report.json, not 0.5
     assert all(np.isfinite(sample[green]) for sample in weights["by_category"]["S8"])
+
+
+def test_cascade_replay_calls_the_expensive_expert_only_when_escalated(tmp_path: Path) -> None:
+    config = _config(tmp_path, learners=["default"], cascade=["blue"], cascade_target=0.5)
+    result = run_replay(config, experts(), ReplayCache(None))
+    cascade = result.report["cascade"]["default+cascade"]
+    log = result.logs["default+cascade"]
+    blue = result.stream.experts.index("blue")
+    assert 0 < log.escalated.sum() < len(log.escalated)  # some requests escalated, not all
+    assert np.array_equal(log.queried[:, blue], log.escalated)  # blue answered exactly the escalated ones
+    assert log.queried[:, result.stream.experts.index("red")].all()  # the cheap expert every time
+    assert cascade["expensive_calls"] == log.escalated.sum()
+    assert cascade["expensive_calls_saved"] == pytest.approx(1 - log.escalated.mean())
+    assert cascade["full_information_learner"] == "default" and cascade["loss_ratio"] > 0
+    with pytest.raises(ValueError, match="unknown experts"):
+        run_replay(_config(tmp_path, cascade=["green"]), experts(), ReplayCache(None))
+    with pytest.raises(ValueError, match="leave at least one cheap"):
+        run_replay(_config(tmp_path, cascade=["red", "blue"]), experts(), ReplayCache(None))

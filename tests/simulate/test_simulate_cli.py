@@ -186,3 +186,33 @@ def test_replay_names_the_option_of_a_bad_column_map(tmp_path: Path) -> None:
     first, _ = shifted_files(tmp_path, n=5)
     result = runner.invoke(app, ["replay", "--data", f"{first}::text", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--data" in result.output and "KEY=VALUE" in result.output
+
+
+def test_simulate_cascade_calls_the_expensive_tier_at_its_target_rate_and_reports_it(tmp_path: Path) -> None:
+    out = tmp_path / "cascade"
+    args = ["simulate", "--scenario", "stationary", "--steps", "3000", "--learners", "default", "--no-plots"]
+    args += ["--cascade", "guard-large,guard-small", "--cascade-target", "0.4", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    cascade = report["cascade"]["default+cascade"]
+    assert cascade["full_information_learner"] == "default"
+    assert cascade["escalation_rate"] == pytest.approx(0.4, abs=0.02)
+    assert cascade["expensive_calls"] == pytest.approx(2 * 3000 * cascade["escalation_rate"])
+    assert cascade["expensive_calls_saved"] == pytest.approx(1 - cascade["escalation_rate"])
+    loss = report["learners"]["default+cascade"]["cumulative_loss"]
+    assert cascade["loss_ratio"] == pytest.approx(loss / report["learners"]["default"]["cumulative_loss"])
+    assert "cascade default+cascade" in result.output
+
+
+@pytest.mark.parametrize(
+    ("cascade", "message"),
+    [
+        ("nobody", "unknown experts"),
+        ("guard-large,guard-small,embedding-head,toxicity-classifier,keyword-rules", "cheap"),
+    ],
+)
+def test_simulate_cascade_names_bad_tiers(tmp_path: Path, cascade: str, message: str) -> None:
+    args = ["simulate", "--scenario", "stationary", "--steps", "200", "--learners", "default", "--no-plots"]
+    result = runner.invoke(app, [*args, "--cascade", cascade, "--out", str(tmp_path)])
+    assert result.exit_code == 1 and message in result.output

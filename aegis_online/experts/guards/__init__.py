@@ -7,7 +7,7 @@ Examples
 >>> make_family("llama_guard_3", variant="1b").name
 'llama_guard_3'
 >>> sorted(FAMILIES)[:2]
-['granite_guardian', 'llama_guard_3']
+['gpt_oss_safeguard', 'granite_guardian']
 """
 
 from __future__ import annotations
