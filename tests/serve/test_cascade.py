@@ -70,3 +70,16 @@ def test_cascade_settings_that_cannot_work_are_refused() -> None:
         make_service([sure, guard], cascade={"expensive": ["cheap-sure", "guard"]})
     with pytest.raises(ConfigError, match="at least one expensive and one cheap"):
         make_service([sure, words], cascade={})  # keyword experts are not in the catalog: no expensive tier
+
+
+def test_the_expensive_tier_defaults_to_the_catalogs_gpu_and_remote_experts() -> None:
+    from aegis_online.config import ServiceConfig
+
+    served = ["profanity-check", "llama-guard-3-1b", "openai-omni-moderation"]
+    config = ServiceConfig.model_validate({"experts": {"use": served}, "cascade": {}, "store": {"persist": False}})
+    assert config.cascade_expensive(served) == {"llama-guard-3-1b", "openai-omni-moderation"}
+    bandit = {"name": "exp3-ix", "bandit": {"k": 1}}
+    with pytest.raises(ConfigError, match="bandit mode"):
+        ServiceConfig.model_validate(
+            {"experts": {"use": served}, "cascade": {}, "learner": bandit, "store": {"persist": False}}
+        ).cascade_expensive(served)
