@@ -111,6 +111,19 @@ def print_learners(report: dict[str, Any], title: str) -> None:
         )
 
 
+# -- options simulate and replay share ----------------------------------------------------------------------------
+CASCADE_OPTION = typer.Option(
+    None,
+    "--cascade",
+    help="Comma-separated expensive experts: each learner also runs as <learner>+cascade, calling them only when the "
+    "others are uncertain (replay: the engine in cascade mode); the report's 'cascade' compares it with the learner "
+    "calling all.",
+)
+CASCADE_TARGET_OPTION = typer.Option(
+    0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's band is learned toward."
+)
+
+
 def simulate_command(
     scenario: str = typer.Option(..., "--scenario", help="Scenario name (a file in simulators/) or a YAML file."),
     steps: int | None = typer.Option(None, "--steps", min=10, help="Requests to simulate (default: the scenario's)."),
@@ -126,15 +139,8 @@ def simulate_command(
         None, "--switches", min=0, help="Switches per (tenant, category) for the oracle (default: one per drift)."
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
-    cascade: str | None = typer.Option(
-        None,
-        "--cascade",
-        help="Comma-separated expensive experts: each learner also runs as <learner>+cascade, calling them only "
-        "when the others are uncertain; the report's 'cascade' compares it with the learner calling all.",
-    ),
-    cascade_target: float = typer.Option(
-        0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's band is learned toward."
-    ),
+    cascade: str | None = CASCADE_OPTION,
+    cascade_target: float = CASCADE_TARGET_OPTION,
 ) -> None:
     """Run a drift scenario through the learners; write report.json, summary.md and plots into --out."""
     from aegis_online.simulate.scenario import ScenarioError, load_scenario
@@ -267,15 +273,8 @@ def replay_command(
     ),
     bandit_k: int | None = typer.Option(None, "--bandit-k", min=1, help="Experts per request for exp3-ix."),
     bandit_always: str | None = typer.Option(None, "--bandit-always", help="Experts exp3-ix queries every time."),
-    cascade: str | None = typer.Option(
-        None,
-        "--cascade",
-        help="Comma-separated expensive experts (in process): each learner also runs as <learner>+cascade, the "
-        "engine in cascade mode; the report's 'cascade' compares it with the learner calling all.",
-    ),
-    cascade_target: float = typer.Option(
-        0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's band is learned toward."
-    ),
+    cascade: str | None = CASCADE_OPTION,
+    cascade_target: float = CASCADE_TARGET_OPTION,
     heads: Path | None = HEADS_OPTION,
     cache: Path | None = CACHE_OPTION,
     no_cache: bool = NO_CACHE_OPTION,

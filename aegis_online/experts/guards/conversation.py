@@ -49,3 +49,13 @@ def last_exchange(item: ExpertInput) -> Exchange:
         return Exchange(user=turns[-1][1], assistant=None)
     user = next((content for role, content in reversed(turns[:-1]) if role == "user"), "")
     return Exchange(user=user, assistant=turns[-1][1])
+
+
+def exchange_messages(item: ExpertInput) -> tuple[dict[str, str], ...]:
+    """The last exchange as plain chat messages, for families whose chat template carries the instruction:
+    ``[user]`` for a prompt check, ``[user, assistant]`` for a response check."""
+    exchange = last_exchange(item)
+    messages: tuple[dict[str, str], ...] = ({"role": "user", "content": exchange.user},)
+    if item.check == "response":
+        messages += ({"role": "assistant", "content": exchange.assistant or ""},)
+    return messages

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from aegis_online.experts.base import ExpertInput
 from aegis_online.experts.guards.answers import ordered, paired, requested, verdict_probability
 from aegis_online.experts.guards.base import GuardAnswer, GuardParseError, GuardQuery
-from aegis_online.experts.guards.conversation import last_exchange
+from aegis_online.experts.guards.conversation import exchange_messages
 from aegis_online.experts.guards.nemoguard import NemoGuardContentSafety
 from aegis_online.taxonomy import Category
 
@@ -76,10 +76,7 @@ class NemotronContentSafety(NemoGuardContentSafety):
         self.max_new_tokens = max_new_tokens
 
     def _query(self, key: str, item: ExpertInput, extra: tuple[tuple[str, str | bool], ...]) -> GuardQuery:
-        exchange = last_exchange(item)
-        messages: tuple[dict[str, str], ...] = ({"role": "user", "content": exchange.user},)
-        if item.check == "response":
-            messages += ({"role": "assistant", "content": exchange.assistant or ""},)
+        messages = exchange_messages(item)
         field = USER_SAFETY if item.check == "prompt" else RESPONSE_SAFETY
         kwargs = (("request_categories", "/categories"), ("enable_thinking", self.thinking), *extra)
         return GuardQuery(

@@ -29,7 +29,7 @@ from typing import Literal
 from aegis_online.experts.base import ExpertInput
 from aegis_online.experts.guards.answers import CONSISTENCY_SLACK, ordered, paired, requested
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
-from aegis_online.experts.guards.conversation import last_exchange
+from aegis_online.experts.guards.conversation import exchange_messages
 from aegis_online.taxonomy import QWEN3GUARD, ExternalTaxonomy
 
 KEY = "qwen3guard"
@@ -95,10 +95,7 @@ class Qwen3GuardGen(GuardFamily):
     def queries(self, item: ExpertInput) -> list[GuardQuery]:
         if not requested(self, item):
             return []
-        exchange = last_exchange(item)
-        messages: tuple[dict[str, str], ...] = ({"role": "user", "content": exchange.user},)
-        if item.check == "response":
-            messages += ({"role": "assistant", "content": exchange.assistant or ""},)
+        messages = exchange_messages(item)
         return [
             GuardQuery(
                 key=KEY,
