@@ -36,7 +36,7 @@ from aegis_online.catalog import (
     default_catalog_dir,
     load_catalog,
 )
-from aegis_online.learn import ADAPTIVE_SUFFIX, DEFAULT_LEARNER, LEARNERS, known_learner
+from aegis_online.learn import ADAPTIVE_SUFFIX, DEFAULT_LEARNER, LEARNERS, cascade_learner_name, known_learner
 from aegis_online.policy import PlatformFloor, TenantPolicy, resolve_category
 from aegis_online.schemas import MAX_MESSAGE_CHARS, TenantId
 from aegis_online.state.quotas import Bucket, ShareCap
@@ -115,7 +115,8 @@ EXPENSIVE_COSTS = ("gpu-small", "gpu-large", "remote")
 
 
 class CascadeSection(Section):
-    """Call the expensive experts only when the cheap ones are uncertain for the tenant's decision."""
+    """Call the expensive experts only when the cheap tier's predicted loss on a request reaches the tenant's cut
+    (the loss learned from feedback, the cut learned toward a target escalation rate)."""
 
     expensive: list[str] | None = Field(
         default=None,
@@ -123,10 +124,12 @@ class CascadeSection(Section):
         "gpu-large or remote. Every other expert is in the cheap tier, which scores every request.",
     )
     target_escalation_rate: float = Field(
-        default=0.3, ge=0.0, le=1.0, description="The share of requests the band is learned to escalate."
+        default=0.3, ge=0.0, le=1.0, description="The share of requests the cut is learned to escalate."
     )
-    step: float = Field(default=0.01, gt=0.0, le=0.5, description="How far one request moves the band.")
-    initial_band: float = Field(default=0.1, ge=0.0, le=0.5, description="The band a tenant starts with.")
+    step: float = Field(default=0.05, gt=0.0, le=1.0, description="How far one request moves the cut's logarithm.")
+    initial_cut: float = Field(
+        default=0.05, gt=0.0, le=10.0, description="The cut a tenant starts with (a predicted squared loss)."
+    )
 
 
 class LimitsSection(Section):
@@ -623,6 +626,14 @@ class ServiceConfig(Section):
         if self.learner.bandit is not None and self.learner.bandit.k > len(plan):
             raise ConfigError(f"learner.bandit.k: {self.learner.bandit.k} is more than the {len(plan)} experts")
         return plan
+
+    def learner_name(self, served: Sequence[str]) -> str:
+        """The learner that the service over ``served`` runs and its feedback workers update (its name names the
+        keys): ``learner.name``, made cascade-aware for the expensive tier in cascade mode."""
+        expensive = self.cascade_expensive(served)
+        if expensive is None:
+            return self.learner.name
+        return cascade_learner_name(self.learner.name, [i for i, name in enumerate(served) if name in expensive])
 
     def cascade_expensive(self, served: Sequence[str]) -> frozenset[str] | None:
         """The cascade's expensive tier among the ``served`` experts (None: no cascade): ``cascade.expensive``, or

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from aegis_online.learn import Learner
-from aegis_online.learn.base import awake_weights
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,6 @@ def combine(learner: Learner, states: np.ndarray, outputs: np.ndarray) -> Combin
     """
     outputs = learner.calibrate(states, outputs)
     awake = np.isfinite(outputs)
-    weights = awake_weights(learner.log_weights(states), awake)
+    weights = learner.combination_weights(states, awake)
     scores = np.einsum("cn,cn->c", weights, np.where(awake, outputs, 0.0))
     return Combination(scores=np.where(awake.any(axis=1), scores, np.nan), weights=weights)

@@ -24,7 +24,13 @@ from aegis_online.errors import InvalidRequestError
 from aegis_online.experts import Expert, ExpertInput, score_with_deadline
 from aegis_online.language import identify, warm_up
 from aegis_online.learn import DEFAULT_LEARNER, Adaptive, Learner, make_learner
-from aegis_online.learn.escalation import EscalationBand
+from aegis_online.learn.escalation import (
+    CASCADE_MARK,
+    EscalationRule,
+    cascade_learner_name,
+    cheap_tier_loss,
+    expected_cheap_loss,
+)
 from aegis_online.learn.exp3ix import Exp3IX
 from aegis_online.policy import (
     PlatformFloor,
@@ -69,13 +75,24 @@ _KIND_ORDER: tuple[str, ...] = ("timeout", "error", "language", "not_queried", "
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    """Call the ``expensive`` experts only when the cheap ones are uncertain for the tenant's decision: a score of a
-    category the policy acts on (or of the whole request) within the tenant's band of its threshold, or a category
-    the cheap experts did not score. The band is learned per tenant toward ``band.target_rate`` (in this process;
-    each replica keeps its own, and each converges to the target on its own traffic)."""
+    """Call the ``expensive`` experts only when the cheap tier's predicted loss on the request (summed over the
+    categories the policy acts on and the whole request; learned from feedback by the cascade-aware learner,
+    ``learn.escalation.CheapTierLoss``) reaches the tenant's cut, or when a category the expensive tier covers has
+    no cheap score. The cut is learned per tenant toward ``rule.target_rate`` (in this process; each replica keeps
+    its own, and each converges to the target on its own traffic)."""
 
     expensive: frozenset[str]
-    band: EscalationBand = field(default_factory=EscalationBand)
+    rule: EscalationRule = field(default_factory=EscalationRule)
+
+    def indices(self, names: Sequence[str]) -> tuple[int, ...]:
+        """The expensive experts' positions in ``names``; ValueError unless at least one is expensive and one cheap."""
+        unknown = sorted(self.expensive - set(names))
+        if unknown or not self.expensive or self.expensive >= set(names):
+            raise ValueError(
+                f"cascade.expensive: need at least one expensive and one cheap expert among {list(names)}"
+                + (f"; unknown: {unknown}" if unknown else "")
+            )
+        return tuple(i for i, name in enumerate(names) if name in self.expensive)
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,8 @@ class Moderator:
             raise ValueError(f"experts: names must be unique, got {names}")
         self.experts = list(experts)
         self.expert_names = tuple(names)
+        if cascade is not None and isinstance(learner, str) and CASCADE_MARK not in learner:
+            learner = cascade_learner_name(learner, cascade.indices(names))
         self.learner = learner if isinstance(learner, Learner) else make_learner(learner, len(experts))
         if self.learner.n_experts != len(experts):
             raise ValueError(f"learner has {self.learner.n_experts} experts, the engine {len(experts)}")
@@ -152,14 +171,14 @@ class Moderator:
         if cascade is not None:
             if bandit is not None:
                 raise ValueError("cascade: bandit mode and a cascade both choose the experts to call: use one")
-            unknown = sorted(cascade.expensive - set(names))
-            if unknown or not cascade.expensive or cascade.expensive >= set(names):
+            router = cheap_tier_loss(self.learner)
+            if router is None or router.expensive != cascade.indices(names):
                 raise ValueError(
-                    f"cascade.expensive: need at least one expensive and one cheap expert among {names}"
-                    + (f"; unknown: {unknown}" if unknown else "")
+                    f"cascade: learner {self.learner.name!r} does not learn the loss of the cheap tier of "
+                    f"{sorted(cascade.expensive)} (give a learner name, or one made by cascade_learner_name)"
                 )
         self.cascade = cascade
-        self._bands: dict[str, float] = {}
+        self._cuts: dict[str, float] = {}
         self.keyspace = KeySpace(self.learner.name, self.expert_names)
         self.store = store or MemoryLearnerStore()
         self.prediction_log = prediction_log or MemoryPredictionLog()
@@ -232,12 +251,8 @@ class Moderator:
         if self.cascade is not None:
             cheap = np.array([name not in self.cascade.expensive for name in self.expert_names])
             outputs = await self._score(request, categories, chosen & cheap, language, budget)
-            preview = self.decide(request, outputs, remember=False, **context)  # type: ignore[arg-type]
-            band = self._bands.get(request.tenant, self.cascade.band.initial)
-            reason = self.escalation_reason(preview, policy, band)
-            self._bands[request.tenant] = self.cascade.band.update(band, reason is not None)
-            tier = CascadeDecision(tier="cheap" if reason is None else "expensive", band=band, reason=reason)
-            if reason is not None:
+            tier = self.escalation(request.tenant, outputs, categories, policy, language)
+            if tier.tier == "expensive":
                 left = max(budget - (time.perf_counter() - started), 0.0)
                 outputs += await self._score(request, categories, chosen & ~cheap, language, left)
             return self.decide(request, outputs, remember=remember, cascade=tier, **context)  # type: ignore[arg-type]
@@ -268,27 +283,56 @@ class Moderator:
         results = await asyncio.gather(*calls)
         return [batch[0] for batch in results]
 
-    def escalation_reason(self, preview: Decision, policy: TenantPolicy, band: float) -> str | None:
-        """Why the cheap tier's decision needs the expensive experts (None: it does not): a category it did not
-        score, or a score of a category the policy acts on (or of the whole request) within ``band`` of its
-        threshold."""
+    def escalation(
+        self, tenant: str, outputs: Sequence[ExpertOutput], categories: CategorySet, policy: TenantPolicy, language: str
+    ) -> CascadeDecision:
+        """Whether the cheap tier's outputs need the expensive experts, and why; moves the tenant's cut.
+
+        Escalates when the cheap tier's predicted loss, summed over the categories the policy acts on and the whole
+        request, reaches the tenant's cut, or when a category that an expensive expert covers (and reads this
+        language) has no cheap score."""
         assert self.cascade is not None
-        for d in preview.categories:
-            if d.score is None and d.unscored != "not_covered":
-                return f"{d.category} was not scored by the cheap experts"
-        acted = [d for d in preview.categories if d.score is not None and policy.action_for(d.category) != "allow"]
-        keys = [d.category for d in acted]
-        scores = [d.score for d in acted]
-        thresholds = [d.threshold for d in acted]
-        if preview.overall is not None and preview.overall.score is not None:
-            keys.append(OVERALL)
-            scores.append(preview.overall.score)
-            thresholds.append(preview.overall.threshold)
-        near = np.abs(np.array(scores, dtype=float) - np.array(thresholds, dtype=float)) < band
-        if near.any():
-            key = keys[int(np.argmax(near))]
-            return f"{key} within {band:.3f} of its threshold"
-        return None
+        rule = self.cascade.rule
+        matrix = self.output_matrix(outputs, categories.ids)
+        expensive = np.array([name in self.cascade.expensive for name in self.expert_names])
+        could = expensive & self.readers(language)
+        acted = np.array([policy.action_for(c) != "allow" for c in categories.ids])
+        keys = [c for c, a in zip(categories.ids, acted, strict=True) if a] + [OVERALL]
+        rows = np.vstack([matrix[acted], overall_outputs(matrix, acted)[None, :]])
+        states, _ = self.load_states(tenant, keys, policy)
+        loss = expected_cheap_loss(self.learner, states, rows)
+        cut = self._cuts.get(tenant, rule.initial)
+        unscored = [
+            cat.id
+            for c, cat in enumerate(categories)
+            if np.isnan(matrix[c]).all() and any(e.covers(cat) for e, ok in zip(self.experts, could, strict=True) if ok)
+        ]
+        total = float(np.nansum(loss))
+        escalate = rule.escalate(cut, total, bool(unscored))
+        self._cuts[tenant] = rule.update(cut, escalate)
+        if unscored:
+            reason: str | None = f"{unscored[0]} was not scored by the cheap experts"
+        elif escalate:
+            reason = f"the cheap tier's expected loss {total:.4f} reached the cut {cut:.4f}"
+        else:
+            reason = None
+        return CascadeDecision(
+            tier="expensive" if escalate else "cheap",
+            expected_loss=None if unscored else total,
+            cut=cut,
+            reason=reason,
+        )
+
+    def output_matrix(self, outputs: Sequence[ExpertOutput], categories: Sequence[str]) -> np.ndarray:
+        """Scores ``(categories, experts)`` from the outputs that answered (NaN: no score)."""
+        matrix = np.full((len(categories), len(self.experts)), np.nan)
+        for out in outputs:
+            if out.ok and out.expert in self.expert_names:
+                i = self.expert_names.index(out.expert)
+                for c, cat in enumerate(categories):
+                    if cat in out.scores:
+                        matrix[c, i] = out.scores[cat]
+        return matrix
 
     def decide(
         self,

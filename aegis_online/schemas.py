@@ -220,7 +220,15 @@ class CascadeDecision(Model):
     """Which tier decided a request in cascade mode: the cheap experts alone, or with the expensive ones."""
 
     tier: Literal["cheap", "expensive"]
-    band: float = Field(description="The tenant's escalation band when the request was decided.")
+    expected_loss: float | None = Field(
+        default=None,
+        description="The cheap tier's predicted squared loss on this request, summed over the categories the policy "
+        "acts on and the whole request (learned from feedback; null when a category had no cheap score).",
+    )
+    cut: float = Field(
+        description="The tenant's escalation cut when the request was decided: the expensive tier is "
+        "called when expected_loss reaches it."
+    )
     reason: str | None = Field(default=None, description="Why the expensive tier was called (null: it was not).")
 
 

@@ -1,14 +1,15 @@
 """The cascade on the shipped scenarios: ``python bench/cascade.py [--steps N] [--targets 0.3,0.4]``.
 
 For every scenario of ``simulators/`` with the two guards (``guard-large``, ``guard-small``: the expensive tier),
-the default learner runs twice on the same traffic, calling every expert (full information) and as a cascade whose
-band is learned toward each target escalation rate. Prints, per scenario and target, the escalation rate, the
+the default learner runs twice on the same traffic, calling every expert (full information) and as a cascade
+(``learn.escalation``: the cheap tier's loss predicted from feedback, the cut learned toward each target escalation
+rate). Prints, per scenario and target, the escalation rate, the
 expensive calls saved, the loss ratio against full information and the macro F1 of both (the issue's target: >= 60%
 fewer expensive calls for <= 1% more loss). ``aegis-online simulate --cascade`` gives one scenario's full report.
 
 The last column is a reference no service can reach: a router in hindsight that escalates, at the same rate, the
-requests on which the cheap tier alone (the learner run with the expensive experts never called) loses the most
-against full information, measured with the labels. It says how much a better escalation rule could gain.
+requests on which the cheap tier alone (the cascade-aware learner with the expensive experts never called) loses
+the most against full information, measured with the labels. It says how much a better escalation rule could gain.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aegis_online.learn import make_learner  # noqa: E402
-from aegis_online.learn.escalation import EscalationBand  # noqa: E402
+from aegis_online.learn.escalation import EscalationRule, cascade_learner_name  # noqa: E402
 from aegis_online.simulate.runner import CascadeSetup, LearnerRun, run_learner  # noqa: E402
 from aegis_online.simulate.scenario import load_scenario  # noqa: E402
 from aegis_online.simulate.simulation import SimulationResult, run_simulation  # noqa: E402
@@ -44,8 +45,9 @@ def hindsight_ratios(result: SimulationResult, targets: list[float]) -> dict[flo
     """Loss ratio against full information of the hindsight router at each target rate."""
     stream, names = result.stream, list(result.scenario.expert_names)
     expensive = tuple(names.index(e) for e in EXPENSIVE)
-    never = CascadeSetup(expensive, EscalationBand(target_rate=0.0, initial=0.0))  # band 0: the cheap tier alone
-    cheap = request_losses(run_learner(make_learner("default", len(names)), stream, cascade=never), stream.truth)
+    never = CascadeSetup(expensive, EscalationRule(target_rate=0.0, initial=1e9))  # no cut reached: cheap tier alone
+    learner = make_learner(cascade_learner_name("default", expensive), len(names))
+    cheap = request_losses(run_learner(learner, stream, cascade=never), stream.truth)
     full = request_losses(result.runs["default"], stream.truth)
     order = np.argsort(-(cheap - full))
     ratios = {}

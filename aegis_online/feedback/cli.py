@@ -118,6 +118,7 @@ def resolve_settings(
             )
         try:
             names = [spec.name for spec, _ in config.expert_plan()]
+            learner_name = config.learner_name(names)
         except ConfigError as error:
             raise ConfigError(f"{source}: {error}") from None
         from_config = {
@@ -125,7 +126,7 @@ def resolve_settings(
             "bootstrap_servers": config.bus.bootstrap_servers or "",
             "topic": config.bus.topic,
             "dead_letter_topic": config.bus.dead_letter_topic,
-            "learner": config.learner.name,
+            "learner": learner_name,
             "prefix": config.store.prefix,
         }
         cluster = config.store.cluster

@@ -13,6 +13,7 @@ from aegis_online.learn.ada_normal_hedge import AdaNormalHedge
 from aegis_online.learn.adaptive import Adaptive
 from aegis_online.learn.base import Learner
 from aegis_online.learn.batch import apply_events
+from aegis_online.learn.escalation import CASCADE_MARK, CheapTierLoss, cascade_learner_name
 from aegis_online.learn.exp3ix import Exp3IX
 from aegis_online.learn.fixed_share import FixedShare
 from aegis_online.learn.fixed_share_grid import FixedShareGrid
@@ -29,20 +30,26 @@ DEFAULT_LEARNER = FixedShareGrid.name + ADAPTIVE_SUFFIX
 
 def known_learner(name: str) -> bool:
     """Whether ``make_learner`` builds ``name``."""
-    base = name.removesuffix(ADAPTIVE_SUFFIX)
-    return base in LEARNERS and not (name != base and LEARNERS[base].bandit)
+    base, _, expensive = name.removesuffix(ADAPTIVE_SUFFIX).partition(CASCADE_MARK)
+    indices_ok = not expensive or all(i.isdigit() for i in expensive.split("-"))
+    return base in LEARNERS and not (name != base and LEARNERS[base].bandit) and indices_ok
 
 
 def make_learner(name: str, n_experts: int, **params: Any) -> Learner:
     """Build a learner by its configuration name (``default``, ``hedge``, ``fixed-share``, ...; with
-    ``+adaptive``, wrapped in ``Adaptive``: per-expert calibration and learned thresholds)."""
-    base = name.removesuffix(ADAPTIVE_SUFFIX)
+    ``+adaptive``, wrapped in ``Adaptive``: per-expert calibration and learned thresholds; with
+    ``+cascade-<indices>`` (``cascade_learner_name``), in ``CheapTierLoss``: a cascade's loss regression)."""
+    plain = name.removesuffix(ADAPTIVE_SUFFIX)
+    base, mark, expensive = plain.partition(CASCADE_MARK)
     try:
         cls = LEARNERS[base]
-    except KeyError:
+        indices = [int(i) for i in expensive.split("-")] if mark else []
+    except (KeyError, ValueError):
         raise ValueError(f"unknown learner {name!r}; choose one of {sorted(LEARNERS)}, optionally +adaptive") from None
-    learner = cls(n_experts, **params)
-    return Adaptive(learner) if base != name else learner
+    learner: Learner = cls(n_experts, **params)
+    if mark:
+        learner = CheapTierLoss(learner, indices)
+    return Adaptive(learner) if plain != name else learner
 
 
 __all__ = [
@@ -52,12 +59,14 @@ __all__ = [
     "AdaHedge",
     "AdaNormalHedge",
     "Adaptive",
+    "CheapTierLoss",
     "Exp3IX",
     "FixedShare",
     "FixedShareGrid",
     "Hedge",
     "Learner",
     "apply_events",
+    "cascade_learner_name",
     "known_learner",
     "make_learner",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aegis_online.learn.base import Learner, awake_weights
+from aegis_online.learn.base import Learner
 from aegis_online.learn.calibration import OnlineCalibration
 from aegis_online.learn.thresholds import ThresholdTracker
 
@@ -82,6 +82,9 @@ class Adaptive(Learner):
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         return self.base.log_weights(self.split(states)[0])
 
+    def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
+        return self.base.combination_weights(self.split(states)[0], awake)
+
     def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:  # pragma: no cover - learn_many
         raise NotImplementedError("Adaptive learns in learn_many: it needs the outputs, not only the losses")
 
@@ -111,7 +114,7 @@ class Adaptive(Learner):
         base, cal, thr = self.split(states)
         calibrated = self._calibrated(cal, thr, outputs)
         up = np.isfinite(calibrated)
-        w = awake_weights(self.base.log_weights(base), up)
+        w = self.base.combination_weights(base, up)
         score = np.where(up.any(axis=1), np.einsum("bn,bn->b", w, np.where(up, calibrated, 0.0)), np.nan)
         return np.concatenate(
             [

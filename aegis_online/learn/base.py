@@ -115,6 +115,12 @@ class Learner(abc.ABC):
         """Probability weights over all experts (as if all were awake)."""
         return np.exp(self.log_weights(states))
 
+    def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
+        """The weights ``(B, N)`` that combine the awake experts' scores (zero for the others; summing to 1 where
+        any is awake): the learned weights renormalised over the awake experts. ``CheapTierLoss`` overrides it: when
+        no expensive expert answered, it combines with the weights it learned among the cheap experts alone."""
+        return awake_weights(self.log_weights(states), awake)
+
     def inherit(self, parent_states: np.ndarray) -> np.ndarray:
         """The start states of fresh tenant keys from their parents' (global) states: a copy here; ``Adaptive``
         keeps less of the global label statistics, so a tenant's own labels soon outweigh them."""
@@ -133,7 +139,7 @@ class Learner(abc.ABC):
             raise ValueError(f"outputs must have shape ({states.shape[0]}, {self.n_experts}), got {outputs.shape}")
         _check_outputs(outputs)
         awake = _awake_mask(outputs, awake)
-        w = awake_weights(self._log_weights(states), awake)
+        w = self.combination_weights(states, awake)
         p = np.einsum("bn,bn->b", w, np.where(awake, outputs, 0.0))
         return np.where(awake.any(axis=1), p, np.nan)
 

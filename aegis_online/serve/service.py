@@ -21,7 +21,7 @@ from aegis_online.engine import GLOBAL_SCOPE, BanditConfig, CascadeConfig, Engin
 from aegis_online.experts import Expert
 from aegis_online.feedback.bus import FeedbackPublisher
 from aegis_online.feedback.inprocess import EmbeddedFeedbackWorker, InProcessFeedbackQueue
-from aegis_online.learn.escalation import EscalationBand
+from aegis_online.learn.escalation import EscalationRule
 from aegis_online.policy import TenantPolicy
 from aegis_online.serve.auth import KeyTable
 from aegis_online.serve.feedback import GlobalLearningGate
@@ -203,16 +203,16 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
     expensive = config.cascade_expensive([e.name for e in experts])
     cascade = None
     if expensive is not None and config.cascade is not None:
-        band = EscalationBand(
+        rule = EscalationRule(
             target_rate=config.cascade.target_escalation_rate,
             step=config.cascade.step,
-            initial=config.cascade.initial_band,
+            initial=config.cascade.initial_cut,
         )
-        cascade = CascadeConfig(expensive=expensive, band=band)
+        cascade = CascadeConfig(expensive=expensive, rule=rule)
     engine = Engine(
         experts,
         cascade=cascade,
-        learner=config.learner.name,
+        learner=config.learner_name([e.name for e in experts]),
         store=stores.learner,
         prediction_log=stores.predictions,
         policies=stores.policies,

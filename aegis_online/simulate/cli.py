@@ -116,11 +116,11 @@ CASCADE_OPTION = typer.Option(
     None,
     "--cascade",
     help="Comma-separated expensive experts: each learner also runs as <learner>+cascade, calling them only when the "
-    "others are uncertain (replay: the engine in cascade mode); the report's 'cascade' compares it with the learner "
-    "calling all.",
+    "others' predicted loss is high (replay: the engine in cascade mode); the report's 'cascade' compares it with "
+    "the learner calling all.",
 )
 CASCADE_TARGET_OPTION = typer.Option(
-    0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's band is learned toward."
+    0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's cut is learned toward."
 )
 
 

@@ -363,7 +363,7 @@ def replay_in_process(
     )
     if cascade is not None:
         expensive = tuple(i for i, e in enumerate(engine.expert_names) if e in cascade.expensive)
-        run.cascade = CascadeSetup(expensive, cascade.band, full_information=learner)
+        run.cascade = CascadeSetup(expensive, cascade.rule, full_information=learner)
         run.escalated = log.escalated[None]
     return run, log, arrival, sent, engine.policy(tenant)
 

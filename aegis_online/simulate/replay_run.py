@@ -19,7 +19,7 @@ from aegis_online.client import AegisClient
 from aegis_online.engine import BanditConfig, CascadeConfig
 from aegis_online.experts import Expert
 from aegis_online.learn import LEARNERS, known_learner
-from aegis_online.learn.escalation import EscalationBand
+from aegis_online.learn.escalation import EscalationRule
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import Message, ModerationRequest
 from aegis_online.simulate import plots
@@ -169,7 +169,7 @@ def _cascade(config: ReplayConfig, experts: Sequence[str]) -> CascadeConfig | No
         raise ValueError(f"--cascade: unknown experts {unknown}; the replay has {', '.join(experts)}")
     if set(config.cascade) >= set(experts):
         raise ValueError("--cascade: leave at least one cheap expert (the tier that scores every request)")
-    return CascadeConfig(frozenset(config.cascade), EscalationBand(target_rate=config.cascade_target))
+    return CascadeConfig(frozenset(config.cascade), EscalationRule(target_rate=config.cascade_target))
 
 
 def _context(config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str | None) -> dict[str, Any]:

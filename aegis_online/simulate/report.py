@@ -204,7 +204,7 @@ def evaluate(
         reference = learners.get(run.cascade.full_information or "")
         cascade[name] = {
             "expensive_experts": [stream.experts[i] for i in chosen],
-            "target_escalation_rate": run.cascade.band.target_rate,
+            "target_escalation_rate": run.cascade.rule.target_rate,
             "escalation_rate": float(run.escalated.mean()),
             "expensive_calls": calls,
             "full_information_expensive_calls": full,

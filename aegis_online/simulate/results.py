@@ -50,6 +50,10 @@ REPLAY_LEARNERS = ("default", "hedge")
 #: The engine's default configuration (per-expert calibration over the default weights), run on every scenario as an
 #: extra row after ``DEFAULT_LEARNERS``: the synthetic part then shows what calibration adds to the same weights.
 ADAPTIVE_LEARNER = "default+adaptive"
+#: The cascade part: the two guards are the expensive tier, escalated for this share of requests (one replica).
+CASCADE_EXPENSIVE = ("guard-large", "guard-small")
+CASCADE_TARGET = 0.39
+CASCADE_LEARNERS = ("default", ADAPTIVE_LEARNER)
 REPLAY_FEEDBACK_DELAY = 25
 
 
@@ -98,9 +102,21 @@ def simulate_scenario(name: str, steps: int | None, replicas: int, seed: int, fi
                 for k, m in report["learners"].items()
             }
             new_category["category"] = new[0]
+    cascade = {}
+    if set(CASCADE_EXPENSIVE) <= set(scenario.expert_names):
+        cascaded = run_simulation(
+            scenario,
+            steps=steps,
+            seed=seed,
+            learners=CASCADE_LEARNERS,
+            cascade=list(CASCADE_EXPENSIVE),
+            cascade_target=CASCADE_TARGET,
+        )
+        cascade = {name: cascaded.report["cascade"][f"{name}+cascade"] for name in CASCADE_LEARNERS}
     return {
         "name": name,
         "description": scenario.description,
+        "cascade": cascade,
         "steps": report["steps"],
         "replicas": report["replicas"],
         "drifts": report["drifts"],
@@ -224,9 +240,34 @@ def simulation_section(results: Sequence[Mapping[str, Any]], seed: int) -> list[
                 f"{pct(b['call_savings'])} | {fmt(b['loss_ratio_to_full_information'], 3)} | "
                 f"{fmt(b['loss_ratio_to_hedge'], 3)} |"
             )
-    lines += ["", *scenario_notes(results), "### Figures", ""]
+    lines += [*cascade_section(results), "", *scenario_notes(results), "### Figures", ""]
     for r in results:
         lines += [f"**{r['name']}**: {r['description']}", "", f"![{r['name']}]({r['figure']})", ""]
+    return lines
+
+
+def cascade_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The cascade (``simulate --cascade``) on the scenarios with both guards: what it saves and what it loses."""
+    rows = [(r["name"], learner, c) for r in results for learner, c in r.get("cascade", {}).items()]
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"### Cascade: the guards ({', '.join(CASCADE_EXPENSIVE)}) only when the cheap tier's predicted loss is high",
+        "",
+        f"Each learner as a cascade with target escalation rate {pct(CASCADE_TARGET)}, against the same learner "
+        "calling every expert (one replica; `aegis-online simulate --scenario NAME --learners L --cascade "
+        f"guard-large,guard-small --cascade-target {CASCADE_TARGET}`; the method and more figures: "
+        "[cascade.md](cascade.md)). Issue 16's target: >= 60% fewer expensive calls for <= 1% more loss.",
+        "",
+        "| scenario | learner | escalated | expensive calls saved | loss / full information | F1, cascade / full |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for name, learner, c in rows:
+        lines.append(
+            f"| {name} | {learner} | {pct(c['escalation_rate'])} | {pct(c['expensive_calls_saved'])} | "
+            f"{fmt(c['loss_ratio'], 3)} | {fmt(c['f1_macro'], 3)} / {fmt(c['full_information_f1_macro'], 3)} |"
+        )
     return lines
 
 

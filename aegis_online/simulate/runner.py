@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aegis_online.learn import Adaptive, Exp3IX, Learner
-from aegis_online.learn.base import awake_weights
 from aegis_online.learn.batch import occurrence_rank
-from aegis_online.learn.escalation import EscalationBand
+from aegis_online.learn.escalation import EscalationRule, cheap_tier_loss, expected_cheap_loss
 from aegis_online.simulate.stream import Stream
 from aegis_online.weights.updates import KeyUpdates, replay, scope_entries
 
@@ -40,13 +39,12 @@ class BanditSetup:
 
 @dataclass(frozen=True)
 class CascadeSetup:
-    """Call the ``expensive`` experts (indices) only when the cheap ones' combined score of a category is uncertain
-    for the decision at ``threshold`` (``EscalationBand``: within the band, or cheap experts on both sides of it);
+    """Call the ``expensive`` experts (indices) only when the cheap tier's predicted loss on the request reaches
+    the tenant's cut (``EscalationRule``; the learner must be cascade-aware: ``learn.cascade_learner_name``);
     ``full_information`` names the run of the same learner with every expert, the reference of the report."""
 
     expensive: tuple[int, ...]
-    band: EscalationBand = field(default_factory=EscalationBand)
-    threshold: float = 0.5
+    rule: EscalationRule = field(default_factory=EscalationRule)
     full_information: str | None = None
 
 
@@ -132,7 +130,11 @@ def run_learner(
     expensive = np.zeros(N, dtype=bool)
     if cascade is not None:
         expensive[list(cascade.expensive)] = True
-    bands = np.full((R, J), cascade.band.initial if cascade is not None else 0.0)
+    if cascade is not None:
+        router = cheap_tier_loss(learner)
+        if router is None or router.expensive != tuple(sorted(cascade.expensive)):
+            raise ValueError(f"a cascade needs a learner cascade-aware for {cascade.expensive}, got {learner.name}")
+    cuts = np.full((R, J), cascade.rule.initial if cascade is not None else 0.0)
     escalated = np.zeros((R, T), dtype=bool)
     queried = np.zeros((R, T, N), dtype=bool)
     covers = np.isfinite(stream.outputs).any(axis=2)  # (R, T, N): expert covers an evaluated category
@@ -181,14 +183,15 @@ def run_learner(
             observed[:, s] = out_s
         elif cascade is not None:
             cheap_out = np.where(expensive, np.nan, out_s)
-            cheap = _combined(learner, table[rows.reshape(-1)], cheap_out.reshape(R * C, N)).reshape(R, C)
+            loss = expected_cheap_loss(learner, table[rows.reshape(-1)], cheap_out.reshape(R * C, N)).reshape(R, C)
+            covered_by_expensive = np.isfinite(out_s[:, :, expensive]).any(axis=2)
             for r in range(R):
                 active = np.isfinite(out_s[r]).any(axis=1)
                 j = int(stream.tenant[r, s]) if scoped else 0
-                thresholds = np.full(int(active.sum()), cascade.threshold)
-                up = cascade.band.uncertain(bands[r, j], cheap[r, active], thresholds, cheap_out[r, active])
+                unscored = bool((np.isnan(loss[r]) & active & covered_by_expensive[r]).any())
+                up = cascade.rule.escalate(cuts[r, j], float(np.nansum(loss[r, active])), unscored)
                 escalated[r, s] = up
-                bands[r, j] = cascade.band.update(bands[r, j], up)
+                cuts[r, j] = cascade.rule.update(cuts[r, j], up)
             out_s = np.where(expensive & ~escalated[:, s, None, None], np.nan, out_s)
             observed[:, s] = out_s
             queried[:, s] = covers[:, s] & (~expensive | escalated[:, s, None])
@@ -197,8 +200,8 @@ def run_learner(
         used_states = table[rows.reshape(-1)]
         if calibrated is not None:  # an Adaptive learner combines its calibration of each expert's score
             calibrated[:, s] = learner.calibrate(used_states, out_s.reshape(R * C, N)).reshape(R, C, N)
-        lw = learner.log_weights(used_states)
-        weights[:, s] = awake_weights(lw, np.isfinite(out_s).reshape(R * C, N)).reshape(R, C, N)
+        awake = np.isfinite(out_s).reshape(R * C, N)
+        weights[:, s] = learner.combination_weights(used_states, awake).reshape(R, C, N)
         if progress is not None and (s + 1) % report_every == 0:
             progress(report_every)
     if progress is not None and T % report_every:
@@ -230,16 +233,6 @@ def run_learner(
         cascade=cascade,
         escalated=escalated if cascade is not None else None,
     )
-
-
-def _combined(learner: Learner, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """The ensemble's probability per row from ``outputs`` (rows x experts, NaN: asleep), as the service combines:
-    calibrated scores (an Adaptive learner) weighted over the awake experts; NaN where none is awake."""
-    awake = np.isfinite(outputs)
-    scores = learner.calibrate(states, outputs) if isinstance(learner, Adaptive) else outputs
-    weights = awake_weights(learner.log_weights(states), awake)
-    combined = np.einsum("kn,kn->k", weights, np.where(awake, scores, 0.0))
-    return np.where(awake.any(axis=1), combined, np.nan)
 
 
 def _apply(

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aegis_online.learn import LEARNERS, known_learner, make_learner
-from aegis_online.learn.escalation import EscalationBand
+from aegis_online.learn import LEARNERS, cascade_learner_name, known_learner, make_learner
+from aegis_online.learn.escalation import EscalationRule
 from aegis_online.simulate import plots
 from aegis_online.simulate.oracles import OracleReport, compute_oracles
 from aegis_online.simulate.report import evaluate, markdown_summary, write_report
@@ -64,14 +64,14 @@ def bandit_setup(scenario: Scenario, k: int | None = None, always: Sequence[str]
 
 def cascade_setup(experts: Sequence[str], expensive: Sequence[str], target_rate: float, reference: str) -> CascadeSetup:
     """A cascade whose expensive tier is ``expensive`` (names checked against ``experts``; at least one expert must
-    stay cheap), the band learned toward ``target_rate``, compared with the learner ``reference`` calling all."""
+    stay cheap), its cut learned toward ``target_rate``, compared with the learner ``reference`` calling all."""
     unknown = sorted(set(expensive) - set(experts))
     if unknown:
         raise ValueError(f"cascade: unknown experts {unknown}; the experts are {', '.join(experts)}")
     if not expensive or len(set(expensive)) >= len(experts):
         raise ValueError("cascade: name at least one expensive expert and leave at least one cheap one")
     chosen = tuple(sorted(experts.index(name) for name in set(expensive)))
-    return CascadeSetup(chosen, EscalationBand(target_rate=target_rate), full_information=reference)
+    return CascadeSetup(chosen, EscalationRule(target_rate=target_rate), full_information=reference)
 
 
 def run_simulation(
@@ -103,7 +103,7 @@ def run_simulation(
             setup = cascade_setup(scenario.expert_names, cascade, cascade_target, reference=name)
             cascaded = f"{name}+cascade"
             tick = None if progress is None else (lambda k, name=cascaded: progress(name, k))
-            fresh = make_learner(name, n)
+            fresh = make_learner(cascade_learner_name(name, setup.expensive), n)
             runs[cascaded] = run_learner(fresh, stream, name=cascaded, cascade=setup, seed=seed, progress=tick)
     context = {
         "kind": "simulation",

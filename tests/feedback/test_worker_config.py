@@ -210,6 +210,15 @@ def test_settings_resolve_option_then_config_then_default(servers, tmp_path, mon
         resolve_settings(None)
 
 
+def test_a_cascade_services_worker_updates_the_cascade_learners_keys(servers, tmp_path, monkeypatch) -> None:
+    """In cascade mode the service's learner also learns the cheap tier's loss (another state layout, other keys):
+    the worker must build the same one from the same file, or the service would never see its feedback."""
+    for name in [k for k in os.environ if k.startswith("AEGIS_SERVE_")]:
+        monkeypatch.delenv(name)
+    config = write_config(tmp_path / "c.yaml", servers, "svc:", "fb.topic", cascade={"expensive": [SERVED[1]]})
+    assert resolve_settings(config).learner == "default+cascade-1+adaptive"
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

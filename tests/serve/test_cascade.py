@@ -1,17 +1,18 @@
-"""Cascade mode over HTTP (the FastAPI app, no Ray): the expensive tier is called only when the cheap one is
-uncertain for the tenant's decision, the decision says which tier decided, a request the cheap tier decided is not
-degraded, and the band moves toward the target escalation rate."""
+"""Cascade mode over HTTP (the FastAPI app, no Ray): the expensive tier is called only when the cheap tier's
+predicted loss reaches the tenant's cut, the decision says which tier decided, a request the cheap tier decided is
+not degraded, the cut moves toward the target escalation rate, and feedback teaches the loss prediction."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from aegis_online.config import ConfigError
 
-from .helpers import ACME_KEY, KeywordExpert, bearer, conversation, make_service
+from .helpers import ACME_KEY, KeywordExpert, bearer, conversation, make_service, wait_until
 
 ACME = bearer(ACME_KEY)
 
@@ -24,9 +25,9 @@ def tiers() -> tuple[KeywordExpert, KeywordExpert, KeywordExpert]:
     return sure, words, guard
 
 
-def start(service_factory: Callable[..., TestClient], experts, **cascade) -> TestClient:
-    section = {"expensive": ["guard"], "target_escalation_rate": 0.3, "step": 0.01, "initial_band": 0.1} | cascade
-    return service_factory(experts, cascade=section)
+def start(service_factory: Callable[..., TestClient], experts, policies=None, **cascade) -> TestClient:
+    section = {"expensive": ["guard"], "target_escalation_rate": 0.3, "step": 0.05, "initial_cut": 0.1} | cascade
+    return service_factory(experts, cascade=section, **({"policies": policies} if policies else {}))
 
 
 def test_a_confident_cheap_tier_decides_alone_and_says_so(service_factory: Callable[..., TestClient]) -> None:
@@ -46,20 +47,49 @@ def test_an_uncertain_cheap_tier_calls_the_expensive_one(service_factory: Callab
     middling = KeywordExpert("cheap-middling", {"S1": ("borderline",)}, high=0.9, low=0.02)  # S1 0.46
     client = start(service_factory, [sure, middling, guard])
     body = client.post("/v1/moderate", json=conversation("a borderline joke"), headers=ACME).json()
-    assert body["cascade"]["tier"] == "expensive" and "within" in body["cascade"]["reason"]
+    assert body["cascade"]["tier"] == "expensive" and "expected loss" in body["cascade"]["reason"]
+    assert body["cascade"]["expected_loss"] >= body["cascade"]["cut"] == pytest.approx(0.1)
     assert guard.calls == 1 and "guard" in {e["expert"] for e in body["experts"]}
 
 
-def test_the_band_widens_while_the_cascade_escalates_less_than_its_target(
+def test_the_cut_falls_while_the_cascade_escalates_less_than_its_target(
     service_factory: Callable[..., TestClient],
 ) -> None:
     sure, words, guard = tiers()
-    client = start(service_factory, [sure, words, guard], step=0.02)
-    bands = [
-        client.post("/v1/moderate", json=conversation(f"hello {i}"), headers=ACME).json()["cascade"]["band"]
+    client = start(service_factory, [sure, words, guard], step=0.2)
+    cuts = [
+        client.post("/v1/moderate", json=conversation(f"hello {i}"), headers=ACME).json()["cascade"]["cut"]
         for i in range(5)
     ]
-    assert bands == pytest.approx([0.1 + 0.02 * 0.3 * i for i in range(5)])  # no escalation: + step x target
+    assert cuts == pytest.approx([0.1 * np.exp(-0.2 * 0.3 * i) for i in range(5)])  # no escalation: x e^(-step target)
+
+
+def test_feedback_teaches_the_cascade_where_the_cheap_tier_is_wrong(service_factory: Callable[..., TestClient]) -> None:
+    """The cheap experts flag "kill" confidently; this tenant's moderators say such requests are safe (a game
+    chat). Their labels raise the cheap tier's predicted loss on them, so the next one is escalated."""
+    sure, words, guard = tiers()
+    own = [{"tenant": "acme", "personalise_after": 0}]  # a tenant's labels train its own keys only
+    client = start(service_factory, [sure, words, guard], policies=own, initial_cut=0.5, step=0.001)
+    first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert first["cascade"]["tier"] == "cheap"
+    for i in range(30):
+        body = client.post("/v1/moderate", json=conversation(f"kill the boss {i}"), headers=ACME).json()
+        feedback = {"request_id": body["request_id"], "label": "safe"}
+        assert client.post("/v1/feedback", json=feedback, headers=ACME).status_code == 202
+    service = client.app.state.service
+    assert service.worker.drain(10) and wait_until(lambda: service.worker.stats.applied == 30)
+    later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
+    assert later["cascade"]["expected_loss"] > first["cascade"]["expected_loss"]
+
+
+def test_the_feedback_worker_uses_the_services_cascade_learner() -> None:
+    from aegis_online.config import ServiceConfig
+
+    served = ["profanity-check", "llama-guard-3-1b"]
+    config = ServiceConfig.model_validate({"experts": {"use": served}, "cascade": {}, "store": {"persist": False}})
+    assert config.learner_name(served) == "default+cascade-1+adaptive"
+    plain = ServiceConfig.model_validate({"experts": {"use": served}, "store": {"persist": False}})
+    assert plain.learner_name(served) == "default+adaptive"
 
 
 def test_cascade_settings_that_cannot_work_are_refused() -> None:
