@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aegis_online.learn.base import Learner
+from aegis_online.learn.base import Learner, labelled_round
 from aegis_online.learn.calibration import OnlineCalibration
 from aegis_online.learn.thresholds import ThresholdTracker
 
@@ -104,13 +104,9 @@ class Adaptive(Learner):
         awake: np.ndarray | None = None,
         propensities: np.ndarray | None = None,
     ) -> np.ndarray:
-        states = np.asarray(states, dtype=np.float64)
-        outputs = np.asarray(outputs, dtype=np.float64)
-        labels = np.asarray(labels, dtype=np.float64)
+        states, outputs, labels = labelled_round(states, outputs, labels, awake)
         if states.shape[0] == 0:
             return states.copy()
-        if awake is not None:
-            outputs = np.where(np.asarray(awake, dtype=bool), outputs, np.nan)
         base, cal, thr = self.split(states)
         calibrated = self._calibrated(cal, thr, outputs)
         up = np.isfinite(calibrated)

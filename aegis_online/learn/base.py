@@ -211,6 +211,17 @@ class Learner(abc.ABC):
         return f"{type(self).__name__}(n_experts={self.n_experts}, loss={self.loss_name!r})"
 
 
+def labelled_round(
+    states: np.ndarray, outputs: np.ndarray, labels: np.ndarray, awake: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A round's arrays as float arrays, the outputs of experts not ``awake`` set to NaN (asleep): for the wrappers
+    (``Adaptive``, ``CheapTierLoss``) that pass the outputs on to the learner they wrap."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if awake is not None:
+        outputs = np.where(np.asarray(awake, dtype=bool), outputs, np.nan)
+    return np.asarray(states, dtype=np.float64), outputs, np.asarray(labels, dtype=np.float64)
+
+
 def _awake_mask(outputs: np.ndarray, awake: np.ndarray | None) -> np.ndarray:
     finite = np.isfinite(outputs)
     if awake is None:

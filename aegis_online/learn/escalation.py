@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aegis_online.learn.base import Learner
+from aegis_online.learn.base import Learner, labelled_round
 
 #: Marks a cascade-aware learner's name: ``<learner>+cascade-<expensive indices>`` (its own key namespace).
 CASCADE_MARK = "+cascade-"
@@ -186,13 +186,9 @@ class CheapTierLoss(Learner):
         awake: np.ndarray | None = None,
         propensities: np.ndarray | None = None,
     ) -> np.ndarray:
-        states = np.asarray(states, dtype=np.float64)
-        outputs = np.asarray(outputs, dtype=np.float64)
-        labels = np.asarray(labels, dtype=np.float64)
+        states, outputs, labels = labelled_round(states, outputs, labels, awake)
         if states.shape[0] == 0:
             return states.copy()
-        if awake is not None:
-            outputs = np.where(np.asarray(awake, dtype=bool), outputs, np.nan)
         base, tier, gram, moment = self.split(states)
         cheap = self.cheap_prediction(states, outputs)
         seen = np.isfinite(cheap)
