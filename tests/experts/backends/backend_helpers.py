@@ -35,11 +35,33 @@ CHAT_TEMPLATE = (
 )
 
 
+def tiny_llama(vocab: dict[str, int], *, max_positions: int, seed: int) -> object:
+    """A random 2-layer Llama over ``vocab`` (which has ``<s>``, ``</s>`` and ``<pad>``), its weights drawn from
+    ``seed``: the model every tiny guard test builds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=max_positions,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    return LlamaForCausalLM(config)
+
+
 def build_tiny_guard(directory: Path) -> Path:
     """Save a random 2-layer Llama and a word-level tokenizer with a chat template to ``directory``."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {word: index for index, word in enumerate(SPECIAL + WORDS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -52,20 +74,7 @@ def build_tiny_guard(directory: Path) -> Path:
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(directory)
 
-    torch.manual_seed(1234)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=512,
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        pad_token_id=vocab["<pad>"],
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(vocab, max_positions=512, seed=1234)
     with torch.no_grad():
         # Special tokens get logit 0 while the words' logits are random in sign: greedy decoding (practically)
         # never stops or writes an empty token, so every query has a verdict step.

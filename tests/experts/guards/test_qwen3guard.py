@@ -15,6 +15,7 @@ from aegis_online.experts.guards.base import GuardAnswer, GuardParseError
 from aegis_online.experts.guards.qwen3guard import Qwen3GuardGen
 from aegis_online.schemas import Message
 from aegis_online.taxonomy import QWEN3GUARD_MAP, category
+from tests.experts.backends.backend_helpers import tiny_llama
 
 
 def ask(check: str = "prompt", categories: tuple[str, ...] = ("S1", "S8", "S24")) -> ExpertInput:
@@ -103,7 +104,7 @@ def build_taught_model(directory: Path) -> Path:
     exists only in a model that learnt the format."""
     import torch
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     special = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {word: index for index, word in enumerate(special + WORDS)}
@@ -119,20 +120,7 @@ def build_taught_model(directory: Path) -> Path:
         "{% if add_generation_prompt %}assistant : {% endif %}"
     )
     tokenizer.save_pretrained(directory)
-    torch.manual_seed(7)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        bos_token_id=vocab["<s>"],
-        eos_token_id=vocab["</s>"],
-        pad_token_id=vocab["<pad>"],
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(vocab, max_positions=128, seed=7)
     sequences = []
     for check, answer in ANSWERS.items():
         (query,) = Qwen3GuardGen().queries(ask(check))
