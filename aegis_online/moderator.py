@@ -358,7 +358,7 @@ class Moderator:
         unknown = set(by_name) - set(self.expert_names)
         if unknown:
             raise InvalidRequestError(f"outputs: unknown experts {sorted(unknown)}")
-        matrix = np.full((len(cat_ids), len(self.experts)), np.nan)
+        matrix = self.output_matrix(outputs, cat_ids)
         missing: list[MissingExpert] = []
         #: why expert i gave no score (None: it answered)
         absent: list[MissingKind | None] = []
@@ -387,9 +387,7 @@ class Moderator:
                 absent.append(out.error_kind)
             else:
                 absent.append(None)
-                for c, cat in enumerate(cat_ids):
-                    if cat in out.scores:
-                        matrix[c, i] = out.scores[cat]
+        matrix[:, [kind is not None for kind in absent]] = np.nan  # e.g. an expert that does not read the language
         states, scopes = self.load_states(request.tenant, (*cat_ids, OVERALL), policy)
         acted = np.array([policy.action_for(cat) != "allow" for cat in cat_ids])
         combination = combine(self.learner, states, np.vstack([matrix, overall_outputs(matrix, acted)[None, :]]))

@@ -27,7 +27,7 @@ Examples
 >>> learner.name
 'hedge+cascade-2'
 >>> state = learner.init_state()
->>> loss = lambda: float(learner.expected_loss(state[None], np.array([[0.9, 0.1, np.nan]]))[0])
+>>> loss = lambda: float(expected_cheap_loss(learner, state[None], np.array([[0.9, 0.1, np.nan]]))[0])
 >>> round(loss(), 3)  # no label yet: p (1 - p) of the cheap tier's 0.5
 0.25
 >>> for _ in range(200):  # the first cheap expert is right: the weights, then the predicted loss, follow
@@ -161,12 +161,6 @@ class CheapTierLoss(Learner):
         spread = np.where(asleep.all(axis=1), 0.0, high - low)
         ones = np.ones((len(p), 1))
         return np.hstack([ones, z, asleep, np.abs(z - p[:, None]), spread[:, None], p[:, None], (p * (1 - p))[:, None]])
-
-    def expected_loss(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        """Predicted squared loss of the cheap tier's prediction per key ``(B,)`` (NaN: no cheap expert answered)."""
-        states = np.atleast_2d(np.asarray(states, dtype=np.float64))
-        outputs = self.calibrate(states, np.asarray(outputs, dtype=np.float64))
-        return self._expected_loss(states, outputs)
 
     def _expected_loss(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
         cheap = self.cheap_prediction(states, outputs)

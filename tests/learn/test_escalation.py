@@ -91,7 +91,7 @@ def test_the_regression_learns_where_the_cheap_tier_is_wrong(name: str) -> None:
 def test_no_cheap_score_means_no_prediction_and_no_update() -> None:
     learner = CheapTierLoss(Hedge(2), expensive=[1])
     state = learner.init_state()
-    assert np.isnan(learner.expected_loss(state[None], np.array([[np.nan, 0.9]])))[0]
+    assert np.isnan(expected_cheap_loss(learner, state[None], np.array([[np.nan, 0.9]])))[0]
     after = learner.learn_one(state, [np.nan, 0.9], label=1.0)
     assert np.array_equal(learner.split(after)[2], learner.split(state)[2])  # the regression saw nothing
 
