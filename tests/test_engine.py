@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from aegis_online.engine import BanditConfig, Engine
+from aegis_online.engine import BanditConfig, CascadeConfig, Engine
 from aegis_online.errors import InvalidFeedbackError, InvalidRequestError, TenantMismatchError, UnknownRequestError
 from aegis_online.experts import Expert, ExpertInput
 from aegis_online.policy import TenantPolicy
@@ -339,3 +339,16 @@ def test_decide_from_outputs_in_hand_applies_the_same_language_rule() -> None:
     assert [c.score for c in cached.categories] == [c.score for c in live.categories]
     assert [(m.expert, m.kind) for m in cached.missing_experts] == [("cpu", "language")]
     assert engine.decide(said("x"), outputs, language="en").missing_experts == []  # a language already identified
+
+
+def test_a_cascade_whose_cheap_tier_could_not_score_a_category_calls_the_expensive_one() -> None:
+    """Could not check is never a quiet allow: the cheap expert that covers S1 fails, so S1 has no cheap score and
+    the guard is called, however confident the cheap tier is on S8."""
+    broken, calm = BrokenExpert("cheap-s1", 0.0, ("S1",)), FixedExpert("cheap-s8", 0.02, ("S8",))
+    guard = FixedExpert("guard", 0.97)
+    engine = Engine([broken, calm, guard], cascade=CascadeConfig(frozenset({"guard"})))
+    decision = moderate(engine, request())
+    assert decision.cascade is not None and decision.cascade.tier == "expensive"
+    assert decision.cascade.reason == "S1 was not scored by the cheap experts" and guard.calls == 1
+    s1 = next(c for c in decision.categories if c.category == "S1")
+    assert s1.score == pytest.approx(0.97) and decision.action != "allow"
