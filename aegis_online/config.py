@@ -130,6 +130,20 @@ class CascadeSection(Section):
     initial_cut: float = Field(
         default=0.05, gt=0.0, le=10.0, description="The cut a tenant starts with (a predicted squared loss)."
     )
+    experts_per_escalation: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Expensive experts an escalated request calls: the ones the tenant's weights trust most "
+        "(0: every expensive expert).",
+    )
+    exploration: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="The chance that an escalated request also calls each other expensive expert, so that the "
+        "weights keep measuring it.",
+    )
 
 
 class LimitsSection(Section):

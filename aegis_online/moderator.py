@@ -254,7 +254,8 @@ class Moderator:
             tier = self.escalation(request.tenant, outputs, categories, policy, language)
             if tier.tier == "expensive":
                 left = max(budget - (time.perf_counter() - started), 0.0)
-                outputs += await self._score(request, categories, chosen & ~cheap, language, left)
+                called = np.array([name in tier.experts for name in self.expert_names])
+                outputs += await self._score(request, categories, chosen & called, language, left)
             return self.decide(request, outputs, remember=remember, cascade=tier, **context)  # type: ignore[arg-type]
         outputs = await self._score(request, categories, chosen, language, budget)
         return self.decide(
@@ -310,6 +311,7 @@ class Moderator:
         total = float(np.nansum(loss))
         escalate = rule.escalate(cut, total, bool(unscored))
         self._cuts[tenant] = rule.update(cut, escalate)
+        called = self.expensive_to_call(states, categories, could, unscored) if escalate else []
         if unscored:
             reason: str | None = f"{unscored[0]} was not scored by the cheap experts"
         elif escalate:
@@ -321,7 +323,29 @@ class Moderator:
             expected_loss=None if unscored else total,
             cut=cut,
             reason=reason,
+            experts=called,
         )
+
+    def expensive_to_call(
+        self, states: np.ndarray, categories: CategorySet, could: np.ndarray, unscored: Sequence[str]
+    ) -> list[str]:
+        """The expensive experts an escalated request calls: ``rule.choose`` over those that ``could`` answer and
+        cover one of its categories, trusted by their weights summed over the request's keys (``states``); then, for
+        each category that no cheap expert scored (``unscored``) and no chosen expert covers, the most trusted one
+        that covers it, so that no category is left unscored because of the choice."""
+        assert self.cascade is not None
+        covering = [any(e.covers(cat) for cat in categories) for e in self.experts]
+        callable_ = could & np.array(covering)
+        trust = np.where(callable_, self.learner.weights(states).sum(axis=0), -np.inf)
+        chosen = np.zeros(len(self.experts), dtype=bool)
+        candidates = np.flatnonzero(callable_)
+        chosen[candidates] = self.cascade.rule.choose(trust[candidates], self._rng)
+        for cat in categories:
+            if cat.id in unscored and not any(self.experts[i].covers(cat) for i in np.flatnonzero(chosen)):
+                covers = [i for i in candidates if self.experts[i].covers(cat)]
+                if covers:
+                    chosen[max(covers, key=lambda i: trust[i])] = True
+        return [self.expert_names[i] for i in np.flatnonzero(chosen)]
 
     def output_matrix(self, outputs: Sequence[ExpertOutput], categories: Sequence[str]) -> np.ndarray:
         """Scores ``(categories, experts)`` from the outputs that answered (NaN: no score)."""

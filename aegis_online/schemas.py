@@ -230,6 +230,11 @@ class CascadeDecision(Model):
         "called when expected_loss reaches it."
     )
     reason: str | None = Field(default=None, description="Why the expensive tier was called (null: it was not).")
+    experts: list[str] = Field(
+        default_factory=list,
+        description="The expensive experts called (empty: none): the most trusted for this tenant "
+        "(cascade.experts_per_escalation of them), and now and then another, so that its weight stays measured.",
+    )
 
 
 class Decision(Model):

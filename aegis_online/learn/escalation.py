@@ -16,6 +16,8 @@ Two parts, each with one job:
   ``step * (escalated - target)`` after each request. Summing the moves gives the guarantee: over any T requests
   during which ``log(cut)`` stays within a range of width W, the escalation rate is within ``W / (step * T)`` of
   the target, whatever the scores. The budget is what is controlled; the regression decides which requests use it.
+  ``EscalationRule.choose`` then picks which expensive experts an escalated request calls: the most trusted by the
+  learner's weights (``experts_per_escalation`` of them), and each other one with probability ``exploration``.
 
 State: the regression's statistics ride in each key's state vector (so the stores, the exactly-once writes and
 the scope rules are unchanged, as for ``Adaptive``); the cut is one float per scope. Pure numpy, no I/O.
@@ -225,19 +227,50 @@ def expected_cheap_loss(learner: Learner, states: np.ndarray, outputs: np.ndarra
 
 @dataclass(frozen=True)
 class EscalationRule:
-    """Escalate when the predicted loss reaches the scope's cut; the cut learned toward ``target_rate``."""
+    """Escalate when the predicted loss reaches the scope's cut; the cut learned toward ``target_rate``; on an
+    escalation, call the ``experts_per_escalation`` most trusted expensive experts, each other one with probability
+    ``exploration``."""
 
     target_rate: float = 0.3
     #: how far one request moves ``log(cut)``
     step: float = 0.05
     #: the cut a scope starts with
     initial: float = 0.05
+    #: expensive experts called on an escalation, the most trusted first (0: all of them)
+    experts_per_escalation: int = 1
+    #: the chance that each expensive expert not among those is called as well, so that its weight keeps being
+    #: measured (a regressed leader is then overtaken)
+    exploration: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_rate <= 1.0:
             raise ValueError(f"target_rate must be in [0, 1], got {self.target_rate}")
         if self.step <= 0 or self.initial <= 0:
             raise ValueError("need step > 0 and initial > 0")
+        if self.experts_per_escalation < 0 or not 0.0 <= self.exploration <= 1.0:
+            raise ValueError("need experts_per_escalation >= 0 and exploration in [0, 1]")
+
+    def choose(self, trust: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Which expensive experts an escalated request calls, given each one's ``trust`` (its weight summed over
+        the request's keys; ``-inf``: it cannot be called, e.g. it does not read the language): the
+        ``experts_per_escalation`` most trusted, and each other callable one with probability ``exploration``.
+
+        Why not all: the weights already say which expensive expert is worth its cost. Calling the leader alone on
+        more requests buys more than calling every expensive expert on fewer (docs/cascade.md), and exploration
+        keeps the others' weights current, as the sleeping-experts learners need no importance weights.
+
+        >>> rule = EscalationRule(experts_per_escalation=1, exploration=0.0)
+        >>> rule.choose(np.array([0.2, 0.7, -np.inf]), np.random.default_rng(0)).tolist()
+        [False, True, False]
+        """
+        trust = np.asarray(trust, dtype=np.float64)
+        callable_ = np.isfinite(trust)
+        k = self.experts_per_escalation or len(trust)
+        order = np.argsort(-np.where(callable_, trust, -np.inf), kind="stable")
+        chosen = np.zeros(len(trust), dtype=bool)
+        chosen[order[:k]] = True
+        explored = rng.random(len(trust)) < self.exploration
+        return callable_ & (chosen | explored)
 
     def escalate(self, cut: float, score: float, unscored: bool = False) -> bool:
         """Whether to call the expensive tier: the predicted loss ``score`` at or above ``cut``, or a category the

@@ -207,6 +207,8 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             target_rate=config.cascade.target_escalation_rate,
             step=config.cascade.step,
             initial=config.cascade.initial_cut,
+            experts_per_escalation=config.cascade.experts_per_escalation,
+            exploration=config.cascade.exploration,
         )
         cascade = CascadeConfig(expensive=expensive, rule=rule)
     engine = Engine(

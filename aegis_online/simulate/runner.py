@@ -185,6 +185,7 @@ def run_learner(
             cheap_out = np.where(expensive, np.nan, out_s)
             loss = expected_cheap_loss(learner, table[rows.reshape(-1)], cheap_out.reshape(R * C, N)).reshape(R, C)
             covered_by_expensive = np.isfinite(out_s[:, :, expensive]).any(axis=2)
+            called = np.zeros((R, N), dtype=bool)  # the expensive experts each replica calls for this request
             for r in range(R):
                 active = np.isfinite(out_s[r]).any(axis=1)
                 j = int(stream.tenant[r, s]) if scoped else 0
@@ -192,9 +193,13 @@ def run_learner(
                 up = cascade.rule.escalate(cuts[r, j], float(np.nansum(loss[r, active])), unscored)
                 escalated[r, s] = up
                 cuts[r, j] = cascade.rule.update(cuts[r, j], up)
-            out_s = np.where(expensive & ~escalated[:, s, None, None], np.nan, out_s)
+                if up:
+                    trust = learner.weights(table[rows[r, active]]).sum(axis=0)[expensive]
+                    trust[~covers[r, s, expensive]] = -np.inf
+                    called[r, expensive] = cascade.rule.choose(trust, rngs[r])
+            out_s = np.where(expensive & ~called[:, None, :], np.nan, out_s)
             observed[:, s] = out_s
-            queried[:, s] = covers[:, s] & (~expensive | escalated[:, s, None])
+            queried[:, s] = covers[:, s] & (~expensive | called)
         else:
             queried[:, s] = covers[:, s]
         used_states = table[rows.reshape(-1)]

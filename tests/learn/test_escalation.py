@@ -30,6 +30,8 @@ def test_settings_are_checked() -> None:
         EscalationRule(target_rate=1.5)
     with pytest.raises(ValueError, match="step > 0"):
         EscalationRule(step=0.0)
+    with pytest.raises(ValueError, match="experts_per_escalation"):
+        EscalationRule(exploration=-0.1)
     with pytest.raises(ValueError, match="one expensive and one cheap"):
         CheapTierLoss(Hedge(2), expensive=[0, 1])
     with pytest.raises(ValueError, match="one expensive and one cheap"):
@@ -106,3 +108,20 @@ def test_a_tenant_key_inherits_the_global_regression() -> None:
     assert expected_cheap_loss(learner, child[None], outputs)[0] == pytest.approx(
         expected_cheap_loss(learner, state[None], outputs)[0], rel=0.3
     )
+
+
+def test_an_escalation_calls_the_most_trusted_experts_and_explores_the_others() -> None:
+    trust = np.array([0.1, 0.5, 0.3, -np.inf])  # the last cannot be called (e.g. it does not read the language)
+    rng = np.random.default_rng(0)
+    assert EscalationRule(exploration=0.0).choose(trust, rng).tolist() == [False, True, False, False]
+    assert EscalationRule(experts_per_escalation=2, exploration=0.0).choose(trust, rng).tolist() == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert EscalationRule(experts_per_escalation=0).choose(trust, rng).tolist() == [True, True, True, False]
+    draws = np.array([EscalationRule(exploration=0.2).choose(trust, rng) for _ in range(4000)])
+    assert draws[:, 1].all() and not draws[:, 3].any()
+    share = draws[:, [0, 2]].mean(axis=0)
+    assert np.all(np.abs(share - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 4000))  # each other one at the exploration rate

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from aegis_online.config import ConfigError
 
@@ -64,6 +65,16 @@ def test_the_cut_falls_while_the_cascade_escalates_less_than_its_target(
     assert cuts == pytest.approx([0.1 * np.exp(-0.2 * 0.3 * i) for i in range(5)])  # no escalation: x e^(-step target)
 
 
+def label_safe(client: TestClient, texts: list[str]) -> None:
+    """Moderate each text as acme and label it safe; return once the worker has applied every label."""
+    for text in texts:
+        body = client.post("/v1/moderate", json=conversation(text), headers=ACME).json()
+        feedback = {"request_id": body["request_id"], "label": "safe"}
+        assert client.post("/v1/feedback", json=feedback, headers=ACME).status_code == 202
+    service = client.app.state.service
+    assert service.worker.drain(10) and wait_until(lambda: service.worker.stats.applied == len(texts))
+
+
 def test_feedback_teaches_the_cascade_where_the_cheap_tier_is_wrong(service_factory: Callable[..., TestClient]) -> None:
     """The cheap experts flag "kill" confidently; this tenant's moderators say such requests are safe (a game
     chat). Their labels raise the cheap tier's predicted loss on them, so the next one is escalated."""
@@ -72,12 +83,7 @@ def test_feedback_teaches_the_cascade_where_the_cheap_tier_is_wrong(service_fact
     client = start(service_factory, [sure, words, guard], policies=own, initial_cut=0.5, step=0.001)
     first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
     assert first["cascade"]["tier"] == "cheap"
-    for i in range(30):
-        body = client.post("/v1/moderate", json=conversation(f"kill the boss {i}"), headers=ACME).json()
-        feedback = {"request_id": body["request_id"], "label": "safe"}
-        assert client.post("/v1/feedback", json=feedback, headers=ACME).status_code == 202
-    service = client.app.state.service
-    assert service.worker.drain(10) and wait_until(lambda: service.worker.stats.applied == 30)
+    label_safe(client, [f"kill the boss {i}" for i in range(30)])
     later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
     assert later["cascade"]["expected_loss"] > first["cascade"]["expected_loss"]
 
@@ -113,3 +119,56 @@ def test_the_expensive_tier_defaults_to_the_catalogs_gpu_and_remote_experts() ->
         ServiceConfig.model_validate(
             {"experts": {"use": served}, "cascade": {}, "learner": bandit, "store": {"persist": False}}
         ).cascade_expensive(served)
+
+
+def two_guards(**words: tuple[str, ...]) -> list[KeywordExpert]:
+    """Two cheap experts that never know (0.5 on S1) and two expensive guards with the given words per category."""
+    cheap = [KeywordExpert(f"cheap-{i}", {"S1": ("zzz",)}, high=0.5, low=0.5) for i in range(2)]
+    guard_a = KeywordExpert("guard-a", {"S1": ("kill",)}, high=0.97, low=0.01)
+    guard_b = KeywordExpert("guard-b", {"S1": ("never said",)} | {c: w for c, w in words.items()}, high=0.97, low=0.01)
+    return [*cheap, guard_a, guard_b]
+
+
+def test_an_escalation_calls_the_most_trusted_guard_and_feedback_can_dethrone_it(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    """guard-a flags "kill the boss"; this tenant's moderators say it is safe. Escalations call one guard (no
+    exploration here): first guard-a (the tie goes to the first), then, once labels have cut its weight, guard-b."""
+    experts = two_guards()
+    own = [{"tenant": "acme", "personalise_after": 0}]
+    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001, "exploration": 0.0}
+    client = service_factory(experts, cascade=section, policies=own)
+    first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert first["cascade"]["tier"] == "expensive" and first["cascade"]["experts"] == ["guard-a"]
+    assert experts[3].calls == 0 and "guard-b" in {m["expert"] for m in first["missing_experts"]}
+    label_safe(client, [f"kill the boss {i}" for i in range(20)])
+    later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
+    assert later["cascade"]["experts"] == ["guard-b"] and later["action"] == "allow"
+
+
+def test_experts_per_escalation_zero_calls_every_guard(service_factory: Callable[..., TestClient]) -> None:
+    experts = two_guards()
+    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "experts_per_escalation": 0}
+    client = service_factory(experts, cascade=section)
+    body = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert sorted(body["cascade"]["experts"]) == ["guard-a", "guard-b"] and experts[2].calls == experts[3].calls == 1
+
+
+def test_a_category_only_a_less_trusted_guard_covers_still_gets_its_guard(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    """Only guard-b scores S10 and no cheap expert does: choosing guard-a alone would leave S10 unscored."""
+    experts = two_guards(S10=("slur",))
+    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 5.0, "exploration": 0.0}
+    client = service_factory(experts, cascade=section)
+    body = client.post("/v1/moderate", json=conversation("a slur"), headers=ACME).json()
+    assert body["cascade"]["tier"] == "expensive" and "S10" in body["cascade"]["reason"]
+    s10 = next(c for c in body["categories"] if c["category"] == "S10")
+    assert "guard-b" in body["cascade"]["experts"] and s10["score"] > 0.5 and s10["unscored"] is None
+
+
+def test_bad_expert_choice_settings_are_refused() -> None:
+    experts = two_guards()
+    for bad in ({"experts_per_escalation": -1}, {"exploration": 1.5}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            make_service(experts, cascade={"expensive": ["guard-a", "guard-b"]} | bad)

@@ -134,3 +134,26 @@ def test_a_bandit_learner_needs_a_bandit_setup_and_vice_versa() -> None:
         run_learner(make_learner("exp3-ix", 3), stream)
     with pytest.raises(ValueError, match="exp3-ix"):
         run_learner(make_learner("hedge", 3), stream, bandit=BanditSetup(k=1))
+
+
+def test_a_cascade_calls_the_expensive_expert_its_weights_trust_and_explores_the_other() -> None:
+    """Two expensive guards of 96% and 80% accuracy: escalations call the better one (its weight leads after a few
+    labels), the other only at the exploration rate; a request that did not escalate calls neither."""
+    from aegis_online.learn.escalation import EscalationRule, cascade_learner_name
+    from aegis_online.simulate.runner import CascadeSetup
+
+    guards = [{"name": "guard-large", "quality": 0.96}, {"name": "guard-small", "quality": 0.80}]
+    cheap = [{"name": "embedding-head", "quality": 0.90}, {"name": "keyword-rules", "quality": 0.80}]
+    scenario = Scenario.model_validate(
+        {"name": "two-guards", "steps": 3000, "categories": [{"id": "S1", "base_rate": 0.2}], "experts": guards + cheap}
+    )
+    stream = generate_traffic(scenario, steps=3000, seed=5)
+    names = list(scenario.expert_names)
+    large, small = names.index("guard-large"), names.index("guard-small")
+    setup = CascadeSetup((large, small), EscalationRule(target_rate=0.5, exploration=0.1))
+    run = run_learner(make_learner(cascade_learner_name("default", (large, small)), len(names)), stream, cascade=setup)
+    escalated, queried = run.escalated[0], run.queried[0]
+    assert not queried[~escalated][:, [large, small]].any()
+    later = escalated & (np.arange(len(escalated)) >= 500)
+    assert queried[later, large].mean() > 0.9
+    assert 0.05 < queried[later, small].mean() < 0.2  # explored at about 10%

@@ -198,8 +198,10 @@ def test_simulate_cascade_calls_the_expensive_tier_at_its_target_rate_and_report
     cascade = report["cascade"]["default+cascade"]
     assert cascade["full_information_learner"] == "default"
     assert cascade["escalation_rate"] == pytest.approx(0.4, abs=0.02)
-    assert cascade["expensive_calls"] == pytest.approx(2 * 3000 * cascade["escalation_rate"])
-    assert cascade["expensive_calls_saved"] == pytest.approx(1 - cascade["escalation_rate"])
+    escalated = 3000 * cascade["escalation_rate"]
+    # one expensive expert per escalation (the most trusted), the other explored on about 5% of them
+    assert escalated < cascade["expensive_calls"] < escalated * 1.1
+    assert cascade["expensive_calls_saved"] == pytest.approx(1 - cascade["expensive_calls"] / (2 * 3000))
     loss = report["learners"]["default+cascade"]["cumulative_loss"]
     assert cascade["loss_ratio"] == pytest.approx(loss / report["learners"]["default"]["cumulative_loss"])
     assert "cascade default+cascade" in result.output
