@@ -499,7 +499,13 @@ class ChatOptions(Section):
         description="check_first: a window of a streamed answer reaches the client only once checked; stream_first: "
         "tokens flow at once, checks run behind and cut the stream when one fails.",
     )
-    window_chars: int | None = Field(default=None, ge=20, le=20_000, description="New characters per checked window.")
+    window_chars: int | None = Field(
+        default=None,
+        ge=20,
+        le=20_000,
+        description="Most new characters per checked window; one ends sooner, at the first sentence end past a "
+        "quarter of it.",
+    )
     overlap_chars: int | None = Field(default=None, ge=0, le=5_000, description="Characters of overlap per window.")
     prompt_block: Literal["refusal", "error"] | None = Field(
         default=None, description="A blocked prompt: an assistant refusal (finish_reason content_filter) or a 400."

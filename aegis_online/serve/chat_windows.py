@@ -1,9 +1,11 @@
 """Where a streaming answer is checked: windows of its text that end on a word boundary, with overlap.
 
 A streamed answer arrives in token deltas. Checking every delta costs a check per token and sees fragments; checking
-only the whole answer lets the harm reach the reader first. So the text is checked in windows of about
-``window_chars`` new characters, each cut at the last sentence end in it (else the last whitespace), never inside
-a word: re-chunking that splits words ("ass isting") makes false violations (NeMo Guardrails' users report them).
+only the whole answer lets the harm reach the reader first. So the text is checked in windows that end at the first
+sentence end once they hold a quarter of ``window_chars`` new characters (a sentence is checked on its own, not
+diluted by the start of the next, and as soon as it is complete), else at the last whitespace once they hold
+``window_chars``; never inside a word: re-chunking that splits words ("ass isting") makes false violations (NeMo
+Guardrails' users report them).
 Each window is checked together with the last ``overlap_chars`` of the text before it (from a word start), so a
 harmful phrase cut by a window boundary is still seen whole. A single "word" longer than ``4 x window_chars``
 (no whitespace at all) is cut anyway: the stream cannot wait for ever.
@@ -30,6 +32,11 @@ from dataclasses import dataclass, field
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f](?=\s)")
 #: How much longer than a window a run without whitespace may grow before it is cut inside.
 LONGEST_WORD_WINDOWS = 4
+#: A window ends at the first sentence end once it holds this share of ``window_chars``: a sentence is checked on its
+#: own rather than with the start of the next one (which dilutes it: in ``bench/proxy.py`` a harmful sentence the
+#: experts block alone was let through beside a benign one), and windows stay at least this long, so a stream costs
+#: at most ``1 / SHORTEST_SENTENCE_WINDOW`` times the checks of full windows.
+SHORTEST_SENTENCE_WINDOW = 0.25
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,15 @@ class AnswerWindows:
         return [self._window(len(self.answer))]
 
     def _cut(self) -> int | None:
-        """Where the next window ends, if enough new text has come: after the last sentence end, else at the last
-        whitespace, of the pending text; None to wait for more."""
+        """Where the next window ends, if enough new text has come: after the first sentence end past the shortest
+        window, else (at ``window_chars``) at the last whitespace, of the pending text; None to wait for more."""
         pending = self.answer[self.checked_to :]
+        shortest = self.window_chars * SHORTEST_SENTENCE_WINDOW
+        sentence = next((m.end() for m in _SENTENCE_END.finditer(pending) if m.end() >= shortest), None)
+        if sentence is not None:
+            return self.checked_to + sentence
         if len(pending) < self.window_chars:
             return None
-        sentences = [m.end() for m in _SENTENCE_END.finditer(pending) if m.end() >= self.window_chars // 2]
-        if sentences:
-            return self.checked_to + sentences[-1]
         space = max(pending.rfind(" "), pending.rfind("\n"), pending.rfind("\t"))
         if space > 0:
             return self.checked_to + space

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aegis_online.demos.scripted_llm import HARMFUL, tokens
-from aegis_online.serve.chat_windows import LONGEST_WORD_WINDOWS, AnswerWindows
+from aegis_online.serve.chat_windows import LONGEST_WORD_WINDOWS, SHORTEST_SENTENCE_WINDOW, AnswerWindows
 
 words = st.text(alphabet=st.characters(categories=("Ll", "Lu", "Nd", "Po")), min_size=1, max_size=12)
 answers = st.lists(words, min_size=1, max_size=80).map(" ".join)
@@ -53,3 +53,17 @@ def test_the_harmful_span_is_seen_whole_in_some_window_with_a_small_window() -> 
     checked = [w.text for t in tokens(HARMFUL) for w in windows.feed(t)] + [w.text for w in windows.finish()]
     assert any("I will kill you" in text for text in checked)
     assert all(not text.endswith(("kil", "ki")) for text in checked)
+
+
+def test_a_window_ends_at_the_first_sentence_end_past_a_quarter_of_its_size() -> None:
+    """A sentence is checked without the start of the next one (which dilutes it), and as soon as it is complete
+    (check_first holds it back until then); a sentence shorter than a quarter of a window joins the next."""
+    windows = AnswerWindows(window_chars=120, overlap_chars=0)
+    assert windows.feed("Ok. ") == []  # 3 characters: too short to be checked alone
+    assert windows.feed("People like you are vermin and should all be exterminated.") == []  # no whitespace yet
+    [window] = windows.feed(" That")
+    assert window.text == "Ok. People like you are vermin and should all be exterminated."
+    assert windows.feed(" is all I have to say") == [] and [w.text for w in windows.finish()] == [
+        "That is all I have to say"
+    ]
+    assert len("Ok.") < SHORTEST_SENTENCE_WINDOW * 120
