@@ -330,19 +330,17 @@ class Moderator:
         self, states: np.ndarray, categories: CategorySet, could: np.ndarray, unscored: Sequence[str]
     ) -> list[str]:
         """The expensive experts an escalated request calls: ``rule.choose`` over those that ``could`` answer and
-        cover one of its categories, trusted by their weights summed over the request's keys (``states``); then, for
-        each category that no cheap expert scored (``unscored``) and no chosen expert covers, the most trusted one
-        that covers it, so that no category is left unscored because of the choice."""
+        cover one of its categories, trusted by their weights over the request's keys (``states``); then, for each
+        category that no cheap expert scored (``unscored``) and no chosen expert covers, the most trusted one that
+        covers it, so that no category is left unscored because of the choice."""
         assert self.cascade is not None
-        covering = [any(e.covers(cat) for cat in categories) for e in self.experts]
-        callable_ = could & np.array(covering)
-        trust = np.where(callable_, self.learner.weights(states).sum(axis=0), -np.inf)
-        chosen = np.zeros(len(self.experts), dtype=bool)
-        candidates = np.flatnonzero(callable_)
-        chosen[candidates] = self.cascade.rule.choose(trust[candidates], self._rng)
+        weights = self.learner.weights(states)
+        candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
+        chosen = self.cascade.rule.choose(weights, candidates, self._rng)
+        trust = weights.sum(axis=0)
         for cat in categories:
             if cat.id in unscored and not any(self.experts[i].covers(cat) for i in np.flatnonzero(chosen)):
-                covers = [i for i in candidates if self.experts[i].covers(cat)]
+                covers = [i for i in np.flatnonzero(candidates) if self.experts[i].covers(cat)]
                 if covers:
                     chosen[max(covers, key=lambda i: trust[i])] = True
         return [self.expert_names[i] for i in np.flatnonzero(chosen)]

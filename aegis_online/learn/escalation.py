@@ -250,26 +250,28 @@ class EscalationRule:
         if self.experts_per_escalation < 0 or not 0.0 <= self.exploration <= 1.0:
             raise ValueError("need experts_per_escalation >= 0 and exploration in [0, 1]")
 
-    def choose(self, trust: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Which expensive experts an escalated request calls, given each one's ``trust`` (its weight summed over
-        the request's keys; ``-inf``: it cannot be called, e.g. it does not read the language): the
-        ``experts_per_escalation`` most trusted, and each other callable one with probability ``exploration``.
+    def choose(self, weights: np.ndarray, callable_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Which experts an escalated request calls, over all ``N``: of the ``callable_`` ones (the expensive
+        experts that can answer it: they read its language and cover one of its categories), the
+        ``experts_per_escalation`` most trusted, trust being their ``weights`` ``(K, N)`` summed over the request's
+        keys, and each other callable one with probability ``exploration``.
 
         Why not all: the weights already say which expensive expert is worth its cost. Calling the leader alone on
         more requests buys more than calling every expensive expert on fewer (docs/cascade.md), and exploration
         keeps the others' weights current, as the sleeping-experts learners need no importance weights.
 
         >>> rule = EscalationRule(experts_per_escalation=1, exploration=0.0)
-        >>> rule.choose(np.array([0.2, 0.7, -np.inf]), np.random.default_rng(0)).tolist()
-        [False, True, False]
+        >>> weights = np.array([[0.1, 0.1, 0.3, 0.5]])  # the last is the most trusted but cannot answer
+        >>> rule.choose(weights, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
+        [False, False, True, False]
         """
-        trust = np.asarray(trust, dtype=np.float64)
-        callable_ = np.isfinite(trust)
-        k = self.experts_per_escalation or len(trust)
-        order = np.argsort(-np.where(callable_, trust, -np.inf), kind="stable")
+        callable_ = np.asarray(callable_, dtype=bool)
+        trust = np.where(callable_, np.atleast_2d(weights).sum(axis=0), -np.inf)
+        k = self.experts_per_escalation or int(callable_.sum())
         chosen = np.zeros(len(trust), dtype=bool)
-        chosen[order[:k]] = True
-        explored = rng.random(len(trust)) < self.exploration
+        chosen[np.argsort(-trust, kind="stable")[:k]] = True
+        explored = np.zeros(len(trust), dtype=bool)
+        explored[callable_] = rng.random(int(callable_.sum())) < self.exploration
         return callable_ & (chosen | explored)
 
     def escalate(self, cut: float, score: float, unscored: bool = False) -> bool:

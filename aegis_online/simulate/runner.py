@@ -194,9 +194,8 @@ def run_learner(
                 escalated[r, s] = up
                 cuts[r, j] = cascade.rule.update(cuts[r, j], up)
                 if up:
-                    trust = learner.weights(table[rows[r, active]]).sum(axis=0)[expensive]
-                    trust[~covers[r, s, expensive]] = -np.inf
-                    called[r, expensive] = cascade.rule.choose(trust, rngs[r])
+                    weights_now = learner.weights(table[rows[r, active]])
+                    called[r] = cascade.rule.choose(weights_now, expensive & covers[r, s], rngs[r])
             out_s = np.where(expensive & ~called[:, None, :], np.nan, out_s)
             observed[:, s] = out_s
             queried[:, s] = covers[:, s] & (~expensive | called)

@@ -111,17 +111,23 @@ def test_a_tenant_key_inherits_the_global_regression() -> None:
 
 
 def test_an_escalation_calls_the_most_trusted_experts_and_explores_the_others() -> None:
-    trust = np.array([0.1, 0.5, 0.3, -np.inf])  # the last cannot be called (e.g. it does not read the language)
+    weights = np.array([[0.05, 0.2, 0.1, 0.4], [0.05, 0.3, 0.2, 0.4]])  # two keys: trust 0.1, 0.5, 0.3, 0.8
+    callable_ = np.array([True, True, True, False])  # the last cannot be called (e.g. it does not read the language)
     rng = np.random.default_rng(0)
-    assert EscalationRule(exploration=0.0).choose(trust, rng).tolist() == [False, True, False, False]
-    assert EscalationRule(experts_per_escalation=2, exploration=0.0).choose(trust, rng).tolist() == [
+    assert EscalationRule(exploration=0.0).choose(weights, callable_, rng).tolist() == [False, True, False, False]
+    assert EscalationRule(experts_per_escalation=2, exploration=0.0).choose(weights, callable_, rng).tolist() == [
         False,
         True,
         True,
         False,
     ]
-    assert EscalationRule(experts_per_escalation=0).choose(trust, rng).tolist() == [True, True, True, False]
-    draws = np.array([EscalationRule(exploration=0.2).choose(trust, rng) for _ in range(4000)])
+    assert EscalationRule(experts_per_escalation=0).choose(weights, callable_, rng).tolist() == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    draws = np.array([EscalationRule(exploration=0.2).choose(weights, callable_, rng) for _ in range(4000)])
     assert draws[:, 1].all() and not draws[:, 3].any()
     share = draws[:, [0, 2]].mean(axis=0)
     assert np.all(np.abs(share - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 4000))  # each other one at the exploration rate
