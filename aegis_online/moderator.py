@@ -253,9 +253,10 @@ class Moderator:
             outputs = await self._score(request, categories, chosen & cheap, language, budget)
             tier = self.escalation(request.tenant, outputs, categories, policy, language)
             if tier.tier == "expensive":
-                left = max(budget - (time.perf_counter() - started), 0.0)
-                called = np.array([name in tier.experts for name in self.expert_names])
-                outputs += await self._score(request, categories, chosen & called, language, left)
+                expensive, tier = await self._expensive_outputs(
+                    request, categories, chosen & ~cheap, tier, language, budget, started
+                )
+                outputs += expensive
             return self.decide(request, outputs, remember=remember, cascade=tier, **context)  # type: ignore[arg-type]
         outputs = await self._score(request, categories, chosen, language, budget)
         return self.decide(
@@ -265,6 +266,29 @@ class Moderator:
             remember=remember,
             **context,  # type: ignore[arg-type]
         )
+
+    async def _expensive_outputs(
+        self,
+        request: ModerationRequest,
+        categories: CategorySet,
+        expensive: np.ndarray,
+        tier: CascadeDecision,
+        language: str,
+        budget: float,
+        started: float,
+    ) -> tuple[list[ExpertOutput], CascadeDecision]:
+        """The outputs of the expensive experts the escalation chose, within what is left of ``budget``. When one
+        of them fails or misses its deadline, the rest of the ``expensive`` tier is called in its place with what is
+        left then: calling one expert instead of all must not turn into a decision without a guard. ``tier`` comes
+        back naming every expert called."""
+        called = np.array([name in tier.experts for name in self.expert_names])
+        left = max(budget - (time.perf_counter() - started), 0.0)
+        outputs = await self._score(request, categories, expensive & called, language, left)
+        if all(out.ok for out in outputs):
+            return outputs, tier
+        left = max(budget - (time.perf_counter() - started), 0.0)
+        spare = await self._score(request, categories, expensive & ~called, language, left)
+        return outputs + spare, tier.model_copy(update={"experts": [*tier.experts, *(o.expert for o in spare)]})
 
     async def _score(
         self,

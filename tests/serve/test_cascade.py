@@ -172,3 +172,22 @@ def test_bad_expert_choice_settings_are_refused() -> None:
     for bad in ({"experts_per_escalation": -1}, {"exploration": 1.5}):
         with pytest.raises(ValidationError, match=next(iter(bad))):
             make_service(experts, cascade={"expensive": ["guard-a", "guard-b"]} | bad)
+
+
+def test_when_the_chosen_guard_fails_the_rest_of_the_tier_is_called_in_its_place(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    """Only the trusted guard is called; when it fails, the other guard answers in its place, so one guard's outage
+    does not leave an escalated request decided by the cheap tier it was escalated from."""
+    experts = two_guards()
+    experts[2].fail = True  # guard-a, the one the tie gives the call to
+    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "exploration": 0.0}
+    client = service_factory(experts, cascade=section)
+    body = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert body["cascade"]["experts"] == ["guard-a", "guard-b"] and experts[2].calls == experts[3].calls == 1
+    assert {m["expert"]: m["kind"] for m in body["missing_experts"]} == {"guard-a": "error"}
+    assert "guard-b" in {e["expert"] for e in body["experts"]}
+    healthy = two_guards()
+    client = service_factory(healthy, cascade=section)
+    body = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert body["cascade"]["experts"] == ["guard-a"] and healthy[3].calls == 0  # no failure, no stand-in
