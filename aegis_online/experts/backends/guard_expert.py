@@ -6,7 +6,6 @@ backend can batch them on the accelerator or send them concurrently. A malformed
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Sequence
@@ -14,6 +13,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from aegis_online.experts.backends.model_thread import ModelThread
 from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.guards.base import GuardAnswer, GuardFamily, GuardParseError, GuardQuery
 from aegis_online.schemas import ExpertOutput
@@ -36,6 +36,8 @@ class GuardExpert(Expert):
         self.name = name or family.name
         self.categories = frozenset(family.categories)
         self.free_form = family.free_form
+        #: where a blocking backend (a local model) runs: one thread of its own, not the loop's shared pool
+        self.thread = ModelThread(self.name)
 
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
         started = time.perf_counter()
@@ -57,11 +59,12 @@ class GuardExpert(Expert):
         if inspect.iscoroutinefunction(self.backend.answer):
             return list(await self.backend.answer(queries))
         # A blocking engine call must not stall the event loop that serves other requests.
-        result = await asyncio.to_thread(self.backend.answer, queries)
+        result = await self.thread.run(self.backend.answer, queries)
         return list(await result) if inspect.isawaitable(result) else list(result)
 
     async def aclose(self) -> None:
-        """Release the backend's resources (pooled connections) if it holds any."""
+        """Release the backend's resources (pooled connections) if it holds any, and the model's thread."""
+        self.thread.close()
         close = getattr(self.backend, "aclose", None)
         if close is not None:
             await close()

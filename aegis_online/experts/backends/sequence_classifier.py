@@ -14,11 +14,11 @@ imported in the constructor, so this module imports without the ``llm`` extra.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Sequence
 
+from aegis_online.experts.backends.model_thread import ModelThread
 from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.schemas import ExpertOutput
 from aegis_online.taxonomy import PROMPT_GUARD, ExternalTaxonomy
@@ -79,6 +79,7 @@ class SequenceClassifierExpert(Expert):
         self.categories = frozenset().union(*label_map.to_canonical.values())
         self.max_length, self.stride, self.max_batch_size = max_length, stride, max_batch_size
         self._lock = threading.Lock()
+        self.thread = ModelThread(name)
 
     @property
     def n_classes(self) -> int:
@@ -87,7 +88,7 @@ class SequenceClassifierExpert(Expert):
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
         started = time.perf_counter()
         # A blocking forward pass must not stall the event loop that serves other requests.
-        probabilities = await asyncio.to_thread(self.class_probabilities, [item.checked_text for item in batch])
+        probabilities = await self.thread.run(self.class_probabilities, [item.checked_text for item in batch])
         latency_ms = (time.perf_counter() - started) * 1000.0
         outputs = []
         for item, per_class in zip(batch, probabilities, strict=True):

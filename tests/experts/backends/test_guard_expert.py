@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -104,6 +105,62 @@ def test_a_blocking_backend_runs_off_the_event_loop_thread() -> None:
     backend = ScriptedBackend({"a": GOOD})
     asyncio.run(GuardExpert(OneWordFamily(), backend).score([item("a")]))
     assert backend.threads[0] != threading.get_ident()
+
+
+def test_a_local_model_runs_every_call_on_one_thread_of_its_own_one_at_a_time() -> None:
+    """One persistent thread per model (not the loop's pool): on a GPU each new thread pays its own CUDA set-up."""
+
+    class Slow(ScriptedBackend):
+        def __init__(self, answers) -> None:
+            super().__init__(answers)
+            self.running = self.most_running = 0
+
+        def answer(self, queries):
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            time.sleep(0.02)
+            self.running -= 1
+            return super().answer(queries)
+
+    backend = Slow({"a": GOOD, "b": GOOD})
+    expert = GuardExpert(OneWordFamily(), backend)
+
+    async def concurrently():
+        return await asyncio.gather(*(expert.score([item(t)]) for t in "abab"))
+
+    asyncio.run(concurrently())
+    asyncio.run(expert.score([item("a")]))  # another event loop: still the model's thread
+    assert len(set(backend.threads)) == 1 and backend.threads[0] != threading.get_ident()
+    assert len(backend.threads) == 5 and backend.most_running == 1
+    asyncio.run(expert.aclose())
+    asyncio.run(expert.score([item("b")]))  # after a close, a call starts a new thread
+    assert len(backend.calls) == 6
+
+
+def test_a_call_whose_deadline_passed_while_it_queued_never_reaches_the_model() -> None:
+    """A queued call the caller gave up on is dropped, so the model does not spend its time on stale requests."""
+    release = threading.Event()
+
+    class Gated(ScriptedBackend):
+        def answer(self, queries):
+            release.wait(5)
+            return super().answer(queries)
+
+    backend = Gated({"first": GOOD, "late": GOOD})
+    expert = GuardExpert(OneWordFamily(), backend)
+
+    async def main():
+        first = asyncio.create_task(expert.score([item("first")]))
+        await asyncio.sleep(0.05)  # the first call holds the model's thread
+        late = await score_with_deadline(expert, [item("late")], 0.05)
+        release.set()
+        await first
+        await asyncio.sleep(0.05)
+        return late
+
+    late = asyncio.run(main())
+    assert late[0].error is not None and "timed out" in late[0].error
+    assert [q[0].messages[0]["content"] for q in backend.calls] == ["first"]
 
 
 def test_an_async_backend_is_awaited_on_the_loop() -> None:
