@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +116,30 @@ def test_cascade_benchmark_reports_every_scenario_with_both_guards() -> None:
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "│" in line and "40%" in line]
     assert len(rows) == 8, proc.stdout  # the shipped scenarios with guard-large and guard-small
+
+
+def test_cascade_replay_benchmark_splits_the_excess_loss_on_a_few_shared_rows() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cascade_replay.py"), "--limit", "40", "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "160 requests" in proc.stdout, proc.stdout  # 40 rows from each of the four files
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│") and "default" in line]
+    assert [row.split("│")[1].strip() for row in rows] == ["default", "default+adaptive"], proc.stdout
+    assert "highest cheap score:" in proc.stdout
+
+
+def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_scores() -> None:
+    spec = importlib.util.spec_from_file_location("cascade_replay", ROOT / "bench" / "cascade_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cheap = np.array([[[0.1, 0.9]], [[0.2, 0.1]], [[0.8, 0.7]], [[np.nan, 0.05]]])  # (T=4, C=1, M=2)
+    unsafe = np.array([False, True, True, False])
+    counts = module.least_suspicious_unsafe(cheap, ["a", "b"], unsafe, 2)
+    # lowest two by the highest score: requests 3 (0.05) and 1 (0.2); by a: 3 (NaN as 0) and 0; by b: 3 and 1
+    assert counts == {"highest cheap score": 1, "sum of cheap scores": 1, "a": 0, "b": 1}
