@@ -143,3 +143,23 @@ def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_s
     counts = module.least_suspicious_unsafe(cheap, ["a", "b"], unsafe, 2)
     # lowest two by the highest score: requests 3 (0.05) and 1 (0.2); by a: 3 (NaN as 0) and 0; by b: 3 and 1
     assert counts == {"highest cheap score": 1, "sum of cheap scores": 1, "a": 0, "b": 1}
+
+
+def test_cascade_latency_benchmark_compares_each_tier_with_its_baseline_on_the_same_requests() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cascade_latency.py"), "--requests", "30", "--warm-up", "60"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {
+        cells[1]: cells
+        for line in proc.stdout.splitlines()
+        if line.startswith("│") and (cells := [c.strip() for c in line.split("│")])
+    }
+    assert rows["cheap-decided"][5] == "cheap only" and rows["escalated"][5] == "full", proc.stdout
+    assert int(rows["cheap-decided"][2]) + int(rows["escalated"][2]) == 30, proc.stdout
+    assert "ratio cheap-decided / cheap only (same requests): p50" in proc.stdout
