@@ -124,7 +124,12 @@ class CascadeSection(Section):
         "gpu-large or remote. Every other expert is in the cheap tier, which scores every request.",
     )
     target_escalation_rate: float = Field(
-        default=0.3, ge=0.0, le=1.0, description="The share of requests the cut is learned to escalate."
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="The share of requests the cut is learned to escalate, counted in expensive calls: an "
+        "escalation that calls more than experts_per_escalation (exploration, hedging) counts for more, so the "
+        "expensive calls per request are this times experts_per_escalation.",
     )
     step: float = Field(default=0.05, gt=0.0, le=1.0, description="How far one request moves the cut's logarithm.")
     initial_cut: float = Field(
@@ -143,6 +148,14 @@ class CascadeSection(Section):
         le=1.0,
         description="The chance that an escalated request also calls each other expensive expert, so that the "
         "weights keep measuring it.",
+    )
+    hedge_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="An escalated request also calls each other expensive expert whose weight, in one of its "
+        "categories, is at least this share of the chosen expert's: while the weights have not told the experts "
+        "apart, it calls both (0: never).",
     )
 
 

@@ -334,8 +334,9 @@ class Moderator:
         ]
         total = float(np.nansum(loss))
         escalate = rule.escalate(cut, total, bool(unscored))
-        self._cuts[tenant] = rule.update(cut, escalate)
-        called = self.expensive_to_call(states, categories, could, unscored) if escalate else []
+        called = self.expensive_to_call(states, keys, categories, could, unscored) if escalate else []
+        callable_ = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
+        self._cuts[tenant] = rule.update(cut, rule.spent(len(called), int(callable_.sum())))
         if unscored:
             reason: str | None = f"{unscored[0]} was not scored by the cheap experts"
         elif escalate:
@@ -351,17 +352,30 @@ class Moderator:
         )
 
     def expensive_to_call(
-        self, states: np.ndarray, categories: CategorySet, could: np.ndarray, unscored: Sequence[str]
+        self,
+        states: np.ndarray,
+        keys: Sequence[str],
+        categories: CategorySet,
+        could: np.ndarray,
+        unscored: Sequence[str],
     ) -> list[str]:
-        """The expensive experts an escalated request calls: ``rule.choose`` over those that ``could`` answer and
-        cover one of its categories, trusted by their weights over the request's keys (``states``); then, for each
+        """The expensive experts an escalated request calls: ``rule.choose`` over those that ``could`` answer,
+        from their weights in the request's ``keys`` (``states``; a category's key counts for the experts that
+        cover that category, the whole request's for those that cover one of its categories); then, for each
         category that no cheap expert scored (``unscored``) and no chosen expert covers, the most trusted one that
         covers it, so that no category is left unscored because of the choice."""
         assert self.cascade is not None
         weights = self.learner.weights(states)
+        by_id = {cat.id: cat for cat in categories}
         candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
-        chosen = self.cascade.rule.choose(weights, candidates, self._rng)
-        trust = weights.sum(axis=0)
+        answers = np.array(
+            [
+                candidates & np.array([e.covers(by_id[key]) for e in self.experts]) if key in by_id else candidates
+                for key in keys
+            ]
+        )
+        chosen = self.cascade.rule.choose(weights, answers, self._rng)
+        trust = np.where(answers, weights, 0.0).sum(axis=0)
         for cat in categories:
             if cat.id in unscored and not any(self.experts[i].covers(cat) for i in np.flatnonzero(chosen)):
                 covers = [i for i in np.flatnonzero(candidates) if self.experts[i].covers(cat)]

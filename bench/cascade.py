@@ -8,7 +8,8 @@ expensive calls saved, the loss ratio against full information and the macro F1 
 fewer expensive calls for <= 1% more loss). ``aegis-online simulate --cascade`` gives one scenario's full report.
 
 Each escalation calls the expensive expert the weights trust most (the other one with the rule's exploration
-probability, 5%), so a target rate r spends about ``r * 1.05 / 2`` of full information's expensive calls.
+probability, 5%, and while the weights cannot tell them apart: ``hedge_share``). The target counts expensive calls,
+so a target rate r spends ``r / 2`` of full information's expensive calls.
 
 The last column is a reference no service can reach: a router in hindsight that calls *both* guards, with the same
 number of expensive calls, on the requests on which the cheap tier alone (the cascade-aware learner with the
@@ -63,7 +64,7 @@ def hindsight_ratio(cheap: np.ndarray, full: np.ndarray, share: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="Requests per scenario (default: the scenario's).")
-    parser.add_argument("--targets", default="0.5,0.74", help="Comma-separated target escalation rates.")
+    parser.add_argument("--targets", default="0.5,0.78", help="Comma-separated target escalation rates.")
     args = parser.parse_args(argv)
     targets = [float(t) for t in args.targets.split(",")]
     console = Console(width=150)

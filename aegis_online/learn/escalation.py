@@ -13,11 +13,14 @@ Two parts, each with one job:
   calls (docs/cascade.md), the learned prediction a few percent.
 - ``EscalationRule`` escalates a request when the summed predicted loss of the categories the policy acts on reaches
   the scope's cut (or when a category the expensive tier covers has no cheap score). The cut moves in log space by
-  ``step * (escalated - target)`` after each request. Summing the moves gives the guarantee: over any T requests
-  during which ``log(cut)`` stays within a range of width W, the escalation rate is within ``W / (step * T)`` of
-  the target, whatever the scores. The budget is what is controlled; the regression decides which requests use it.
+  ``step * (spent - target)`` after each request, ``spent`` being the expensive experts it called over
+  ``experts_per_escalation`` (0 when it did not escalate). Summing the moves gives the guarantee: over any T
+  requests during which ``log(cut)`` stays within a range of width W, the mean of ``spent`` is within
+  ``W / (step * T)`` of the target, whatever the scores: the expensive calls per request are held at ``target *
+  experts_per_escalation``. The budget is what is controlled; the regression decides which requests use it.
   ``EscalationRule.choose`` then picks which expensive experts an escalated request calls: the most trusted by the
-  learner's weights (``experts_per_escalation`` of them), and each other one with probability ``exploration``.
+  learner's weights (``experts_per_escalation`` of them), each other one with probability ``exploration``, and
+  each other one whose weight is within ``hedge_share`` of a chosen one's (the weights have not told them apart).
 
 State: the regression's statistics ride in each key's state vector (so the stores, the exactly-once writes and
 the scope rules are unchanged, as for ``Adaptive``); the cut is one float per scope. Pure numpy, no I/O.
@@ -241,6 +244,9 @@ class EscalationRule:
     #: the chance that each expensive expert not among those is called as well, so that its weight keeps being
     #: measured (a regressed leader is then overtaken)
     exploration: float = 0.05
+    #: an expensive expert whose weight in one of the request's keys is at least this share of the highest weight
+    #: among those chosen is called too: while the weights have not told the experts apart, the request hedges
+    hedge_share: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_rate <= 1.0:
@@ -249,36 +255,72 @@ class EscalationRule:
             raise ValueError("need step > 0 and initial > 0")
         if self.experts_per_escalation < 0 or not 0.0 <= self.exploration <= 1.0:
             raise ValueError("need experts_per_escalation >= 0 and exploration in [0, 1]")
+        if not 0.0 <= self.hedge_share <= 1.0:
+            raise ValueError(f"hedge_share must be in [0, 1], got {self.hedge_share}")
 
     def choose(self, weights: np.ndarray, callable_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Which experts an escalated request calls, over all ``N``: of the ``callable_`` ones (the expensive
-        experts that can answer it: they read its language and cover one of its categories), the
-        ``experts_per_escalation`` most trusted, trust being their ``weights`` ``(K, N)`` summed over the request's
-        keys, and each other callable one with probability ``exploration``.
+        """Which experts an escalated request calls, over all ``N``, from their ``weights`` ``(K, N)`` in the
+        request's keys and which of them can answer there: ``callable_`` ``(K, N)``, or ``(N,)`` for every key (the
+        expensive experts that read the request's language and cover the key's category). Called are the
+        ``experts_per_escalation`` most trusted (trust: an expert's weights summed over the keys it can answer), each
+        other callable one with probability ``exploration``, and each other one whose weight in a key it can answer
+        reaches ``hedge_share`` of the highest weight there among those chosen.
 
         Why not all: the weights already say which expensive expert is worth its cost. Calling the leader alone on
         more requests buys more than calling every expensive expert on fewer (docs/cascade.md), and exploration
         keeps the others' weights current, as the sleeping-experts learners need no importance weights.
 
-        >>> rule = EscalationRule(experts_per_escalation=1, exploration=0.0)
+        Why hedge: while the weights have not told the experts apart (a new tenant, a guard that regressed, noisy or
+        late labels), one of them alone is a coin toss between them. Leaving out only experts below ``hedge_share``
+        of a chosen one's weight bounds what the choice changes: with the same weights, each key's combined score is
+        within ``(m - 1) * hedge_share`` of the one with all its ``m`` callable experts (the weight left out over
+        the weight of those that answer), whatever the scores. Once the weights part, at the learners' exponential
+        rates, the leader is called alone.
+
+        >>> rule = EscalationRule(experts_per_escalation=1, exploration=0.0, hedge_share=0.0)
         >>> weights = np.array([[0.1, 0.1, 0.3, 0.5]])  # the last is the most trusted but cannot answer
         >>> rule.choose(weights, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
         [False, False, True, False]
+        >>> hedged = EscalationRule(experts_per_escalation=1, exploration=0.0, hedge_share=0.5)
+        >>> hedged.choose(weights, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
+        [False, False, True, False]
+        >>> close = np.array([[0.1, 0.2, 0.3, 0.4]])  # expert 1 holds 2/3 of the chosen expert 2's weight
+        >>> hedged.choose(close, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
+        [False, True, True, False]
         """
-        callable_ = np.asarray(callable_, dtype=bool)
-        trust = np.where(callable_, np.atleast_2d(weights).sum(axis=0), -np.inf)
-        k = self.experts_per_escalation or int(callable_.sum())
+        weights = np.atleast_2d(weights)
+        answers = np.broadcast_to(np.asarray(callable_, dtype=bool), weights.shape)  # (K, N)
+        callable_any = answers.any(axis=0)
+        trust = np.where(callable_any, np.where(answers, weights, 0.0).sum(axis=0), -np.inf)
+        k = self.experts_per_escalation or int(callable_any.sum())
         chosen = np.zeros(len(trust), dtype=bool)
         chosen[np.argsort(-trust, kind="stable")[:k]] = True
+        chosen &= callable_any
         explored = np.zeros(len(trust), dtype=bool)
-        explored[callable_] = rng.random(int(callable_.sum())) < self.exploration
-        return callable_ & (chosen | explored)
+        explored[callable_any] = rng.random(int(callable_any.sum())) < self.exploration
+        hedged = np.zeros(len(trust), dtype=bool)
+        if self.hedge_share > 0:
+            highest = np.where(answers & chosen, weights, 0.0).max(axis=1, keepdims=True)  # (K, 1); 0: none chosen
+            hedged = (answers & (highest > 0) & (weights >= self.hedge_share * highest)).any(axis=0)
+        return callable_any & (chosen | explored | hedged)
 
     def escalate(self, cut: float, score: float, unscored: bool = False) -> bool:
         """Whether to call the expensive tier: the predicted loss ``score`` at or above ``cut``, or a category the
         expensive tier covers that no cheap expert scored (``unscored``)."""
         return unscored or score >= cut
 
-    def update(self, cut: float, escalated: bool) -> float:
-        """The cut after one request: up when it escalated, down when it did not."""
-        return float(cut * np.exp(self.step * (float(escalated) - self.target_rate)))
+    def spent(self, called: int, callable_: int) -> float:
+        """What one request spent of the budget, in escalations: the expensive experts it ``called`` over the
+        number an escalation calls (``experts_per_escalation``; all ``callable_`` ones when it is 0). Exploration
+        and hedging call more and count for more, so the target holds the expensive calls, not only the escalations.
+
+        >>> EscalationRule(experts_per_escalation=1).spent(2, 3), EscalationRule(experts_per_escalation=0).spent(2, 2)
+        (2.0, 1.0)
+        """
+        per_escalation = self.experts_per_escalation or callable_
+        return called / per_escalation if per_escalation else 0.0
+
+    def update(self, cut: float, spent: float) -> float:
+        """The cut after one request that ``spent`` this much (``spent``: 0 for none, 1 for one escalation's
+        experts): up when it spent more than the target, down when less."""
+        return float(cut * np.exp(self.step * (float(spent) - self.target_rate)))

@@ -209,6 +209,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             initial=config.cascade.initial_cut,
             experts_per_escalation=config.cascade.experts_per_escalation,
             exploration=config.cascade.exploration,
+            hedge_share=config.cascade.hedge_share,
         )
         cascade = CascadeConfig(expensive=expensive, rule=rule)
     engine = Engine(

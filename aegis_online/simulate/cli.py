@@ -95,8 +95,9 @@ def print_learners(report: dict[str, Any], title: str) -> None:
     console.print(experts)
     for name, c in report.get("cascade", {}).items():
         console.print(
-            f"cascade {name}: escalated {pct(c['escalation_rate'])} of requests (target "
-            f"{pct(c['target_escalation_rate'])}); {fmt(c['expensive_calls'], 0)} expensive calls instead of "
+            f"cascade {name}: escalated {pct(c['escalation_rate'])} of requests (budget: "
+            f"{pct(c['target_escalation_rate'])} of requests' worth of escalations); "
+            f"{fmt(c['expensive_calls'], 0)} expensive calls instead of "
             f"{fmt(c['full_information_expensive_calls'], 0)} ({pct(c['expensive_calls_saved'])} saved); loss "
             f"{fmt(c['loss_ratio'], 3)} x {c['full_information_learner'] or '-'} with every expert",
             soft_wrap=True,
@@ -120,7 +121,12 @@ CASCADE_OPTION = typer.Option(
     "the learner calling all.",
 )
 CASCADE_TARGET_OPTION = typer.Option(
-    0.3, "--cascade-target", min=0.0, max=1.0, help="The escalation rate the cascade's cut is learned toward."
+    0.3,
+    "--cascade-target",
+    min=0.0,
+    max=1.0,
+    help="The escalation rate the cascade's cut is learned toward, counted in expensive calls: an escalation "
+    "that also calls an explored or hedged expert counts for more.",
 )
 
 

@@ -56,6 +56,27 @@ def test_the_escalation_rate_is_within_the_log_range_over_step_t_of_target(
     assert abs(np.mean(escalated) - target) < 0.02  # and the range stays narrow on such traffic
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.2, 0.8), st.floats(0.0, 0.5), st.integers(0, 10_000))
+def test_the_budget_counts_expensive_calls_when_escalations_call_more_than_one_expert(
+    target: float, extra: float, seed: int
+) -> None:
+    """An escalation that calls a second guard (exploration, hedging; here with probability ``extra``) spends two:
+    the expensive calls per request, over ``experts_per_escalation``, track the target, and escalations fall."""
+    rng = np.random.default_rng(seed)
+    rule = EscalationRule(target_rate=target, initial=0.1)
+    cut, spent, cuts = rule.initial, [], [np.log(rule.initial)]
+    for score in rng.exponential(0.1, size=4000):
+        calls = (1 + int(rng.random() < extra)) if rule.escalate(cut, float(score)) else 0
+        spent.append(rule.spent(calls, 2))
+        cut = rule.update(cut, spent[-1])
+        cuts.append(np.log(cut))
+    width = max(cuts) - min(cuts)
+    assert abs(np.mean(spent) - target) <= width / (rule.step * len(spent)) + 1e-9
+    escalated = np.mean(np.array(spent) > 0)
+    assert escalated == pytest.approx(target / (1 + extra), abs=0.03)
+
+
 def test_names_round_trip_through_make_learner() -> None:
     name = cascade_learner_name("default+adaptive", [2])
     assert name == "default+cascade-2+adaptive" and known_learner(name)
@@ -114,8 +135,9 @@ def test_an_escalation_calls_the_most_trusted_experts_and_explores_the_others() 
     weights = np.array([[0.05, 0.2, 0.1, 0.4], [0.05, 0.3, 0.2, 0.4]])  # two keys: trust 0.1, 0.5, 0.3, 0.8
     callable_ = np.array([True, True, True, False])  # the last cannot be called (e.g. it does not read the language)
     rng = np.random.default_rng(0)
-    assert EscalationRule(exploration=0.0).choose(weights, callable_, rng).tolist() == [False, True, False, False]
-    assert EscalationRule(experts_per_escalation=2, exploration=0.0).choose(weights, callable_, rng).tolist() == [
+    single = {"exploration": 0.0, "hedge_share": 0.0}
+    assert EscalationRule(**single).choose(weights, callable_, rng).tolist() == [False, True, False, False]
+    assert EscalationRule(experts_per_escalation=2, **single).choose(weights, callable_, rng).tolist() == [
         False,
         True,
         True,
@@ -127,7 +149,39 @@ def test_an_escalation_calls_the_most_trusted_experts_and_explores_the_others() 
         True,
         False,
     ]
-    draws = np.array([EscalationRule(exploration=0.2).choose(weights, callable_, rng) for _ in range(4000)])
+    draws = np.array(
+        [EscalationRule(exploration=0.2, hedge_share=0.0).choose(weights, callable_, rng) for _ in range(4000)]
+    )
     assert draws[:, 1].all() and not draws[:, 3].any()
     share = draws[:, [0, 2]].mean(axis=0)
     assert np.all(np.abs(share - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 4000))  # each other one at the exploration rate
+
+
+def test_hedging_calls_every_expert_within_the_share_of_a_chosen_ones_weight_in_some_key() -> None:
+    weights = np.array([[0.05, 0.2, 0.1, 0.4], [0.05, 0.3, 0.2, 0.4]])  # expert 1 is chosen (trust 0.5)
+    callable_ = np.array([True, True, True, False])
+    rng = np.random.default_rng(0)
+    # expert 2 holds 0.1 / 0.2 = 0.5 and 0.2 / 0.3 = 0.67 of expert 1's weight; expert 0: 0.25 and 0.17
+    expected = {0.7: [False, True, False, False], 0.6: [False, True, True, False], 0.2: [True, True, True, False]}
+    for share, called in expected.items():
+        rule = EscalationRule(exploration=0.0, hedge_share=share)
+        assert rule.choose(weights, callable_, rng).tolist() == called, share
+    with pytest.raises(ValueError, match="hedge_share"):
+        EscalationRule(hedge_share=1.5)
+
+
+def test_hedging_bounds_how_far_the_combined_score_moves_from_calling_every_expert() -> None:
+    """The guarantee of ``choose``'s docstring: with the same weights, each key's combination over the experts
+    called is within (m - 1) * hedge_share of the combination over every callable one, whatever their scores."""
+    rng = np.random.default_rng(3)
+    share, m = 0.1, 4
+    rule = EscalationRule(exploration=0.0, hedge_share=share)
+    worst = 0.0
+    for _ in range(500):
+        weights = rng.dirichlet(np.full(m, 0.3), size=2)
+        chosen = rule.choose(weights, np.ones(m, dtype=bool), rng)
+        scores = rng.integers(0, 2, size=(2, m)).astype(float)  # extreme scores: the worst case
+        called = (weights * chosen * scores).sum(axis=1) / (weights * chosen).sum(axis=1)
+        every = (weights * scores).sum(axis=1) / weights.sum(axis=1)
+        worst = max(worst, float(np.abs(called - every).max()))
+    assert 0.0 < worst <= (m - 1) * share

@@ -16,6 +16,8 @@ from aegis_online.config import ConfigError
 from .helpers import ACME_KEY, KeywordExpert, bearer, conversation, make_service, wait_until
 
 ACME = bearer(ACME_KEY)
+#: One guard per escalation and no other: neither exploration nor hedging (they are tested on their own)
+SINGLE = {"exploration": 0.0, "hedge_share": 0.0}
 
 
 def tiers() -> tuple[KeywordExpert, KeywordExpert, KeywordExpert]:
@@ -65,11 +67,13 @@ def test_the_cut_falls_while_the_cascade_escalates_less_than_its_target(
     assert cuts == pytest.approx([0.1 * np.exp(-0.2 * 0.3 * i) for i in range(5)])  # no escalation: x e^(-step target)
 
 
-def label_safe(client: TestClient, texts: list[str]) -> None:
-    """Moderate each text as acme and label it safe; return once the worker has applied every label."""
+def label_safe(client: TestClient, texts: list[str], category: str | None = None) -> None:
+    """Moderate each text as acme and label it safe (as a whole, or in ``category``); return once the worker has
+    applied every label."""
     for text in texts:
         body = client.post("/v1/moderate", json=conversation(text), headers=ACME).json()
-        feedback = {"request_id": body["request_id"], "label": "safe"}
+        label = {"label": "safe"} if category is None else {"labels": {category: 0.0}}
+        feedback = {"request_id": body["request_id"], **label}
         assert client.post("/v1/feedback", json=feedback, headers=ACME).status_code == 202
     service = client.app.state.service
     assert service.worker.drain(10) and wait_until(lambda: service.worker.stats.applied == len(texts))
@@ -133,15 +137,33 @@ def test_an_escalation_calls_the_most_trusted_guard_and_feedback_can_dethrone_it
     service_factory: Callable[..., TestClient],
 ) -> None:
     """guard-a flags "kill the boss"; this tenant's moderators say it is safe. Escalations call one guard (no
-    exploration here): first guard-a (the tie goes to the first), then, once labels have cut its weight, guard-b."""
+    exploration nor hedging here): first guard-a (the tie goes to the first), then, once labels have cut its weight,
+    guard-b."""
     experts = two_guards()
     own = [{"tenant": "acme", "personalise_after": 0}]
-    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001, "exploration": 0.0}
+    section = {**SINGLE, "expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001}
     client = service_factory(experts, cascade=section, policies=own)
     first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
     assert first["cascade"]["tier"] == "expensive" and first["cascade"]["experts"] == ["guard-a"]
     assert experts[3].calls == 0 and "guard-b" in {m["expert"] for m in first["missing_experts"]}
     label_safe(client, [f"kill the boss {i}" for i in range(20)])
+    later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
+    assert later["cascade"]["experts"] == ["guard-b"] and later["action"] == "allow"
+
+
+def test_an_escalation_calls_both_guards_until_feedback_tells_them_apart(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    """With hedging (the default share), equal weights call both guards; once this tenant's labels have cut
+    guard-a's weight below the share of guard-b's, escalations call guard-b alone. The labels are per category:
+    hedging looks at each key the guards answer, and a whole-request label alone would leave S1's key untold."""
+    experts = two_guards()
+    own = [{"tenant": "acme", "personalise_after": 0}]
+    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001, "exploration": 0.0}
+    client = service_factory(experts, cascade=section, policies=own)
+    first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert first["cascade"]["experts"] == ["guard-a", "guard-b"] and experts[2].calls == experts[3].calls == 1
+    label_safe(client, [f"kill the boss {i}" for i in range(40)], category="S1")
     later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
     assert later["cascade"]["experts"] == ["guard-b"] and later["action"] == "allow"
 
@@ -159,7 +181,7 @@ def test_a_category_only_a_less_trusted_guard_covers_still_gets_its_guard(
 ) -> None:
     """Only guard-b scores S10 and no cheap expert does: choosing guard-a alone would leave S10 unscored."""
     experts = two_guards(S10=("slur",))
-    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 5.0, "exploration": 0.0}
+    section = {**SINGLE, "expensive": ["guard-a", "guard-b"], "initial_cut": 5.0}
     client = service_factory(experts, cascade=section)
     body = client.post("/v1/moderate", json=conversation("a slur"), headers=ACME).json()
     assert body["cascade"]["tier"] == "expensive" and "S10" in body["cascade"]["reason"]
@@ -169,7 +191,7 @@ def test_a_category_only_a_less_trusted_guard_covers_still_gets_its_guard(
 
 def test_bad_expert_choice_settings_are_refused() -> None:
     experts = two_guards()
-    for bad in ({"experts_per_escalation": -1}, {"exploration": 1.5}):
+    for bad in ({"experts_per_escalation": -1}, {"exploration": 1.5}, {"hedge_share": -0.1}):
         with pytest.raises(ValidationError, match=next(iter(bad))):
             make_service(experts, cascade={"expensive": ["guard-a", "guard-b"]} | bad)
 
@@ -181,7 +203,7 @@ def test_when_the_chosen_guard_fails_the_rest_of_the_tier_is_called_in_its_place
     does not leave an escalated request decided by the cheap tier it was escalated from."""
     experts = two_guards()
     experts[2].fail = True  # guard-a, the one the tie gives the call to
-    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "exploration": 0.0}
+    section = {**SINGLE, "expensive": ["guard-a", "guard-b"], "initial_cut": 0.01}
     client = service_factory(experts, cascade=section)
     body = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
     assert body["cascade"]["experts"] == ["guard-a", "guard-b"] and experts[2].calls == experts[3].calls == 1
