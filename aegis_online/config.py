@@ -150,12 +150,13 @@ class CascadeSection(Section):
         "weights keep measuring it.",
     )
     hedge_share: float = Field(
-        default=0.05,
+        default=0.0,
         ge=0.0,
         le=1.0,
         description="An escalated request also calls each other expensive expert whose weight, in one of its "
         "categories, is at least this share of the chosen expert's: while the weights have not told the experts "
-        "apart, it calls both (0: never).",
+        "apart, it calls both (0, the default: never). It helps when the guards differ in quality and one may "
+        "regress; with guards equally good it spends the budget on calls that agree (docs/cascade.md).",
     )
 
 

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expensive", default="lexical-heads,minilm-heads", help="The expensive tier.")
     parser.add_argument("--learners", default="default,default+adaptive")
     parser.add_argument("--target", type=float, default=0.78, help="Target escalation rate (in expensive calls).")
+    parser.add_argument("--hedge-share", type=float, default=0.0, help="The escalation rule's hedge_share.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="Rows taken from each file (default: all).")
     parser.add_argument("--no-cache", action="store_true", help="Score every text afresh, keep no scores.")
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         cascade=expensive,
         cascade_target=args.target,
+        cascade_hedge_share=args.hedge_share,
     )
     console = Console(width=160)
     cache = ReplayCache(None if args.no_cache else default_cache_path())

@@ -163,3 +163,22 @@ def test_cascade_latency_benchmark_compares_each_tier_with_its_baseline_on_the_s
     assert rows["cheap-decided"][5] == "cheap only" and rows["escalated"][5] == "full", proc.stdout
     assert int(rows["cheap-decided"][2]) + int(rows["escalated"][2]) == 30, proc.stdout
     assert "ratio cheap-decided / cheap only (same requests): p50" in proc.stdout
+
+
+def test_cascade_hedging_benchmark_compares_hedge_shares_at_one_budget() -> None:
+    args = ["--steps", "300", "--seeds", "0", "--scenarios", "abrupt", "--learners", "default", "--shares", "0,0.05"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cascade_hedging.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("│") and "abrupt" in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[:3] == ["abrupt", "0", "default"] and len(cells) == 5, proc.stdout
+    for cell in cells[3:]:  # "saved% / loss ratio", both shares at about the same budget (1 - 0.78 / 2)
+        saved, ratio = cell.split(" / ")
+        assert 50.0 < float(saved.rstrip("%")) < 70.0 and float(ratio) > 0, cell

@@ -245,8 +245,10 @@ class EscalationRule:
     #: measured (a regressed leader is then overtaken)
     exploration: float = 0.05
     #: an expensive expert whose weight in one of the request's keys is at least this share of the highest weight
-    #: among those chosen is called too: while the weights have not told the experts apart, the request hedges
-    hedge_share: float = 0.05
+    #: among those chosen is called too: while the weights have not told the experts apart, the request hedges.
+    #: Off by default: experts equally good keep equal weights, and calling both spends the budget on agreement
+    #: (docs/cascade.md, "Hedging")
+    hedge_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_rate <= 1.0:

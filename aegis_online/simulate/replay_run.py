@@ -70,6 +70,8 @@ class ReplayConfig:
     #: cascade mode: the expensive experts (each learner also runs as ``<learner>+cascade``), and the target rate
     cascade: Sequence[str] | None = None
     cascade_target: float = 0.3
+    #: the escalation rule's ``hedge_share`` (0: no hedging, the default)
+    cascade_hedge_share: float = 0.0
 
 
 @dataclass
@@ -169,7 +171,8 @@ def _cascade(config: ReplayConfig, experts: Sequence[str]) -> CascadeConfig | No
         raise ValueError(f"--cascade: unknown experts {unknown}; the replay has {', '.join(experts)}")
     if set(config.cascade) >= set(experts):
         raise ValueError("--cascade: leave at least one cheap expert (the tier that scores every request)")
-    return CascadeConfig(frozenset(config.cascade), EscalationRule(target_rate=config.cascade_target))
+    rule = EscalationRule(target_rate=config.cascade_target, hedge_share=config.cascade_hedge_share)
+    return CascadeConfig(frozenset(config.cascade), rule)
 
 
 def _context(config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str | None) -> dict[str, Any]:

@@ -154,13 +154,13 @@ def test_an_escalation_calls_the_most_trusted_guard_and_feedback_can_dethrone_it
 def test_an_escalation_calls_both_guards_until_feedback_tells_them_apart(
     service_factory: Callable[..., TestClient],
 ) -> None:
-    """With hedging (the default share), equal weights call both guards; once this tenant's labels have cut
+    """With hedging (hedge_share 0.05), equal weights call both guards; once this tenant's labels have cut
     guard-a's weight below the share of guard-b's, escalations call guard-b alone. The labels are per category:
     hedging looks at each key the guards answer, and a whole-request label alone would leave S1's key untold."""
     experts = two_guards()
     own = [{"tenant": "acme", "personalise_after": 0}]
     section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001, "exploration": 0.0}
-    client = service_factory(experts, cascade=section, policies=own)
+    client = service_factory(experts, cascade=section | {"hedge_share": 0.05}, policies=own)
     first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
     assert first["cascade"]["experts"] == ["guard-a", "guard-b"] and experts[2].calls == experts[3].calls == 1
     label_safe(client, [f"kill the boss {i}" for i in range(40)], category="S1")
