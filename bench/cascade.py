@@ -8,8 +8,8 @@ expensive calls saved, the loss ratio against full information and the macro F1 
 fewer expensive calls for <= 1% more loss). ``aegis-online simulate --cascade`` gives one scenario's full report.
 
 Each escalation calls the expensive expert the weights trust most (the other one with the rule's exploration
-probability, 5%, and while the weights cannot tell them apart: ``hedge_share``). The target counts expensive calls,
-so a target rate r spends ``r / 2`` of full information's expensive calls.
+probability, 5%; no hedging, the default: ``bench/cascade_hedging.py`` measures it). The target counts expensive
+calls, so a target rate r spends ``r / 2`` of full information's expensive calls.
 
 The last column is a reference no service can reach: a router in hindsight that calls *both* guards, with the same
 number of expensive calls, on the requests on which the cheap tier alone (the cascade-aware learner with the
