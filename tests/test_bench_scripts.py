@@ -15,20 +15,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_learners_benchmark_quick_run_reports_default_learner_against_river() -> None:
-    pytest.importorskip("river")
+def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+    """Run ``bench/<script>`` with ``args`` from the repository root; its stdout, once it has exited 0."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "learners.py"), "--quick"],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_learners_benchmark_quick_run_reports_default_learner_against_river() -> None:
+    pytest.importorskip("river")
+    stdout = run_bench("learners.py", "--quick")
     for name in ("default ", "default+adaptive "):
-        lines = [line for line in proc.stdout.splitlines() if line.startswith(name) and "x River" in line]
-        assert len(lines) == 2, proc.stdout  # single and batched
+        lines = [line for line in stdout.splitlines() if line.startswith(name) and "x River" in line]
+        assert len(lines) == 2, stdout  # single and batched
 
 
 def test_gpu_guard_benchmark_tiny_cpu_run_reports_batches_and_sharing_ratio(tmp_path: Path) -> None:
@@ -36,20 +42,12 @@ def test_gpu_guard_benchmark_tiny_cpu_run_reports_batches_and_sharing_ratio(tmp_
     pytest.importorskip("transformers")
     out = tmp_path / "gpu_guard.json"
     options = ["--tiny", "--device", "cpu", "--sharing", "processes", "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_guard.py"), *options],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert any("prompt tok/s" in line and "of peak" in line for line in lines), proc.stdout
+    stdout = run_bench("gpu_guard.py", *options)
+    lines = stdout.splitlines()
+    assert any("prompt tok/s" in line and "of peak" in line for line in lines), stdout
     for batch in (1, 4):  # one table row per batch size: batch | calls | req/s | ...
-        assert any(line.split("|")[0].strip() == str(batch) for line in lines if line.count("|") == 9), proc.stdout
-    assert any("ensemble/slowest" in line for line in lines), proc.stdout
+        assert any(line.split("|")[0].strip() == str(batch) for line in lines if line.count("|") == 9), stdout
+    assert any("ensemble/slowest" in line for line in lines), stdout
     figures = json.loads(out.read_text())
     assert [row["batch"] for row in figures["single"]] == [1, 4]
     assert all(row["requests_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in figures["single"])
@@ -60,32 +58,16 @@ def test_gpu_guard_benchmark_tiny_cpu_run_reports_batches_and_sharing_ratio(tmp_
 
 
 def test_overload_benchmark_quick_run_reports_goodput_under_overload() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "overload.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    stdout = run_bench("overload.py", "--quick", timeout=180)
     for multiple in ("2x", "4x"):
-        assert re.search(rf"^goodput at {multiple} overload: \d+\.\d\d of peak$", proc.stdout, re.M), proc.stdout
-    assert re.search(r"^p99 of admitted requests at 4x: \d+ ms, (within|over) the \d+ ms deadline$", proc.stdout, re.M)
-    assert "without admission control at 4x" in proc.stdout
+        assert re.search(rf"^goodput at {multiple} overload: \d+\.\d\d of peak$", stdout, re.M), stdout
+    assert re.search(r"^p99 of admitted requests at 4x: \d+ ms, (within|over) the \d+ ms deadline$", stdout, re.M)
+    assert "without admission control at 4x" in stdout
 
 
 def test_proxy_benchmark_quick_run_reports_the_issue_figures(tmp_path: Path) -> None:
     out = tmp_path / "proxy.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "proxy.py"), "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    stdout = run_bench("proxy.py", "--quick", "--json", str(out))
     for key in (
         "stream_first_ttft_over_direct_plus_prompt_check_ms",
         "stream_first_tokens_per_s_ratio",
@@ -94,7 +76,7 @@ def test_proxy_benchmark_quick_run_reports_the_issue_figures(tmp_path: Path) -> 
         "harmful_cut_within_one_window",
         "benign_byte_for_byte",
     ):
-        assert re.search(rf"^{key}: ", proc.stdout, re.M), proc.stdout
+        assert re.search(rf"^{key}: ", stdout, re.M), stdout
     figures = json.loads(out.read_text())
     for mode in ("stream_first", "check_first"):
         assert figures[mode]["benign_byte_for_byte"] == 1.0  # benign streams pass unchanged
@@ -105,33 +87,17 @@ def test_proxy_benchmark_quick_run_reports_the_issue_figures(tmp_path: Path) -> 
 
 
 def test_cascade_benchmark_reports_every_scenario_with_both_guards() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cascade.py"), "--steps", "400", "--targets", "0.4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if "│" in line and "40%" in line]
-    assert len(rows) == 8, proc.stdout  # the shipped scenarios with guard-large and guard-small
+    stdout = run_bench("cascade.py", "--steps", "400", "--targets", "0.4")
+    rows = [line for line in stdout.splitlines() if "│" in line and "40%" in line]
+    assert len(rows) == 8, stdout  # the shipped scenarios with guard-large and guard-small
 
 
 def test_cascade_replay_benchmark_splits_the_excess_loss_on_a_few_shared_rows() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cascade_replay.py"), "--limit", "40", "--no-cache"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "160 requests" in proc.stdout, proc.stdout  # 40 rows from each of the four files
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("│") and "default" in line]
-    assert [row.split("│")[1].strip() for row in rows] == ["default", "default+adaptive"], proc.stdout
-    assert "highest cheap score:" in proc.stdout
+    stdout = run_bench("cascade_replay.py", "--limit", "40", "--no-cache")
+    assert "160 requests" in stdout, stdout  # 40 rows from each of the four files
+    rows = [line for line in stdout.splitlines() if line.startswith("│") and "default" in line]
+    assert [row.split("│")[1].strip() for row in rows] == ["default", "default+adaptive"], stdout
+    assert "highest cheap score:" in stdout
 
 
 def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_scores() -> None:
@@ -146,39 +112,23 @@ def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_s
 
 
 def test_cascade_latency_benchmark_compares_each_tier_with_its_baseline_on_the_same_requests() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cascade_latency.py"), "--requests", "30", "--warm-up", "60"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    stdout = run_bench("cascade_latency.py", "--requests", "30", "--warm-up", "60")
     rows = {
         cells[1]: cells
-        for line in proc.stdout.splitlines()
+        for line in stdout.splitlines()
         if line.startswith("│") and (cells := [c.strip() for c in line.split("│")])
     }
-    assert rows["cheap-decided"][5] == "cheap only" and rows["escalated"][5] == "full", proc.stdout
-    assert int(rows["cheap-decided"][2]) + int(rows["escalated"][2]) == 30, proc.stdout
-    assert "ratio cheap-decided / cheap only (same requests): p50" in proc.stdout
+    assert rows["cheap-decided"][5] == "cheap only" and rows["escalated"][5] == "full", stdout
+    assert int(rows["cheap-decided"][2]) + int(rows["escalated"][2]) == 30, stdout
+    assert "ratio cheap-decided / cheap only (same requests): p50" in stdout
 
 
 def test_cascade_hedging_benchmark_compares_hedge_shares_at_one_budget() -> None:
     args = ["--steps", "300", "--seeds", "0", "--scenarios", "abrupt", "--learners", "default", "--shares", "0,0.05"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cascade_hedging.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    row = next(line for line in proc.stdout.splitlines() if line.startswith("│") and "abrupt" in line)
+    stdout = run_bench("cascade_hedging.py", *args)
+    row = next(line for line in stdout.splitlines() if line.startswith("│") and "abrupt" in line)
     cells = [c.strip() for c in row.split("│")[1:-1]]
-    assert cells[:3] == ["abrupt", "0", "default"] and len(cells) == 5, proc.stdout
+    assert cells[:3] == ["abrupt", "0", "default"] and len(cells) == 5, stdout
     for cell in cells[3:]:  # "saved% / loss ratio", both shares at about the same budget (1 - 0.78 / 2)
         saved, ratio = cell.split(" / ")
         assert 50.0 < float(saved.rstrip("%")) < 70.0 and float(ratio) > 0, cell
