@@ -334,9 +334,13 @@ class Moderator:
         ]
         total = float(np.nansum(loss))
         escalate = rule.escalate(cut, total, bool(unscored))
-        called = self.expensive_to_call(states, keys, categories, could, unscored) if escalate else []
-        callable_ = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
-        self._cuts[tenant] = rule.update(cut, rule.spent(len(called), int(callable_.sum())))
+        called: list[str] = []
+        spent = 0.0
+        if escalate:
+            candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
+            called = self.expensive_to_call(states, keys, categories, candidates, unscored)
+            spent = rule.spent(len(called), int(candidates.sum()))
+        self._cuts[tenant] = rule.update(cut, spent)
         if unscored:
             reason: str | None = f"{unscored[0]} was not scored by the cheap experts"
         elif escalate:
@@ -356,18 +360,17 @@ class Moderator:
         states: np.ndarray,
         keys: Sequence[str],
         categories: CategorySet,
-        could: np.ndarray,
+        candidates: np.ndarray,
         unscored: Sequence[str],
     ) -> list[str]:
-        """The expensive experts an escalated request calls: ``rule.choose`` over those that ``could`` answer,
-        from their weights in the request's ``keys`` (``states``; a category's key counts for the experts that
-        cover that category, the whole request's for those that cover one of its categories); then, for each
-        category that no cheap expert scored (``unscored``) and no chosen expert covers, the most trusted one that
-        covers it, so that no category is left unscored because of the choice."""
+        """The expensive experts an escalated request calls: ``rule.choose`` over the ``candidates`` (those that
+        read its language and cover one of its categories), from their weights in the request's ``keys``
+        (``states``; a category's key counts for the experts that cover that category, the whole request's for all
+        the candidates); then, for each category that no cheap expert scored (``unscored``) and no chosen expert
+        covers, the most trusted one that covers it, so that no category is left unscored because of the choice."""
         assert self.cascade is not None
         weights = self.learner.weights(states)
         by_id = {cat.id: cat for cat in categories}
-        candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
         answers = np.array(
             [
                 candidates & np.array([e.covers(by_id[key]) for e in self.experts]) if key in by_id else candidates

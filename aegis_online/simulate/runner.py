@@ -192,10 +192,11 @@ def run_learner(
                 unscored = bool((np.isnan(loss[r]) & active & covered_by_expensive[r]).any())
                 up = cascade.rule.escalate(cuts[r, j], float(np.nansum(loss[r, active])), unscored)
                 escalated[r, s] = up
-                answers = expensive & np.isfinite(out_s[r, active])  # (keys, N): who answers each key
+                spent = 0.0
                 if up:
+                    answers = expensive & np.isfinite(out_s[r, active])  # (keys, N): who answers each key
                     called[r] = cascade.rule.choose(learner.weights(table[rows[r, active]]), answers, rngs[r])
-                spent = cascade.rule.spent(int(called[r].sum()), int(answers.any(axis=0).sum()))
+                    spent = cascade.rule.spent(int(called[r].sum()), int(answers.any(axis=0).sum()))
                 cuts[r, j] = cascade.rule.update(cuts[r, j], spent)
             out_s = np.where(expensive & ~called[:, None, :], np.nan, out_s)
             observed[:, s] = out_s
