@@ -125,10 +125,11 @@ def test_cascade_latency_benchmark_compares_each_tier_with_its_baseline_on_the_s
 
 def test_cascade_hedging_benchmark_compares_hedge_shares_at_one_budget() -> None:
     args = ["--steps", "300", "--seeds", "0", "--scenarios", "abrupt", "--learners", "default", "--shares", "0,0.05"]
+    args.append("--full-feedback")
     stdout = run_bench("cascade_hedging.py", *args)
     row = next(line for line in stdout.splitlines() if line.startswith("│") and "abrupt" in line)
     cells = [c.strip() for c in row.split("│")[1:-1]]
-    assert cells[:3] == ["abrupt", "0", "default"] and len(cells) == 5, stdout
-    for cell in cells[3:]:  # "saved% / loss ratio", both shares at about the same budget (1 - 0.78 / 2)
+    assert cells[:3] == ["abrupt", "0", "default"] and len(cells) == 6, stdout
+    for cell in cells[3:]:  # "saved% / loss ratio", both shares and the bound at about one budget (1 - 0.78 / 2)
         saved, ratio = cell.split(" / ")
         assert 50.0 < float(saved.rstrip("%")) < 70.0 and float(ratio) > 0, cell

@@ -46,6 +46,11 @@ class CascadeSetup:
     expensive: tuple[int, ...]
     rule: EscalationRule = field(default_factory=EscalationRule)
     full_information: str | None = None
+    #: analysis only, no service can do it: the feedback trains every expert on its score, called or not, so the
+    #: guards' weights are learned as with full information while the requests still call only the chosen ones.
+    #: The gap between this run and the plain cascade is what learning the guards' weights from the calls the
+    #: cascade makes costs (``bench/cascade_hedging.py --full-feedback``)
+    feedback_from_every_expert: bool = False
 
 
 @dataclass
@@ -146,6 +151,7 @@ def run_learner(
     samples = np.zeros((len(sample_at), C, N))
     tenant_samples = {t: np.zeros((len(sample_at), C, N)) for t in stream.tenants} if scoped else {}
     next_sample = 0
+    learned_from = stream.outputs if cascade is not None and cascade.feedback_from_every_expert else observed
     ev_r, ev_t, rank, bounds = _schedule(stream)
     report_every = max(T // 100, 1)
 
@@ -155,7 +161,7 @@ def run_learner(
             segment, top = np.arange(lo, hi), int(rank[lo:hi].max())
             waves = [segment] if top == 0 else [segment[rank[lo:hi] == w] for w in range(top + 1)]
             for wave in waves:
-                _apply(learner, table, counts, stream, observed, props, ev_r[wave], ev_t[wave], K, scoped)
+                _apply(learner, table, counts, stream, learned_from, props, ev_r[wave], ev_t[wave], K, scoped)
         if scoped:
             j = stream.tenant[:, s]
             own = base + C + j[:, None] * C + cat

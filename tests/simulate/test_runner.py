@@ -157,3 +157,31 @@ def test_a_cascade_calls_the_expensive_expert_its_weights_trust_and_explores_the
     later = escalated & (np.arange(len(escalated)) >= 500)
     assert queried[later, large].mean() > 0.9
     assert 0.05 < queried[later, small].mean() < 0.2  # explored at about 10%
+
+
+def test_a_cascade_fed_back_every_experts_score_learns_the_full_information_weights() -> None:
+    """``feedback_from_every_expert`` (an analysis bound): the requests escalate exactly as in the plain cascade
+    (the escalation reads only the cheap tier, which both learn alike), and the cascade learner's weights are the
+    ones the same learner reaches with every expert called, though each request still called only its tier."""
+    from aegis_online.learn.escalation import EscalationRule, cascade_learner_name
+    from aegis_online.simulate.runner import CascadeSetup
+
+    stream = generate_traffic(SCENARIO, steps=400, seed=3)
+    names = list(SCENARIO.expert_names)
+    expensive = (names.index("a"), names.index("b"))
+    rule = EscalationRule(target_rate=0.3, exploration=0.0)
+    runs = {
+        every: run_learner(
+            make_learner(cascade_learner_name("default", expensive), len(names)),
+            stream,
+            cascade=CascadeSetup(expensive, rule, feedback_from_every_expert=every),
+        )
+        for every in (False, True)
+    }
+    full = run_learner(make_learner("default", len(names)), stream)
+    assert np.array_equal(runs[False].escalated, runs[True].escalated)
+    for every, run in runs.items():
+        assert run.escalated is not None and run.escalated.any() and not run.escalated.all()
+        assert not run.queried[~run.escalated][:, list(expensive)].any()  # only escalations call a guard
+        same = np.allclose(run.final_weights["global"], full.final_weights["global"])
+        assert same == every, (every, run.final_weights["global"], full.final_weights["global"])
