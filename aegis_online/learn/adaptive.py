@@ -62,8 +62,9 @@ class Adaptive(Learner):
 
     def split(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The weights learner's, the calibration's and the thresholds' parts of a batch of states."""
-        base, cal, thr = np.split(np.atleast_2d(states), self._cuts, axis=1)
-        return base, cal, thr
+        states = np.atleast_2d(states)
+        a, b = self._cuts
+        return states[:, :a], states[:, a:b], states[:, b:]
 
     def calibrate(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
         _, cal, thr = self.split(states)

@@ -16,6 +16,7 @@ This module imports numpy and scipy only: no I/O, no pydantic.
 from __future__ import annotations
 
 import abc
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -98,11 +99,19 @@ class Learner(abc.ABC):
     # -- the public interface ----------------------------------------------------------------------------------
     def init_states(self, n_keys: int = 1) -> np.ndarray:
         """States of ``n_keys`` fresh keys, shape ``(n_keys, state_size)``."""
-        return np.tile(self._initial_state(), (n_keys, 1))
+        return np.tile(self._fresh_state, (n_keys, 1))
 
     def init_state(self) -> np.ndarray:
         """State of one fresh key."""
-        return self._initial_state().copy()
+        return self._fresh_state.copy()
+
+    @functools.cached_property
+    def _fresh_state(self) -> np.ndarray:
+        """``_initial_state``, built once: the request path fills every key without feedback from it, and a
+        learner's parameters do not change after construction. Read-only, so no caller can alter the cache."""
+        state = np.asarray(self._initial_state(), dtype=np.float64)
+        state.flags.writeable = False
+        return state
 
     def log_weights(self, states: np.ndarray) -> np.ndarray:
         """Normalised log-weights; accepts one state ``(S,)`` or a batch ``(B, S)``."""

@@ -128,13 +128,18 @@ class CheapTierLoss(Learner):
     def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
         base, tier, _, _ = self.split(states)
         awake = np.asarray(awake, dtype=bool)
-        full = self.base.combination_weights(base, awake)
         alone = ~awake[:, ~self.cheap].any(axis=1)
         if not alone.any():
-            return full
-        cheap = np.zeros_like(full)
-        cheap[:, self.cheap] = self.tier.combination_weights(tier, awake[:, self.cheap])
-        return np.where(alone[:, None], cheap, full)
+            return self.base.combination_weights(base, awake)
+        weights = np.zeros(awake.shape)
+        # each row's weights from one learner only: the cheap tier's decides most requests, and the request path
+        # should not pay for the whole ensemble's weights there
+        cheap = np.zeros((int(alone.sum()), awake.shape[1]))
+        cheap[:, self.cheap] = self.tier.combination_weights(tier[alone], awake[alone][:, self.cheap])
+        weights[alone] = cheap
+        if not alone.all():
+            weights[~alone] = self.base.combination_weights(base[~alone], awake[~alone])
+        return weights
 
     def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:  # pragma: no cover - learn_many
         raise NotImplementedError("CheapTierLoss learns in learn_many: it needs the outputs, not only the losses")

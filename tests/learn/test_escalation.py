@@ -185,3 +185,33 @@ def test_hedging_bounds_how_far_the_combined_score_moves_from_calling_every_expe
         every = (weights * scores).sum(axis=1) / weights.sum(axis=1)
         worst = max(worst, float(np.abs(called - every).max()))
     assert 0.0 < worst <= (m - 1) * share
+
+
+def test_a_batch_combines_each_row_with_the_cheap_tier_or_the_whole_ensemble_as_its_row_alone_would() -> None:
+    """Rows with no expensive expert awake take the cheap tier's own weights, the others the whole ensemble's, in
+    one batch exactly as one row at a time (the request path computes only the weights each row needs)."""
+    learner = make_learner(cascade_learner_name("default+adaptive", [3, 4]), 5)
+    rng = np.random.default_rng(4)
+    state = learner.init_state()
+    for _ in range(80):
+        state = learner.learn_one(state, rng.random(5), label=float(rng.random() < 0.3))
+    awake = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 0, 1, 0, 0], [0, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=bool)
+    states = np.tile(state, (len(awake), 1))
+    batch = learner.combination_weights(states, awake)
+    one_by_one = np.vstack([learner.combination_weights(state[None, :], row[None, :]) for row in awake])
+    np.testing.assert_allclose(batch, one_by_one)
+    assert np.allclose(batch.sum(axis=1), 1.0) and not batch[~awake].any()
+    router = cheap_tier_loss(learner)
+    assert router is not None
+    tier_state = router.split(learner.split(state[None, :])[0])[1]  # Adaptive's weights part, then the tier's
+    cheap_only = router.tier.combination_weights(tier_state, awake[:1, :3])
+    np.testing.assert_allclose(batch[0, :3], cheap_only[0])
+    assert not np.allclose(batch[1, :4] / batch[1, :4].sum(), np.r_[batch[0, :3], 0.0])  # the guard changes the mix
+
+
+def test_a_fresh_state_cannot_be_changed_through_what_init_state_returns() -> None:
+    learner = make_learner(cascade_learner_name("default+adaptive", [1]), 3)
+    first = learner.init_state()
+    first[:] = 7.0
+    learner.init_states(2)[0, :] = 7.0
+    assert not np.any(learner.init_state() == 7.0) and not np.any(learner.init_states(3) == 7.0)
