@@ -378,7 +378,7 @@ class Moderator:
             ]
         )
         chosen = self.cascade.rule.choose(weights, answers, self._rng)
-        trust = np.where(answers, weights, 0.0).sum(axis=0)
+        trust = self.cascade.rule.trust(weights, answers)
         for cat in categories:
             if cat.id in unscored and not any(self.experts[i].covers(cat) for i in np.flatnonzero(chosen)):
                 covers = [i for i in np.flatnonzero(candidates) if self.experts[i].covers(cat)]

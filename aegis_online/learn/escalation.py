@@ -298,7 +298,7 @@ class EscalationRule:
         weights = np.atleast_2d(weights)
         answers = np.broadcast_to(np.asarray(callable_, dtype=bool), weights.shape)  # (K, N)
         callable_any = answers.any(axis=0)
-        trust = np.where(callable_any, np.where(answers, weights, 0.0).sum(axis=0), -np.inf)
+        trust = np.where(callable_any, self.trust(weights, answers), -np.inf)
         k = self.experts_per_escalation or int(callable_any.sum())
         chosen = np.zeros(len(trust), dtype=bool)
         chosen[np.argsort(-trust, kind="stable")[:k]] = True
@@ -310,6 +310,14 @@ class EscalationRule:
             highest = np.where(answers & chosen, weights, 0.0).max(axis=1, keepdims=True)  # (K, 1); 0: none chosen
             hedged = (answers & (highest > 0) & (weights >= self.hedge_share * highest)).any(axis=0)
         return callable_any & (chosen | explored | hedged)
+
+    @staticmethod
+    def trust(weights: np.ndarray, answers: np.ndarray) -> np.ndarray:
+        """Each expert's trust ``(N,)`` for a request: its weights ``(K, N)`` summed over the keys where it can
+        answer (``answers``, ``(K, N)`` or ``(N,)``). ``choose`` ranks by it, and so does whatever must add an
+        expert after the choice."""
+        weights = np.atleast_2d(weights)
+        return np.where(np.broadcast_to(np.asarray(answers, dtype=bool), weights.shape), weights, 0.0).sum(axis=0)
 
     def escalate(self, cut: float, score: float, unscored: bool = False) -> bool:
         """Whether to call the expensive tier: the predicted loss ``score`` at or above ``cut``, or a category the
