@@ -251,13 +251,16 @@ class Moderator:
         if self.cascade is not None:
             cheap = np.array([name not in self.cascade.expensive for name in self.expert_names])
             outputs = await self._score(request, categories, chosen & cheap, language, budget)
-            tier = self.escalation(request.tenant, outputs, categories, policy, language)
+            # One read of the tenant's key states serves the escalation and the decision: one store round trip,
+            # and both see the same weights.
+            loaded = self.load_states(request.tenant, (*categories.ids, OVERALL), policy)
+            tier = self.escalation(request.tenant, outputs, categories, policy, language, loaded[0])
             if tier.tier == "expensive":
                 expensive, tier = await self._expensive_outputs(
                     request, categories, chosen & ~cheap, tier, language, budget, started
                 )
                 outputs += expensive
-            return self.decide(request, outputs, remember=remember, cascade=tier, **context)  # type: ignore[arg-type]
+            return self.decide(request, outputs, remember=remember, cascade=tier, loaded=loaded, **context)  # type: ignore[arg-type]
         outputs = await self._score(request, categories, chosen, language, budget)
         return self.decide(
             request,
@@ -309,13 +312,19 @@ class Moderator:
         return [batch[0] for batch in results]
 
     def escalation(
-        self, tenant: str, outputs: Sequence[ExpertOutput], categories: CategorySet, policy: TenantPolicy, language: str
+        self,
+        tenant: str,
+        outputs: Sequence[ExpertOutput],
+        categories: CategorySet,
+        policy: TenantPolicy,
+        language: str,
+        states: np.ndarray,
     ) -> CascadeDecision:
         """Whether the cheap tier's outputs need the expensive experts, and why; moves the tenant's cut.
 
         Escalates when the cheap tier's predicted loss, summed over the categories the policy acts on and the whole
         request, reaches the tenant's cut, or when a category that an expensive expert covers (and reads this
-        language) has no cheap score."""
+        language) has no cheap score. ``states``: the tenant's key states for ``(*categories, OVERALL)``."""
         assert self.cascade is not None
         rule = self.cascade.rule
         matrix = self.output_matrix(outputs, categories.ids)
@@ -324,7 +333,7 @@ class Moderator:
         acted = np.array([policy.action_for(c) != "allow" for c in categories.ids])
         keys = [c for c, a in zip(categories.ids, acted, strict=True) if a] + [OVERALL]
         rows = np.vstack([matrix[acted], overall_outputs(matrix, acted)[None, :]])
-        states, _ = self.load_states(tenant, keys, policy)
+        states = states[np.append(acted, True)]
         loss = expected_cheap_loss(self.learner, states, rows)
         cut = self._cuts.get(tenant, rule.initial)
         unscored = [
@@ -408,10 +417,12 @@ class Moderator:
         language: str | None = None,
         remember: bool = True,
         cascade: CascadeDecision | None = None,
+        loaded: tuple[np.ndarray, list[str]] | None = None,
     ) -> Decision:
         """Combine expert outputs already in hand, apply the tenant's policy, log the prediction (unless not
         ``remember``). ``language``: the checked turn's, when already identified (else identified here); the outputs
-        of experts that do not read it are not used, as ``moderate`` would not have called them."""
+        of experts that do not read it are not used, as ``moderate`` would not have called them. ``loaded``: what
+        ``load_states`` gave for ``(*categories, OVERALL)`` earlier in this request (else loaded here)."""
         policy = policy or self.policies.effective(request.tenant)
         categories = categories or self.categories_for(request, policy)
         language = identify(request.checked_text) if language is None else language
@@ -451,7 +462,7 @@ class Moderator:
             else:
                 absent.append(None)
         matrix[:, [kind is not None for kind in absent]] = np.nan  # e.g. an expert that does not read the language
-        states, scopes = self.load_states(request.tenant, (*cat_ids, OVERALL), policy)
+        states, scopes = loaded or self.load_states(request.tenant, (*cat_ids, OVERALL), policy)
         acted = np.array([policy.action_for(cat) != "allow" for cat in cat_ids])
         combination = combine(self.learner, states, np.vstack([matrix, overall_outputs(matrix, acted)[None, :]]))
         scores, overall_score = combination.scores[:-1], combination.scores[-1]

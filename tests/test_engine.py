@@ -13,7 +13,7 @@ from aegis_online.errors import InvalidFeedbackError, InvalidRequestError, Tenan
 from aegis_online.experts import Expert, ExpertInput
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import ExpertOutput, FeedbackEvent, ModerationRequest
-from aegis_online.state import MemoryPolicyStore
+from aegis_online.state import MemoryLearnerStore, MemoryPolicyStore
 
 
 class FixedExpert(Expert):
@@ -352,3 +352,37 @@ def test_a_cascade_whose_cheap_tier_could_not_score_a_category_calls_the_expensi
     assert decision.cascade.reason == "S1 was not scored by the cheap experts" and guard.calls == 1
     s1 = next(c for c in decision.categories if c.category == "S1")
     assert s1.score == pytest.approx(0.97) and decision.action != "allow"
+
+
+class CountingStore(MemoryLearnerStore):
+    """The in-memory learner store, counting its reads: each read is a round trip to a production store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def load(self, keys):
+        self.reads += 1
+        return super().load(keys)
+
+
+def test_a_cascade_request_reads_its_key_states_once_and_escalates_on_the_categories_its_policy_acts_on() -> None:
+    """The escalation and the decision share one read of the tenant's keys; the escalation takes from it the keys
+    of the acted categories and the whole request's, so a category the policy allows does not move it."""
+    store = CountingStore()
+    policies = MemoryPolicyStore(
+        [TenantPolicy(tenant="t", personalise_after=0, categories={"S8": {"action": "allow"}})]
+    )
+    experts = [FixedExpert("a", 0.9), FixedExpert("b", 0.2), FixedExpert("guard", 0.97)]
+    engine = Engine(experts, cascade=CascadeConfig(frozenset({"guard"})), store=store, policies=policies)
+    for k in range(40):  # the three keys part: S1's stays fresh, S8's learns "safe", the whole request's a mix
+        decision = moderate(engine, request("t"))
+        labels = {"label": "unsafe"} if k % 2 else {"labels": {"S8": 0.0}}
+        engine.feedback(FeedbackEvent(request_id=decision.request_id, tenant="t", trusted=True, **labels))
+    store.reads = 0
+    both = moderate(engine, request("t"))
+    assert store.reads == 1
+    s1 = ModerationRequest(messages=[{"role": "user", "content": "text"}], tenant="t", categories=["S1"])
+    only_s1 = moderate(engine, s1)
+    assert both.cascade is not None and only_s1.cascade is not None
+    assert both.cascade.expected_loss == pytest.approx(only_s1.cascade.expected_loss)
