@@ -36,7 +36,14 @@ from aegis_online.catalog import (
     default_catalog_dir,
     load_catalog,
 )
-from aegis_online.learn import ADAPTIVE_SUFFIX, DEFAULT_LEARNER, LEARNERS, cascade_learner_name, known_learner
+from aegis_online.learn import (
+    ADAPTIVE_SUFFIX,
+    CASCADE_MARK,
+    DEFAULT_LEARNER,
+    LEARNERS,
+    cascade_learner_name,
+    known_learner,
+)
 from aegis_online.policy import PlatformFloor, TenantPolicy, resolve_category
 from aegis_online.schemas import MAX_MESSAGE_CHARS, TenantId
 from aegis_online.state.quotas import Bucket, ShareCap
@@ -318,6 +325,12 @@ class LearnerSection(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
+        if CASCADE_MARK in value:
+            wrapped = value.partition(CASCADE_MARK)[0] + (ADAPTIVE_SUFFIX if value.endswith(ADAPTIVE_SUFFIX) else "")
+            raise ValueError(
+                f"{value!r} is a cascade-aware learner's name, which the service makes from the cascade: section; "
+                f"give the learner it wraps ({wrapped!r})"
+            )
         if not known_learner(value):
             raise ValueError(
                 f"unknown learner {value!r}; choose one of {sorted(LEARNERS)}, optionally with {ADAPTIVE_SUFFIX} "

@@ -86,7 +86,7 @@ def create_app(service: ModerationService) -> FastAPI:
     )
     perspective = PerspectiveServing(engine, record, config.limits)
     chat = ChatProxyServing(engine, record, config.chat)
-    tenants = TenantServing(engine, config.learner.name)
+    tenants = TenantServing(engine, engine.learner.name)
     principal = principal_dependency(service.keys)
     perspective_principal = query_key_principal_dependency(service.keys)
 

@@ -170,7 +170,7 @@ class ModerationService:
         log.info(
             "aegis-online service ready: experts %s, learner %s, store %s, bus %s, %s",
             ", ".join(self.engine.expert_names),
-            self.config.learner.name,
+            self.engine.learner.name,
             self.store_description,
             self.config.bus.kind,
             "OPEN development mode" if self.keys.open_mode else f"{len(self.keys)} API keys",
@@ -251,7 +251,7 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             "--learner %s --prefix %s --topic %s --bootstrap-servers <brokers> --redis-url <store.redis_url>",
             config.bus.topic,
             ",".join(engine.expert_names),
-            config.learner.name,
+            engine.learner.name,
             config.store.prefix,
             config.bus.topic,
         )

@@ -102,6 +102,22 @@ def test_the_feedback_worker_uses_the_services_cascade_learner() -> None:
     assert plain.learner_name(served) == "default+adaptive"
 
 
+def test_the_service_reports_the_cascade_learner_it_runs(service_factory: Callable[..., TestClient]) -> None:
+    """The learner's name names its keys: what the service reports (and tells operators to start workers with) is
+    the cascade-aware learner it runs, not the one it wraps."""
+    sure, words, guard = tiers()
+    client = start(service_factory, [sure, words, guard])
+    body = client.get("/v1/tenants/acme/weights", headers=ACME).json()
+    assert body["learner"] == "default+cascade-2+adaptive"
+
+
+def test_a_cascade_learner_name_in_the_config_is_refused_naming_the_field() -> None:
+    from aegis_online.config import ServiceConfig
+
+    with pytest.raises(ValidationError, match="(?s)learner.name.*cascade-aware.*'default\\+adaptive'"):
+        ServiceConfig.model_validate({"learner": {"name": "default+cascade-1+adaptive"}, "store": {"persist": False}})
+
+
 def test_cascade_settings_that_cannot_work_are_refused() -> None:
     sure, words, guard = tiers()
     with pytest.raises(ConfigError, match="not among the experts served"):
