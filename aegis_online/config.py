@@ -147,7 +147,15 @@ class CascadeSection(Section):
         ge=0,
         le=64,
         description="Expensive experts an escalated request calls: the ones the tenant's weights trust most "
-        "(0: every expensive expert).",
+        "(0: every expensive expert). At most the size of the expensive tier.",
+    )
+    cheap_deadline_share: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="The share of a request's deadline (limits.deadline_ms) the cheap tier may take; the rest is "
+        "kept for the expensive tier, so a cheap expert that times out (which escalates the request) leaves the "
+        "guard time to answer.",
     )
     exploration: float = Field(
         default=0.05,
@@ -702,6 +710,11 @@ class ServiceConfig(Section):
             raise ConfigError(
                 f"cascade.expensive: a cascade needs at least one expensive and one cheap expert; expensive "
                 f"{sorted(expensive)} of {list(served)}"
+            )
+        if self.cascade.experts_per_escalation > len(expensive):
+            raise ConfigError(
+                f"cascade.experts_per_escalation: {self.cascade.experts_per_escalation} is more than the expensive "
+                f"tier holds ({sorted(expensive)}); give at most {len(expensive)}, or 0 for all of them"
             )
         return expensive
 

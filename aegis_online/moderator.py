@@ -83,6 +83,12 @@ class CascadeConfig:
 
     expensive: frozenset[str]
     rule: EscalationRule = field(default_factory=EscalationRule)
+    #: the share of a request's deadline the cheap tier may take: the rest is kept for the expensive tier, so that a
+    #: cheap tier that times out (which escalates the request) leaves its guard the time to answer
+    cheap_deadline_share: float = 0.5
+    #: seconds an expensive expert that failed is passed over when the most trusted are chosen (it is then tried
+    #: again): while a guard is down, escalations go to the others at once instead of paying its failure first
+    failed_cooldown_s: float = 10.0
 
     def indices(self, names: Sequence[str]) -> tuple[int, ...]:
         """The expensive experts' positions in ``names``; ValueError unless at least one is expensive and one cheap."""
@@ -179,6 +185,8 @@ class Moderator:
                 )
         self.cascade = cascade
         self._cuts: dict[str, float] = {}
+        #: when each expensive expert last failed (``time.monotonic``; absent: its last call answered)
+        self._failed_at: dict[str, float] = {}
         self.keyspace = KeySpace(self.learner.name, self.expert_names)
         self.store = store or MemoryLearnerStore()
         self.prediction_log = prediction_log or MemoryPredictionLog()
@@ -250,16 +258,21 @@ class Moderator:
         context = {"policy": policy, "categories": categories, "language": language}
         if self.cascade is not None:
             cheap = np.array([name not in self.cascade.expensive for name in self.expert_names])
-            outputs = await self._score(request, categories, chosen & cheap, language, budget)
+            share = self.cascade.cheap_deadline_share
+            outputs = await self._score(request, categories, chosen & cheap, language, share * budget)
             # One read of the tenant's key states serves the escalation and the decision: one store round trip,
             # and both see the same weights.
             loaded = self.load_states(request.tenant, (*categories.ids, OVERALL), policy)
-            tier = self.escalation(request.tenant, outputs, categories, policy, language, loaded[0])
+            tier, callable_ = self.escalation(request.tenant, outputs, categories, policy, language, loaded[0])
             if tier.tier == "expensive":
                 expensive, tier = await self._expensive_outputs(
                     request, categories, chosen & ~cheap, tier, language, budget, started
                 )
                 outputs += expensive
+            if callable_:  # the cut decided (EscalationRule.moves_cut): it moves by what was spent, failover included
+                rule = self.cascade.rule
+                spent = rule.spent(len(tier.experts), callable_)
+                self._cuts[request.tenant] = rule.update(self._cuts.get(request.tenant, rule.initial), spent)
             return self.decide(request, outputs, remember=remember, cascade=tier, loaded=loaded, **context)  # type: ignore[arg-type]
         outputs = await self._score(request, categories, chosen, language, budget)
         return self.decide(
@@ -283,15 +296,27 @@ class Moderator:
         """The outputs of the expensive experts the escalation chose, within what is left of ``budget``. When one
         of them fails or misses its deadline, the rest of the ``expensive`` tier is called in its place with what is
         left then: calling one expert instead of all must not turn into a decision without a guard. ``tier`` comes
-        back naming every expert called."""
+        back naming every expert called; when none of them answered, it says that the cheap tier decided after all,
+        and why (their errors are in the decision's ``missing_experts``)."""
         called = np.array([name in tier.experts for name in self.expert_names])
-        left = max(budget - (time.perf_counter() - started), 0.0)
+        left = budget - (time.perf_counter() - started)
         outputs = await self._score(request, categories, expensive & called, language, left)
-        if all(out.ok for out in outputs):
-            return outputs, tier
-        left = max(budget - (time.perf_counter() - started), 0.0)
-        spare = await self._score(request, categories, expensive & ~called, language, left)
-        return outputs + spare, tier.model_copy(update={"experts": [*tier.experts, *(o.expert for o in spare)]})
+        if not all(out.ok for out in outputs):
+            left = budget - (time.perf_counter() - started)
+            spare = await self._score(request, categories, expensive & ~called, language, left)
+            outputs += spare
+        now = time.monotonic()
+        for out in outputs:
+            if out.ok:
+                self._failed_at.pop(out.expert, None)
+            else:
+                self._failed_at[out.expert] = now
+        experts = [out.expert for out in outputs]
+        if any(out.ok for out in outputs):
+            return outputs, tier.model_copy(update={"experts": experts})
+        why = "no time was left of the request's deadline" if not outputs else "no expensive expert answered"
+        reason = f"{tier.reason}, but {why}: the cheap tier decided"
+        return outputs, tier.model_copy(update={"tier": "cheap", "reason": reason, "experts": experts})
 
     async def _score(
         self,
@@ -301,7 +326,11 @@ class Moderator:
         language: str,
         budget: float,
     ) -> list[ExpertOutput]:
-        """The outputs of the chosen experts that read the language and cover a category, under ``budget``."""
+        """The outputs of the chosen experts that read the language and cover a category, under ``budget``. With
+        no time left none is called (so none is blamed for a timeout it had no chance to avoid): the decision then
+        lists them as not queried."""
+        if budget <= 0:
+            return []
         calls = []
         for expert, selected, reads in zip(self.experts, chosen, self.readers(language), strict=True):
             covered = tuple(c for c in categories if expert.covers(c))
@@ -319,17 +348,24 @@ class Moderator:
         policy: TenantPolicy,
         language: str,
         states: np.ndarray,
-    ) -> CascadeDecision:
-        """Whether the cheap tier's outputs need the expensive experts, and why; moves the tenant's cut.
+    ) -> tuple[CascadeDecision, int]:
+        """Whether the cheap tier's outputs need the expensive experts, and why; and how many expensive experts
+        the tenant's cut is charged for (0: the cut did not decide, so the request does not move it).
 
         Escalates when the cheap tier's predicted loss, summed over the categories the policy acts on and the whole
         request, reaches the tenant's cut, or when a category that an expensive expert covers (and reads this
-        language) has no cheap score. ``states``: the tenant's key states for ``(*categories, OVERALL)``."""
+        language) has no cheap score. ``states``: the tenant's key states for ``(*categories, OVERALL)``.
+
+        The cut moves only on requests it decided: not on one forced up by a category the cheap tier could not
+        score (a cheap expert down would otherwise drive the cut up for as long as the outage lasts, and then
+        starve the escalations after it), nor on one that no expensive expert could take (its language, its
+        categories), which no cut could have sent up."""
         assert self.cascade is not None
         rule = self.cascade.rule
         matrix = self.output_matrix(outputs, categories.ids)
         expensive = np.array([name in self.cascade.expensive for name in self.expert_names])
         could = expensive & self.readers(language)
+        candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
         acted = np.array([policy.action_for(c) != "allow" for c in categories.ids])
         keys = [c for c, a in zip(categories.ids, acted, strict=True) if a] + [OVERALL]
         rows = np.vstack([matrix[acted], overall_outputs(matrix, acted)[None, :]])
@@ -341,28 +377,25 @@ class Moderator:
             for c, cat in enumerate(categories)
             if np.isnan(matrix[c]).all() and any(e.covers(cat) for e, ok in zip(self.experts, could, strict=True) if ok)
         ]
+        predicted = not np.isnan(loss).all()
         total = float(np.nansum(loss))
-        escalate = rule.escalate(cut, total, bool(unscored))
-        called: list[str] = []
-        spent = 0.0
-        if escalate:
-            candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
-            called = self.expensive_to_call(states, keys, categories, candidates, unscored)
-            spent = rule.spent(len(called), int(candidates.sum()))
-        self._cuts[tenant] = rule.update(cut, spent)
-        if unscored:
-            reason: str | None = f"{unscored[0]} was not scored by the cheap experts"
-        elif escalate:
-            reason = f"the cheap tier's expected loss {total:.4f} reached the cut {cut:.4f}"
-        else:
-            reason = None
-        return CascadeDecision(
-            tier="expensive" if escalate else "cheap",
-            expected_loss=None if unscored else total,
-            cut=cut,
-            reason=reason,
-            experts=called,
+        reached = predicted and rule.escalate(cut, total)
+        decided = CascadeDecision(
+            tier="cheap", expected_loss=total if predicted and not unscored else None, cut=cut, reason=None
         )
+        callable_ = int(candidates.sum())
+        charged = callable_ if rule.moves_cut(bool(unscored), callable_) else 0
+        if unscored:
+            called = self.expensive_to_call(states, keys, categories, candidates, unscored)
+            reason = f"{unscored[0]} was not scored by the cheap experts"
+            return decided.model_copy(update={"tier": "expensive", "reason": reason, "experts": called}), charged
+        if not reached or not callable_:
+            why = f"the cheap tier's expected loss {total:.4f} reached the cut {cut:.4f}, but no expensive expert"
+            reason = f"{why} reads {language!r} and covers these categories" if reached else None
+            return decided.model_copy(update={"reason": reason}), charged
+        called = self.expensive_to_call(states, keys, categories, candidates, unscored)
+        reason = f"the cheap tier's expected loss {total:.4f} reached the cut {cut:.4f}"
+        return decided.model_copy(update={"tier": "expensive", "reason": reason, "experts": called}), charged
 
     def expensive_to_call(
         self,
@@ -376,9 +409,15 @@ class Moderator:
         read its language and cover one of its categories), from their weights in the request's ``keys``
         (``states``; a category's key counts for the experts that cover that category, the whole request's for all
         the candidates); then, for each category that no cheap expert scored (``unscored``) and no chosen expert
-        covers, the most trusted one that covers it, so that no category is left unscored because of the choice."""
+        covers, the most trusted one that covers it, so that no category is left unscored because of the choice.
+        An expert that failed within ``failed_cooldown_s`` counts as untrusted while another candidate is not
+        resting: a guard that times out would otherwise take the request's time before its stand-in is called."""
         assert self.cascade is not None
         weights = self.learner.weights(states)
+        now, cooldown = time.monotonic(), self.cascade.failed_cooldown_s
+        resting = np.array([now - self._failed_at.get(name, -np.inf) < cooldown for name in self.expert_names])
+        if (candidates & ~resting).any():  # one that failed just now is not chosen first while another can answer
+            weights = np.where(resting, 0.0, weights)
         by_id = {cat.id: cat for cat in categories}
         answers = np.array(
             [
@@ -449,7 +488,8 @@ class Moderator:
                 kind: MissingKind = "not_queried" if covers_any else "not_covered"
                 reason = "not queried (bandit mode)" if propensities is not None else "not queried"
                 if cascade is not None and cascade.tier == "cheap":
-                    reason = "not called: the cheap experts were confident (cascade)"
+                    confident = cascade.reason is None
+                    reason = "not called: the cheap experts were confident (cascade)" if confident else "not called"
                 missing.append(
                     MissingExpert(
                         expert=name, kind=kind, reason=reason if covers_any else "covers none of the categories"

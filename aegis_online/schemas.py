@@ -223,17 +223,23 @@ class CascadeDecision(Model):
     expected_loss: float | None = Field(
         default=None,
         description="The cheap tier's predicted squared loss on this request, summed over the categories the policy "
-        "acts on and the whole request (learned from feedback; null when a category had no cheap score).",
+        "acts on and the whole request (learned from feedback; null when a category had no cheap score, or the "
+        "cheap tier scored none of those).",
     )
     cut: float = Field(
         description="The tenant's escalation cut when the request was decided: the expensive tier is "
         "called when expected_loss reaches it."
     )
-    reason: str | None = Field(default=None, description="Why the expensive tier was called (null: it was not).")
+    reason: str | None = Field(
+        default=None,
+        description="Why the expensive tier was called, and when tier is nevertheless cheap, why none of it "
+        "answered or could take the request (null: the cheap tier was confident).",
+    )
     experts: list[str] = Field(
         default_factory=list,
         description="The expensive experts called (empty: none): the most trusted for this tenant "
-        "(cascade.experts_per_escalation of them), and now and then another, so that its weight stays measured.",
+        "(cascade.experts_per_escalation of them), now and then another, so that its weight stays measured, and "
+        "the rest of the tier in place of one that failed.",
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from aegis_online.engine import BanditConfig, CascadeConfig, Engine
 from aegis_online.errors import InvalidFeedbackError, InvalidRequestError, TenantMismatchError, UnknownRequestError
 from aegis_online.experts import Expert, ExpertInput
+from aegis_online.learn.escalation import EscalationRule
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import ExpertOutput, FeedbackEvent, ModerationRequest
 from aegis_online.state import MemoryLearnerStore, MemoryPolicyStore
@@ -386,3 +387,91 @@ def test_a_cascade_request_reads_its_key_states_once_and_escalates_on_the_catego
     only_s1 = moderate(engine, s1)
     assert both.cascade is not None and only_s1.cascade is not None
     assert both.cascade.expected_loss == pytest.approx(only_s1.cascade.expected_loss)
+
+
+def cascade_engine(experts, rule: EscalationRule | None = None, **kw) -> Engine:
+    """A cascade whose expensive tier is the experts named ``guard...``."""
+    expensive = frozenset(e.name for e in experts if e.name.startswith("guard"))
+    return Engine(experts, cascade=CascadeConfig(expensive, rule or EscalationRule(exploration=0.0)), **kw)
+
+
+def test_escalations_forced_by_an_unscored_category_leave_the_cut_where_it_was() -> None:
+    """A cheap expert down forces every request up; the cut did not choose those, so it does not move, and the
+    escalations the cut decides resume as before once the expert is back (no wind-up to pay off afterwards)."""
+    broken, calm = BrokenExpert("cheap-s1", 0.5, ("S1",)), FixedExpert("cheap-s8", 0.5, ("S8",))
+    engine = cascade_engine([broken, calm, FixedExpert("guard", 0.97)])
+    decisions = [moderate(engine, request()) for _ in range(30)]
+    assert all(d.cascade is not None and d.cascade.tier == "expensive" for d in decisions)
+    assert {d.cascade.cut for d in decisions if d.cascade is not None} == {EscalationRule().initial}
+
+
+def test_a_slow_cheap_tier_leaves_its_guard_time_to_answer() -> None:
+    """The cheap tier gets its share of the deadline: when it times out, the guard it escalates to still answers,
+    and is not blamed for a timeout it had no time to avoid."""
+    slow, guard = SlowExpert("cheap-slow", 0.5), FixedExpert("guard", 0.97)
+    engine = cascade_engine([slow, guard], deadline_s=0.4)
+    decision = moderate(engine, request())
+    assert decision.cascade is not None and decision.cascade.tier == "expensive" and guard.calls == 1
+    assert [(m.expert, m.kind) for m in decision.missing_experts] == [("cheap-slow", "timeout")]
+    assert not decision.degraded and all(c.score == pytest.approx(0.97) for c in decision.categories)
+
+
+def test_with_no_time_left_no_expert_is_called_or_blamed_and_the_decision_says_so() -> None:
+    cheap, guard = FixedExpert("cheap", 0.5), FixedExpert("guard", 0.97)
+    engine = cascade_engine([cheap, guard])
+    decision = asyncio.run(engine.moderate(request(), deadline_s=0.0))
+    assert cheap.calls == guard.calls == 0
+    assert {m.kind for m in decision.missing_experts} == {"not_queried"}
+    assert decision.cascade is not None and decision.cascade.tier == "cheap"
+    assert decision.cascade.reason is not None and "no time was left" in decision.cascade.reason
+    assert decision.degraded and decision.action != "allow"
+
+
+def test_an_escalation_no_guard_answered_says_the_cheap_tier_decided_and_why() -> None:
+    cheap, guard = FixedExpert("cheap", 0.5), BrokenExpert("guard", 0.97)
+    decision = moderate(cascade_engine([cheap, guard]), request())
+    assert decision.cascade is not None and decision.cascade.tier == "cheap" and decision.cascade.experts == ["guard"]
+    assert decision.cascade.reason is not None and "no expensive expert answered" in decision.cascade.reason
+    assert [(m.expert, m.kind) for m in decision.missing_experts] == [("guard", "error")]
+
+
+def test_failover_calls_are_charged_to_the_budget() -> None:
+    """The trusted guard fails, the other is called in its place: two calls, and the cut moves by both."""
+    rule = EscalationRule(target_rate=0.3, step=0.2, initial=0.01, exploration=0.0)
+    experts = [FixedExpert("cheap", 0.5), BrokenExpert("guard-a", 0.97), FixedExpert("guard-b", 0.97)]
+    engine = cascade_engine(experts, rule)
+    first, second = moderate(engine, request()), moderate(engine, request())
+    assert first.cascade is not None and first.cascade.experts == ["guard-a", "guard-b"]
+    assert second.cascade is not None and second.cascade.cut == pytest.approx(0.01 * np.exp(0.2 * (2 - 0.3)))
+
+
+def test_a_request_no_guard_can_take_is_not_an_escalation_and_leaves_the_cut() -> None:
+    """The cheap tier is unsure of S8, which the guard does not cover: the decision says why no guard was called,
+    and the cut, which could not have sent it up, stays."""
+    engine = cascade_engine([FixedExpert("cheap", 0.5), FixedExpert("guard", 0.97, ("S1",))])
+    only_s8 = ModerationRequest(messages=[{"role": "user", "content": "text"}], categories=["S8"])
+    first, second = moderate(engine, only_s8), moderate(engine, only_s8)
+    assert first.cascade is not None and first.cascade.tier == "cheap" and first.cascade.experts == []
+    assert first.cascade.reason is not None and "no expensive expert reads" in first.cascade.reason
+    assert second.cascade is not None and second.cascade.cut == first.cascade.cut
+
+
+def test_the_expected_loss_is_null_when_the_cheap_tier_scored_nothing() -> None:
+    engine = cascade_engine([BrokenExpert("cheap", 0.5), FixedExpert("guard", 0.97, ("S1",))])
+    only_s8 = ModerationRequest(messages=[{"role": "user", "content": "text"}], categories=["S8"])
+    decision = moderate(engine, only_s8)
+    assert decision.cascade is not None and decision.cascade.expected_loss is None
+    assert decision.degraded and decision.action != "allow"
+
+
+def test_a_guard_that_just_failed_is_passed_over_until_its_cooldown_ends() -> None:
+    """While the trusted guard is down, escalations go to the other at once instead of paying its failure first;
+    after the cooldown it is tried again."""
+    experts = [FixedExpert("cheap", 0.5), BrokenExpert("guard-a", 0.97), FixedExpert("guard-b", 0.97)]
+    expensive = frozenset({"guard-a", "guard-b"})
+    for cooldown, second_calls in ((60.0, ["guard-b"]), (0.0, ["guard-a", "guard-b"])):
+        rule = EscalationRule(initial=0.01, exploration=0.0)
+        engine = Engine(experts, cascade=CascadeConfig(expensive, rule, failed_cooldown_s=cooldown))
+        first, second = moderate(engine, request()), moderate(engine, request())
+        assert first.cascade is not None and first.cascade.experts == ["guard-a", "guard-b"]
+        assert second.cascade is not None and second.cascade.experts == second_calls

@@ -56,6 +56,13 @@ import numpy as np
 
 from aegis_online.learn.base import Learner, labelled_round
 
+#: The escalation cut's range, in predicted squared loss summed over a request's keys: wide enough for every cut
+#: that matters, and bounded so that the cut cannot run off while nothing can meet the target, then take as long
+#: to come back (or reach 0 or infinity, where multiplying no longer moves it). A request's squared loss is at most 1
+#: per key over at most 57 keys (24 canonical categories, 32 custom, the whole request's), so above ``MAX_CUT``
+#: nothing escalates; ``MIN_CUT`` is the squared loss of a forecast 3e-5 from its label.
+MIN_CUT = 1e-9
+MAX_CUT = 64.0
 #: Marks a cascade-aware learner's name: ``<learner>+cascade-<expensive indices>`` (its own key namespace).
 CASCADE_MARK = "+cascade-"
 #: Labels after which an old label's weight in the loss regression has fallen to 1/e (the regression forgets, so
@@ -324,18 +331,41 @@ class EscalationRule:
         expensive tier covers that no cheap expert scored (``unscored``)."""
         return unscored or score >= cut
 
+    @staticmethod
+    def moves_cut(unscored: bool, callable_: int) -> bool:
+        """Whether a request moves its scope's cut: only one the cut decided, so not one forced up by an
+        ``unscored`` category (a cheap expert's outage would raise the cut for as long as it lasts, and starve the
+        escalations after it), nor one that no expensive expert can take (``callable_``: 0), which no cut could
+        have sent up."""
+        return not unscored and callable_ > 0
+
     def spent(self, called: int, callable_: int) -> float:
         """What one request spent of the budget, in escalations: the expensive experts it ``called`` over the
-        number an escalation calls (``experts_per_escalation``; all ``callable_`` ones when it is 0). Exploration
-        and hedging call more and count for more, so the target holds the expensive calls, not only the escalations.
+        number an escalation calls (``experts_per_escalation``, at most the ``callable_`` ones; all of them when it
+        is 0). Exploration, hedging and failover call more and count for more, so the target holds the expensive
+        calls, not only the escalations; an escalation that calls every expert it can counts as one, however few.
 
-        >>> EscalationRule(experts_per_escalation=1).spent(2, 3), EscalationRule(experts_per_escalation=0).spent(2, 2)
-        (2.0, 1.0)
+        >>> rule = EscalationRule(experts_per_escalation=2)
+        >>> rule.spent(2, 3), rule.spent(1, 1), EscalationRule(experts_per_escalation=0).spent(2, 2)
+        (1.0, 1.0, 1.0)
         """
-        per_escalation = self.experts_per_escalation or callable_
+        per_escalation = min(self.experts_per_escalation, callable_) if self.experts_per_escalation else callable_
         return called / per_escalation if per_escalation else 0.0
 
     def update(self, cut: float, spent: float) -> float:
         """The cut after one request that ``spent`` this much (``spent``: 0 for none, 1 for one escalation's
-        experts): up when it spent more than the target, down when less."""
-        return float(cut * np.exp(self.step * (float(spent) - self.target_rate)))
+        experts): up when it spent more than the target, down when less; kept within ``[MIN_CUT, MAX_CUT]``.
+
+        Why the bounds: a cut that kept moving through a spell in which nothing could meet the target would store
+        up moves to undo afterwards, and at the float range's ends it would stop moving for good (0 or infinity).
+        Within them the guarantee is unchanged.
+
+        >>> rule = EscalationRule(target_rate=0.5, step=1.0)
+        >>> cut = 1.0
+        >>> for _ in range(2000):  # a spell in which every request spends twice the target ...
+        ...     cut = rule.update(cut, 2.0)
+        >>> cut == MAX_CUT, rule.update(cut, 0.0) < MAX_CUT  # ... leaves the cut at the bound, free to come down
+        (True, True)
+        """
+        moved = float(cut * np.exp(self.step * (float(spent) - self.target_rate)))
+        return min(max(moved, MIN_CUT), MAX_CUT)

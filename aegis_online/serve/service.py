@@ -211,7 +211,9 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             exploration=config.cascade.exploration,
             hedge_share=config.cascade.hedge_share,
         )
-        cascade = CascadeConfig(expensive=expensive, rule=rule)
+        cascade = CascadeConfig(
+            expensive=expensive, rule=rule, cheap_deadline_share=config.cascade.cheap_deadline_share
+        )
     engine = Engine(
         experts,
         cascade=cascade,

@@ -196,14 +196,15 @@ def run_learner(
                 active = np.isfinite(out_s[r]).any(axis=1)
                 j = int(stream.tenant[r, s]) if scoped else 0
                 unscored = bool((np.isnan(loss[r]) & active & covered_by_expensive[r]).any())
-                up = cascade.rule.escalate(cuts[r, j], float(np.nansum(loss[r, active])), unscored)
+                answers = expensive & np.isfinite(out_s[r, active])  # (keys, N): who answers each key
+                callable_ = int(answers.any(axis=0).sum())
+                up = callable_ > 0 and cascade.rule.escalate(cuts[r, j], float(np.nansum(loss[r, active])), unscored)
                 escalated[r, s] = up
-                spent = 0.0
                 if up:
-                    answers = expensive & np.isfinite(out_s[r, active])  # (keys, N): who answers each key
                     called[r] = cascade.rule.choose(learner.weights(table[rows[r, active]]), answers, rngs[r])
-                    spent = cascade.rule.spent(int(called[r].sum()), int(answers.any(axis=0).sum()))
-                cuts[r, j] = cascade.rule.update(cuts[r, j], spent)
+                if cascade.rule.moves_cut(unscored, callable_):
+                    spent = cascade.rule.spent(int(called[r].sum()), callable_)
+                    cuts[r, j] = cascade.rule.update(cuts[r, j], spent)
             out_s = np.where(expensive & ~called[:, None, :], np.nan, out_s)
             observed[:, s] = out_s
             queried[:, s] = covers[:, s] & (~expensive | called)

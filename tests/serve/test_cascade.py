@@ -210,6 +210,11 @@ def test_bad_expert_choice_settings_are_refused() -> None:
     for bad in ({"experts_per_escalation": -1}, {"exploration": 1.5}, {"hedge_share": -0.1}):
         with pytest.raises(ValidationError, match=next(iter(bad))):
             make_service(experts, cascade={"expensive": ["guard-a", "guard-b"]} | bad)
+    for bad in ({"cheap_deadline_share": 0.0}, {"cheap_deadline_share": 1.0}):
+        with pytest.raises(ValidationError, match="cheap_deadline_share"):
+            make_service(experts, cascade={"expensive": ["guard-a", "guard-b"]} | bad)
+    with pytest.raises(ConfigError, match="experts_per_escalation: 3 is more than the expensive tier holds"):
+        make_service(experts, cascade={"expensive": ["guard-a", "guard-b"], "experts_per_escalation": 3})
 
 
 def test_when_the_chosen_guard_fails_the_rest_of_the_tier_is_called_in_its_place(
