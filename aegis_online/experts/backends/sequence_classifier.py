@@ -1,10 +1,12 @@
 """A Hugging Face sequence classifier as an expert: Llama Prompt Guard 2 (22M, 86M) and classifiers like it.
 
 Prompt Guard 2 reads one text and says benign or malicious (a jailbreak or a prompt injection); it is small enough
-for a CPU. It scores the checked turn alone, whatever its role: an injection hides as well in a document an
-assistant quotes as in a user's message. Texts longer than the model's window (512 tokens) are cut into windows
-that are scored in one batch, and the text gets the maximum, as Meta's ``prompt_guard`` helper does: an attack
-anywhere in a long text is an attack.
+for a CPU. It scores the checked turn, whatever its role, and every tool message since the user's last message:
+indirect injections arrive in the documents, pages and API answers an agent reads, which a tool turn carries (each
+arrives after some user message, so each is scored with the turn it came in: the response check after it sees it).
+Texts longer than the model's window (512 tokens) are cut into windows that are scored in one batch, and the
+request gets the maximum over its texts and windows, as Meta's ``prompt_guard`` helper does: an attack anywhere is
+an attack.
 
 Labels map to canonical ids through an ``ExternalTaxonomy`` (default ``taxonomy.PROMPT_GUARD``: ``MALICIOUS`` is S24);
 labels outside the map (``BENIGN``) are the rest of the probability mass. Checkpoints whose config names its classes
@@ -26,6 +28,13 @@ from aegis_online.taxonomy import PROMPT_GUARD, ExternalTaxonomy
 __all__ = ["SequenceClassifierExpert"]
 
 _INSTALL_HINT = "the sequence-classifier backend needs torch and transformers: pip install 'aegis-online[llm]'"
+
+
+def attack_surface(item: ExpertInput) -> list[str]:
+    """The texts an attack can come in with this turn: the checked turn, then the tool messages since the user's
+    last message (what an agent read on its way to this turn)."""
+    last_user = max((i for i, m in enumerate(item.messages) if m.role == "user"), default=-1)
+    return [item.checked_text, *(m.content for m in item.messages[last_user + 1 :] if m.role == "tool")]
 
 
 class SequenceClassifierExpert(Expert):
@@ -87,8 +96,14 @@ class SequenceClassifierExpert(Expert):
 
     async def score(self, batch: Sequence[ExpertInput]) -> list[ExpertOutput]:
         started = time.perf_counter()
+        texts = [attack_surface(item) for item in batch]
         # A blocking forward pass must not stall the event loop that serves other requests.
-        probabilities = await self.thread.run(self.class_probabilities, [item.checked_text for item in batch])
+        per_text = await self.thread.run(self.class_probabilities, [t for item_texts in texts for t in item_texts])
+        probabilities, start = [], 0
+        for item_texts in texts:
+            mine = per_text[start : start + len(item_texts)]
+            probabilities.append([max(column) for column in zip(*mine, strict=True)])
+            start += len(item_texts)
         latency_ms = (time.perf_counter() - started) * 1000.0
         outputs = []
         for item, per_class in zip(batch, probabilities, strict=True):
