@@ -114,7 +114,7 @@ def test_the_service_reports_the_cascade_learner_it_runs(service_factory: Callab
 def test_a_cascade_learner_name_in_the_config_is_refused_naming_the_field() -> None:
     from aegis_online.config import ServiceConfig
 
-    with pytest.raises(ValidationError, match="(?s)learner.name.*cascade-aware.*'default\\+adaptive'"):
+    with pytest.raises(ValidationError, match=r"(?s)learner\.name.*cascade-aware.*'default\+adaptive'"):
         ServiceConfig.model_validate({"learner": {"name": "default+cascade-1+adaptive"}, "store": {"persist": False}})
 
 
