@@ -103,8 +103,9 @@ def _with_chosen(candidates: dict[str, float], token: str, logprob: float | None
 
 
 def _answer(text: str, steps: Sequence[Step], query: GuardQuery) -> GuardAnswer:
-    p = verdict_probability(steps, query.positive, query.negative, query.verdict_prefix)
-    shares = verdict_shares(steps, query.verdicts, query.verdict_prefix) if query.other_verdicts else None
+    where = (query.verdict_prefix, query.verdict_occurrence)
+    p = verdict_probability(steps, query.positive, query.negative, *where)
+    shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
     return GuardAnswer(text=text, p_positive=p, shares=shares)
 
 

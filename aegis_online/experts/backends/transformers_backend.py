@@ -122,8 +122,9 @@ class TransformersGuardBackend:
                 steps.append((self._text(token), self._candidates(ids, values)))
                 tokens.append(token)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            p = verdict_probability(steps, query.positive, query.negative, query.verdict_prefix)
-            shares = verdict_shares(steps, query.verdicts, query.verdict_prefix) if query.other_verdicts else None
+            where = (query.verdict_prefix, query.verdict_occurrence)
+            p = verdict_probability(steps, query.positive, query.negative, *where)
+            shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
             answers.append(GuardAnswer(text=text, p_positive=p, shares=shares))
         return answers
 

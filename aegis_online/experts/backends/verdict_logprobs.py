@@ -17,11 +17,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
-__all__ = ["Step", "best_logprob", "verdict_probability", "verdict_shares", "verdict_step"]
+__all__ = ["Occurrence", "Step", "best_logprob", "verdict_probability", "verdict_shares", "verdict_step"]
 
 Step = tuple[str, Mapping[str, float]]
 """One generated token: its text and the logprobs of candidate token texts at that position (the chosen one too)."""
+
+Occurrence = Literal["first", "last"]
+"""Which occurrence of the verdict prefix the verdict follows (``GuardQuery.verdict_occurrence``)."""
 
 # Space and newline markers of SentencePiece ("▁") and byte-level BPE ("Ġ", "Ċ") read as whitespace: servers that
 # return raw token strings instead of decoded text would otherwise never match a verdict word or a blank line.
@@ -37,20 +41,37 @@ def _without_whitespace(text: str) -> str:
     return _WHITESPACE.sub("", text.translate(_MARKERS_AS_SPACE))
 
 
-def verdict_step(steps: Sequence[Step], verdict_prefix: str = "") -> int | None:
+def verdict_step(steps: Sequence[Step], verdict_prefix: str = "", occurrence: Occurrence = "first") -> int | None:
     """Index of the step holding the verdict, or None when generation stopped before it.
 
-    The verdict is the first non-whitespace token generated once the text so far ends with ``verdict_prefix``.
+    The verdict is the first non-whitespace token generated once the text so far ends with ``verdict_prefix``: its
+    ``"first"`` occurrence, or its ``"last"`` for a model that reasons before it answers (its reasoning may quote
+    the prefix with another verdict; the answer ends the output). When the last occurrence has no verdict after it,
+    there is none: an earlier one belongs to the reasoning. Without a prefix both are the first non-blank token.
     The comparison ignores all whitespace, because models differ in spacing (``{"User Safety":"`` vs
     ``{"User Safety": "``) and whitespace-only tokens (Llama Guard 3's leading blank lines) carry no verdict.
     """
     prefix = _without_whitespace(verdict_prefix)
+    start = _prefix_end(steps, prefix, occurrence)
+    if start is None:
+        return None
+    return next((i for i in range(start, len(steps)) if _normalise(steps[i][0])), None)
+
+
+def _prefix_end(steps: Sequence[Step], prefix: str, occurrence: Occurrence) -> int | None:
+    """Index of the first step after the chosen occurrence of ``prefix`` (0 for an empty one); None without it."""
+    if not prefix:
+        return 0
+    found = None
     so_far = ""
     for index, (token, _) in enumerate(steps):
-        if so_far.endswith(prefix) and _normalise(token):
-            return index
-        so_far += _without_whitespace(token)
-    return None
+        added = _without_whitespace(token)
+        so_far += added
+        if added and so_far.endswith(prefix):
+            if occurrence == "first":
+                return index + 1
+            found = index + 1
+    return found
 
 
 def best_logprob(candidates: Mapping[str, float], word: str, other: str = "") -> float | None:
@@ -82,8 +103,11 @@ def _upper_bound_of_absent(candidates: Mapping[str, float]) -> float:
     return max(0.0, min(min(listed), 1.0 - sum(listed)))
 
 
-def verdict_probability(steps: Sequence[Step], positive: str, negative: str, verdict_prefix: str = "") -> float | None:
-    """P(positive verdict), renormalised over the positive and negative verdicts at the verdict step.
+def verdict_probability(
+    steps: Sequence[Step], positive: str, negative: str, verdict_prefix: str = "", occurrence: Occurrence = "first"
+) -> float | None:
+    """P(positive verdict), renormalised over the positive and negative verdicts at the verdict step
+    (``verdict_step``).
 
     - both verdicts among the candidates: ``exp(lp_pos) / (exp(lp_pos) + exp(lp_neg))``;
     - only the positive: ``exp(lp_pos)``, the model cards' unnormalised P(first verdict token);
@@ -91,7 +115,7 @@ def verdict_probability(steps: Sequence[Step], positive: str, negative: str, ver
       misses the positive yields a small but conservative value rather than 0 (over-flagging is the safe error);
     - neither, or no verdict step: None.
     """
-    index = verdict_step(steps, verdict_prefix)
+    index = verdict_step(steps, verdict_prefix, occurrence)
     if index is None:
         return None
     candidates = steps[index][1]
@@ -112,7 +136,9 @@ def verdict_probability(steps: Sequence[Step], positive: str, negative: str, ver
     return odds / (1.0 + odds)
 
 
-def verdict_shares(steps: Sequence[Step], words: Sequence[str], verdict_prefix: str = "") -> dict[str, float] | None:
+def verdict_shares(
+    steps: Sequence[Step], words: Sequence[str], verdict_prefix: str = "", occurrence: Occurrence = "first"
+) -> dict[str, float] | None:
     """P(each verdict word), renormalised over ``words``, at the verdict step: for a model with more than two verdicts
     (Qwen3Guard's ``Safe`` / ``Controversial`` / ``Unsafe``).
 
@@ -124,7 +150,7 @@ def verdict_shares(steps: Sequence[Step], words: Sequence[str], verdict_prefix: 
     >>> {w: round(p, 3) for w, p in verdict_shares(steps, ["Safe", "Controversial", "Unsafe"]).items()}
     {'Safe': 0.14, 'Controversial': 0.231, 'Unsafe': 0.629}
     """
-    index = verdict_step(steps, verdict_prefix)
+    index = verdict_step(steps, verdict_prefix, occurrence)
     if index is None:
         return None
     candidates = steps[index][1]

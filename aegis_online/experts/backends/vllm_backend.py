@@ -105,6 +105,7 @@ def answer_from_request_output(output: Any, query: GuardQuery) -> GuardAnswer:
     """A ``GuardAnswer`` from a vLLM ``RequestOutput`` (its first completion) for ``query``."""
     completion = output.outputs[0]
     steps = steps_from_completion(completion)
-    p = verdict_probability(steps, query.positive, query.negative, query.verdict_prefix)
-    shares = verdict_shares(steps, query.verdicts, query.verdict_prefix) if query.other_verdicts else None
+    where = (query.verdict_prefix, query.verdict_occurrence)
+    p = verdict_probability(steps, query.positive, query.negative, *where)
+    shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
     return GuardAnswer(text=completion.text, p_positive=p, shares=shares)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from aegis_online.experts.base import ExpertInput
 
@@ -28,8 +29,11 @@ class GuardQuery:
     already rendered (families whose model cards prescribe a raw prompt). ``verdict_prefix`` is what the model
     writes before its verdict (``""`` for a verdict first, ``'{"User Safety": "'`` for NemoGuard's JSON); the
     backend reads the verdict token's probability at the first generated position after that prefix, skipping
-    whitespace-only tokens (Llama Guard 3 emits blank lines first). ``other_verdicts``: further verdict words of a
-    model with more than two (Qwen3Guard's ``Controversial``); the backend then also returns every verdict's share.
+    whitespace-only tokens (Llama Guard 3 emits blank lines first). ``verdict_occurrence``: after the prefix's
+    ``"first"`` occurrence in the generated text, or its ``"last"`` for a model that reasons before it answers (a
+    reasoning trace may quote the prefix with another verdict; the answer ends the output). ``other_verdicts``:
+    further verdict words of a model with more than two (Qwen3Guard's ``Controversial``); the backend then also
+    returns every verdict's share.
     ``template_kwargs``: extra arguments of the model's chat template (Nemotron's ``request_categories``), as pairs
     so that the query stays hashable.
     """
@@ -40,6 +44,7 @@ class GuardQuery:
     messages: tuple[dict[str, str], ...] = ()
     prompt: str | None = None
     verdict_prefix: str = ""
+    verdict_occurrence: Literal["first", "last"] = "first"
     max_new_tokens: int = 1
     other_verdicts: tuple[str, ...] = ()
     template_kwargs: tuple[tuple[str, str | bool], ...] = ()
@@ -52,6 +57,8 @@ class GuardQuery:
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.messages):
             raise ValueError("GuardQuery needs exactly one of messages or prompt")
+        if self.verdict_occurrence not in ("first", "last"):
+            raise ValueError(f"verdict_occurrence must be 'first' or 'last', got {self.verdict_occurrence!r}")
 
 
 @dataclass(frozen=True)

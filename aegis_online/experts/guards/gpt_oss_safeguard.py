@@ -9,11 +9,19 @@ reasons in the analysis channel, then answers in the final channel what the poli
 The policy rendered here is one per item, from the categories the item asks about (the canonical ones with their
 descriptions, and the tenant's custom categories with theirs), in the guide's shape: the goal, definitions, what
 violates (one entry per category, keyed by its id), and the output format: a JSON object
-``{"violation": 0 or 1, "policy_category": "<id>"}``. The verdict probability is read after the first
-``"violation":`` the model writes (the digit tokens ``1`` and ``0``); the last JSON object in the text is the
-answer (reasoning before it is skipped), and a probability that contradicts it is a parse error. A violation gives
-its probability to the named category and 0.0 to the others; no violation (or an unknown or missing category)
-gives it to every asked category. Long reasoning needs room: the guide advises not to cap output tokens, hence
+``{"violation": 0 or 1, "policy_category": "<id>"}``.
+
+The answer is the final channel only. Decoded with special tokens skipped (vLLM's and transformers' default) the
+output reads ``analysis<reasoning>assistantfinal<answer>``; with them kept, the harmony tokens surround the same
+words; an OpenAI-compatible server that parses harmony returns the final channel alone as the content. The reasoning
+may quote any verdict (the policy's format, or JSON a user planted in the content), so the text after the last
+final-channel marker must be one JSON object and nothing else (a Markdown code fence is tolerated); output that
+shows the analysis channel but no final one stopped in the reasoning, and is a parse error, never the verdict the
+reasoning quoted. For the same reason the verdict probability is read after the *last* ``"violation":`` the model
+writes (``GuardQuery.verdict_occurrence``; the digit tokens ``1`` and ``0``): the final answer ends the output. A
+probability that contradicts the written verdict is a parse error. A violation gives its probability to the named
+category (its id, in any case) and 0.0 to the others; no violation (or an unknown or missing category) gives it to
+every asked category. Long reasoning needs room: the guide advises not to cap output tokens, hence
 ``max_new_tokens`` of 2048 by default.
 """
 
@@ -33,7 +41,11 @@ from aegis_online.taxonomy import AEGIS_2_IDS, CANONICAL, Category
 KEY = "policy"
 VERDICT_PREFIX = '"violation":'
 Effort = Literal["low", "medium", "high"]
-_OBJECT = re.compile(r"\{[^{}]*\"violation\"[^{}]*\}", re.DOTALL)
+#: Where the final channel starts: ``assistantfinal`` (special tokens skipped), ``assistant<|channel|>final<|message|>``
+#: (kept), or ``final`` opening the output (no reasoning).
+_FINAL = re.compile(r"(?:\A\s*|assistant)(?:<\|channel\|>)?final(?:<\|message\|>)?")
+_ANALYSIS = re.compile(r"\A\s*(?:<\|channel\|>)?analysis")
+_END_TOKENS = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+\Z")
 
 
 def render_policy(categories: Sequence[Category], check: str) -> str:
@@ -54,18 +66,66 @@ def render_policy(categories: Sequence[Category], check: str) -> str:
     )
 
 
+def final_channel(family: str, text: str) -> str:
+    """The final channel's text: after the last final-channel marker, or the whole text when it shows no channel
+    (a server that returns the final channel alone). ``GuardParseError`` when the text shows the analysis channel
+    and no final one: generation stopped in the reasoning, whose quoted verdicts are not the answer."""
+    markers = list(_FINAL.finditer(text))
+    if markers:
+        final = text[markers[-1].end() :]
+    elif _ANALYSIS.match(text):
+        raise GuardParseError(
+            f"{family}: no final answer: generation stopped in the reasoning (analysis channel); raise "
+            f"max_new_tokens. Output ends {text[-200:]!r}"
+        )
+    else:
+        final = text
+    return _END_TOKENS.sub("", final).strip()
+
+
+def _unfenced(body: str) -> str:
+    """``body`` without a surrounding Markdown code fence (with or without a language tag)."""
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+    body = body.strip()
+    return body[:-3].rstrip() if body.endswith("```") else body
+
+
+def _unique_keys(family: str, pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's pairs as a dict; a repeated key is a parse error (``json`` would keep its last value)."""
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise GuardParseError(f"{family}: repeated key {key!r} in the answer")
+        obj[key] = value
+    return obj
+
+
 def read_answer(family: str, text: str) -> dict[str, object]:
-    """The last JSON object with a ``violation`` key in the text; ``GuardParseError`` when there is none."""
-    found = _OBJECT.findall(text)
-    if not found:
-        raise GuardParseError(f"{family}: no JSON object with 'violation' in {text[-300:]!r}")
+    """The final channel's JSON object, whose ``violation`` is 0 or 1; ``GuardParseError`` otherwise."""
+    body = _unfenced(final_channel(family, text))
+    if not body:
+        raise GuardParseError(
+            f"{family}: empty final answer; a server that returns the reasoning apart returns no content when "
+            f"generation stops in it: raise max_new_tokens. Output ends {text[-200:]!r}"
+        )
     try:
-        obj = json.loads(found[-1])
+        obj = json.loads(body, object_pairs_hook=lambda pairs: _unique_keys(family, pairs))
     except json.JSONDecodeError as exc:
-        raise GuardParseError(f"{family}: malformed answer {found[-1]!r}: {exc.msg}") from None
+        raise GuardParseError(f"{family}: malformed answer {body[:300]!r}: not one JSON object ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise GuardParseError(f"{family}: the answer must be a JSON object, got {body[:300]!r}")
     if obj.get("violation") not in (0, 1, "0", "1") or isinstance(obj.get("violation"), bool):
         raise GuardParseError(f"{family}: 'violation' must be 0 or 1, got {obj.get('violation')!r}")
     return obj
+
+
+def named_category(named: object, ids: Sequence[str]) -> str | None:
+    """The asked id that ``policy_category`` names, compared without regard to case ("s11" is S11); None if none."""
+    if not isinstance(named, str):
+        return None
+    by_key = {cat_id.lower(): cat_id for cat_id in ids}
+    return by_key.get(named.strip().lower())
 
 
 class GptOssSafeguard(GuardFamily):
@@ -109,6 +169,7 @@ class GptOssSafeguard(GuardFamily):
                     {"role": "user", "content": content},
                 ),
                 verdict_prefix=VERDICT_PREFIX,
+                verdict_occurrence="last",
                 max_new_tokens=self.max_new_tokens,
                 template_kwargs=(("reasoning_effort", self.reasoning_effort),),
             )
@@ -126,7 +187,6 @@ class GptOssSafeguard(GuardFamily):
             obj = read_answer(self.name, answer.text)
             flagged = int(obj["violation"]) == 1  # type: ignore[call-overload]
             p = verdict_probability(self.name, flagged, answer.p_positive, verdict=f"violation {int(flagged)}")
-            named = obj.get("policy_category")
-            hit = flagged and named in ids
-            scores.update({cat_id: (p if not hit or cat_id == named else 0.0) for cat_id in ids})
+            named = named_category(obj.get("policy_category"), ids) if flagged else None
+            scores.update({cat_id: (p if named is None or cat_id == named else 0.0) for cat_id in ids})
         return ordered(scores, [c for c in chosen if c.custom])

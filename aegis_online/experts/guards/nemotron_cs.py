@@ -14,8 +14,11 @@ Guardrails advises (two model entries). The answer::
     Safety Categories: Violence, Threat
 
 Category names are the Aegis 2.0 names (``taxonomy.CANONICAL``'s S1..S23) or the custom ones; S-codes are accepted
-as NemoGuard's are. The verdict probability is read after ``User Safety:`` or ``Response Safety:``. A flagged
-verdict gives its probability to the listed categories and 0.0 to the others; a safe one (or a flagged one listing
+as NemoGuard's are. The verdict probability is read after the last ``User Safety:`` or ``Response Safety:`` the
+model writes (``GuardQuery.verdict_occurrence``): a thinking trace comes first and may quote the label with another
+verdict, and the answer ends the output. A label line written twice is a parse error, not its last value. A flagged
+verdict gives its probability to the listed categories and 0.0 to the others, asked or not (as NemoGuard and
+Qwen3Guard do: a flag that names only other categories is no flag of these); a safe one (or a flagged one listing
 nothing) gives it to every asked category of that query.
 """
 
@@ -37,6 +40,7 @@ MAX_NEW_TOKENS = 96
 """Three short lines; a thinking trace needs ``max_new_tokens`` raised in the catalog entry."""
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+_TRACE_END = "</think>"
 _LINE = re.compile(r"^\s*(User Safety|Response Safety|Safety Categories)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 
 
@@ -45,13 +49,24 @@ def custom_taxonomy(custom: Sequence[Category]) -> str:
     return "\n".join(f"{c.name.rstrip('.')}: {c.description}" for c in custom)
 
 
+def answer_text(text: str) -> str:
+    """``text`` without its thinking trace: what follows the last ``</think>`` (the chat template may have written
+    the opening tag itself), or the text without an unterminated ``<think>...`` (generation stopped in the trace)."""
+    if _TRACE_END in text:
+        return text.rsplit(_TRACE_END, 1)[1]
+    return _THINK.sub("", text)
+
+
 def read_lines(family: str, text: str) -> dict[str, str]:
-    """The labelled lines after any thinking trace, keyed by their canonical spelling."""
+    """The labelled lines after any thinking trace, keyed by their canonical spelling; a label written twice is a
+    ``GuardParseError`` (which value would be the answer?)."""
     values: dict[str, str] = {}
-    for line in _THINK.sub("", text).splitlines():
+    for line in answer_text(text).splitlines():
         match = _LINE.match(line)
         if match is not None:
             label = next(k for k in (USER_SAFETY, RESPONSE_SAFETY, SAFETY_CATEGORIES) if k.lower() == match[1].lower())
+            if label in values:
+                raise GuardParseError(f"{family}: repeated '{label}:' line in {text!r}")
             values[label] = match.group(2)
     if USER_SAFETY not in values and RESPONSE_SAFETY not in values:
         raise GuardParseError(f"{family}: no '{USER_SAFETY}:' or '{RESPONSE_SAFETY}:' line in {text!r}")
@@ -85,6 +100,7 @@ class NemotronContentSafety(NemoGuardContentSafety):
             negative="safe",
             messages=messages,
             verdict_prefix=f"{field}:",
+            verdict_occurrence="last",
             max_new_tokens=self.max_new_tokens,
             template_kwargs=kwargs,
         )
@@ -119,6 +135,6 @@ class NemotronContentSafety(NemoGuardContentSafety):
             ids = {c.id for c in custom} if key == CUSTOM else set(asked.canonical)
             named = values.get(SAFETY_CATEGORIES, "").strip()
             listed = self.read_categories(named, custom, answer.text) if named.lower() not in ("", "none") else set()
-            hit = flagged and bool(listed & ids)
+            hit = flagged and bool(listed)
             scores.update({cat_id: (p if not hit or cat_id in listed else 0.0) for cat_id in ids})
         return ordered(scores, asked.custom)

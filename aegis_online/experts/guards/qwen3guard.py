@@ -17,7 +17,9 @@ reading to trust. The three shares come from one query (``other_verdicts``), rea
 Categories map to canonical ids through ``taxonomy.QWEN3GUARD``. As for Llama Guard, a flagged verdict gives its
 probability to the listed categories' ids and 0.0 to the others; a verdict that is not flagged in the view (or lists
 no category) gives its probability to every asked id. ``Jailbreak`` (S24, prompt attacks) exists on prompt checks
-only: on a response check S24 gets 0.0, since an answer is not an attack on the assistant.
+only: on a response check S24 gets 0.0, since an answer is not an attack on the assistant, and an answer that lists
+``Jailbreak`` is off-format (the model card's response categories exclude it), hence a parse error: scoring it would
+give its probability to S24 alone, zeroed, so every category 0.0, a silent "safe". So is a label line written twice.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ SAFE, CONTROVERSIAL, UNSAFE = "Safe", "Controversial", "Unsafe"
 VERDICTS = (UNSAFE, SAFE, CONTROVERSIAL)
 VERDICT_PREFIX = "Safety:"
 PROMPT_ONLY = frozenset({"S24"})
+PROMPT_ONLY_LABELS = frozenset({"jailbreak"})
+"""The model's categories of prompt checks only (lower case): its response-moderation list has no Jailbreak."""
+READ_LABELS = frozenset({"safety", "categories", "refusal"})
 MAX_NEW_TOKENS = 64
 """Three short lines; a few categories at most."""
 
@@ -46,13 +51,16 @@ _LINE = re.compile(r"^\s*([A-Za-z]+)\s*:\s*(.*?)\s*$")
 
 def read_lines(family: str, text: str) -> dict[str, str]:
     """``{"safety": ..., "categories": ..., "refusal": ...}`` from the answer; ``GuardParseError`` when the safety or
-    categories line is missing, or a line is not ``Label: value``."""
+    categories line is missing or written twice (which one would be the answer?), or a line is not ``Label: value``."""
     values: dict[str, str] = {}
     for line in (line for line in text.strip().splitlines() if line.strip()):
         match = _LINE.match(line)
         if match is None:
             raise GuardParseError(f"{family}: expected 'Label: value' lines, got {line!r} in {text!r}")
-        values[match.group(1).lower()] = match.group(2)
+        label = match.group(1).lower()
+        if label in values and label in READ_LABELS:
+            raise GuardParseError(f"{family}: repeated '{match.group(1)}:' line in {text!r}")
+        values[label] = match.group(2)
     for needed in ("safety", "categories"):
         if needed not in values:
             raise GuardParseError(f"{family}: no '{needed.capitalize()}:' line in {text!r}")
@@ -125,8 +133,9 @@ class Qwen3GuardGen(GuardFamily):
             )
         return shares[UNSAFE] + (shares[CONTROVERSIAL] if self.view == "strict" else 0.0)
 
-    def listed(self, value: str, text: str) -> set[str]:
-        """Canonical ids of the categories named in ``Categories:`` (empty for ``None``)."""
+    def listed(self, value: str, text: str, check: str = "prompt") -> set[str]:
+        """Canonical ids of the categories named in ``Categories:`` (empty for ``None``); a prompt-only category
+        (Jailbreak) on a response check is off-format."""
         names = [name.strip() for name in value.split(",") if name.strip()]
         if names == ["None"] or not names:
             return set()
@@ -134,6 +143,12 @@ class Qwen3GuardGen(GuardFamily):
         unknown = [name for name in names if name.lower() not in by_name]
         if unknown:
             raise GuardParseError(f"{self.name}: unknown categories {unknown} in {text!r}")
+        prompt_only = [by_name[name.lower()] for name in names if name.lower() in PROMPT_ONLY_LABELS]
+        if check == "response" and prompt_only:
+            raise GuardParseError(
+                f"{self.name}: {', '.join(prompt_only)} is a prompt-check category, off-format on a response check, "
+                f"in {text!r}"
+            )
         return set(self.labels.scores_to_canonical(dict.fromkeys((by_name[n.lower()] for n in names), 1.0)))
 
     def parse(
@@ -151,7 +166,7 @@ class Qwen3GuardGen(GuardFamily):
             if item.check == "response" and values.get("refusal", "no").lower() not in ("yes", "no"):
                 raise GuardParseError(f"{self.name}: 'Refusal' must be Yes or No, got {values['refusal']!r}")
             p = self.probability(verdict, answer, answer.text)
-            listed = self.listed(values["categories"], answer.text)
+            listed = self.listed(values["categories"], answer.text, item.check)
             hit = self.flagged(verdict) and listed
             scores.update({cat_id: (p if not hit or cat_id in listed else 0.0) for cat_id in asked.canonical})
             if item.check == "response":

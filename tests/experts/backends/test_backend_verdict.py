@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from aegis_online.experts.backends.verdict_logprobs import best_logprob, verdict_probability, verdict_step
+from aegis_online.experts.backends.verdict_logprobs import (
+    best_logprob,
+    verdict_probability,
+    verdict_shares,
+    verdict_step,
+)
 
 
 def renormalised(lp_pos: float, lp_neg: float) -> float:
@@ -150,3 +155,36 @@ def test_extreme_logprobs_stay_finite_and_in_range() -> None:
 def test_candidates_matter_at_the_verdict_step_only() -> None:
     steps = [("\n", {"Yes": -0.01, "No": -9.0}), ("No", {"Yes": -3.0, "No": -0.05})]
     assert verdict_probability(steps, "Yes", "No") == pytest.approx(renormalised(-3.0, -0.05))
+
+
+# A model that reasons before answering (Nemotron's thinking trace, gpt-oss' analysis channel) may write the prefix
+# in its reasoning; its answer ends the output, so such a query reads the verdict after the prefix's last occurrence.
+QUOTED_THEN_ANSWERED = [
+    ("<think>", {}),
+    ("Benign requests get Safety:", {}),
+    (" safe", {" safe": -0.1, " unsafe": -2.5}),
+    ("</think>", {}),
+    ("Safety:", {}),
+    ("\n", {"\n": -0.1, "safe": -0.2}),
+    (" unsafe", {" unsafe": -0.2, " safe": -1.9}),
+]
+
+
+def test_the_last_occurrence_reads_the_verdict_after_the_prefix_written_last() -> None:
+    assert verdict_step(QUOTED_THEN_ANSWERED, "Safety:") == 2
+    assert verdict_step(QUOTED_THEN_ANSWERED, "Safety:", "last") == 6
+    p = verdict_probability(QUOTED_THEN_ANSWERED, "unsafe", "safe", "Safety:", "last")
+    assert p == pytest.approx(renormalised(-0.2, -1.9))
+    shares = verdict_shares(QUOTED_THEN_ANSWERED, ["unsafe", "safe"], "Safety:", "last")
+    assert shares == pytest.approx({"unsafe": renormalised(-0.2, -1.9), "safe": renormalised(-1.9, -0.2)})
+
+
+def test_a_last_prefix_with_no_verdict_after_it_gives_none_not_an_earlier_verdict() -> None:
+    stopped = [*QUOTED_THEN_ANSWERED[:5], ("\n", {"\n": -0.1})]
+    assert verdict_step(stopped, "Safety:", "last") is None
+    assert verdict_probability(stopped, "unsafe", "safe", "Safety:", "last") is None
+
+
+def test_without_a_prefix_the_last_occurrence_is_the_first_verdict_too() -> None:
+    steps = [("\n", {}), ("unsafe", {"unsafe": -0.2, "safe": -2.0}), ("\n", {}), ("S1", {"S1": -0.1})]
+    assert verdict_step(steps, "", "last") == verdict_step(steps) == 1

@@ -124,3 +124,14 @@ def test_an_expert_shares_a_replica_only_with_another_catalog_expert_that_does_n
         load_catalog(tmp_path)
     (tmp_path / "a.yaml").write_text(f"name: a\n{entry}shares_replica_with: c\n")
     assert {s.name: s.shares_replica_with for s in load_catalog(tmp_path)} == {"a": "c", "b": "c", "c": None}
+
+
+def test_the_two_qwen3guard_views_read_one_served_model() -> None:
+    """The loose entry says the two views cost one model: both must then ask the same server for the same model
+    (an in-process vLLM engine per entry would load it twice)."""
+    specs = {s.name: s for s in load_catalog(default_catalog_dir())}
+    strict, loose = specs["qwen3guard-gen-8b-strict"], specs["qwen3guard-gen-8b-loose"]
+    assert (strict.family_options, loose.family_options) == ({"view": "strict"}, {"view": "loose"})
+    assert strict.backend == loose.backend == "openai-chat" and strict.model == loose.model
+    assert strict.backend_options["base_url"] == loose.backend_options["base_url"]
+    assert strict.cost == loose.cost == "remote" and strict.hardware == loose.hardware

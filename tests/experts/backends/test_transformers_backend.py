@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,21 @@ def test_prefix_never_generated_gives_no_probability_but_keeps_the_text(
 
 def test_empty_query_list_gives_no_answers(transformers_backend: TransformersGuardBackend) -> None:
     assert transformers_backend.answer([]) == []
+
+
+def test_a_last_occurrence_query_reads_the_verdict_after_the_prefix_written_last(
+    transformers_backend: TransformersGuardBackend, reference
+) -> None:
+    """A model that reasons first writes the prefix more than once; ``verdict_occurrence="last"`` reads after the
+    last: here the tiny model repeats itself, and the prefix is a word it writes several times."""
+    tokenizer = reference[0]
+    base = chat("w", "hello", max_new_tokens=10)
+    words = transformers_backend.answer([base])[0].text.split()
+    prefix = next(w for w in words if words[:-1].count(w) >= 2)
+    last = max(i for i, w in enumerate(words[:-1]) if w == prefix)
+    ids = [*prompt_ids(tokenizer, base), *tokenizer.convert_tokens_to_ids(words[: last + 1])]
+    first, latest = transformers_backend.answer(
+        [replace(base, verdict_prefix=prefix), replace(base, verdict_prefix=prefix, verdict_occurrence="last")]
+    )
+    assert latest.p_positive == pytest.approx(manual_p(reference, ids, base), abs=1e-5)
+    assert first.p_positive != pytest.approx(latest.p_positive, abs=1e-3)

@@ -43,6 +43,7 @@ def render_queries(queries: Sequence[GuardQuery]) -> str:
         parts.append(
             f"=== query {n}/{len(queries)} | key={q.key!r} | positive={q.positive!r} | negative={q.negative!r} "
             f"| verdict_prefix={q.verdict_prefix!r} | max_new_tokens={q.max_new_tokens} | {form}"
+            + (f" | verdict_occurrence={q.verdict_occurrence!r}" if q.verdict_occurrence != "first" else "")
             + (f" | other_verdicts={q.other_verdicts!r}" if q.other_verdicts else "")
             + (f" | template_kwargs={dict(q.template_kwargs)!r}" if q.template_kwargs else "")
             + " ===\n"

@@ -81,6 +81,40 @@ def test_malformed_answers_are_parse_errors(text: str, p: dict[str, float] | Non
         parse("strict", text, p)
 
 
+@pytest.mark.parametrize("view", ["strict", "loose"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Safety: Unsafe\nCategories: Jailbreak\nRefusal: No",
+        "Safety: Controversial\nCategories: Jailbreak\nRefusal: No",
+        "Safety: Unsafe\nCategories: Violent, jailbreak\nRefusal: No",
+    ],
+)
+def test_jailbreak_on_a_response_check_is_off_format_not_a_silent_safe(view: str, text: str) -> None:
+    """The model card's response categories exclude Jailbreak: such an answer is a parse error, where scoring it
+    gave every category 0.0 (its probability went to S24, which a response check zeroes)."""
+    with pytest.raises(GuardParseError, match=r"Jailbreak.*response"):
+        parse(view, text, None, ask("response"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Safety: Unsafe\nCategories: Violent\nSafety: Safe\nCategories: None",
+        "Safety: Safe\nCategories: None\nsafety: Unsafe\nCategories: Violent",
+        "Safety: Unsafe\nCategories: Violent\nCategories: None",
+    ],
+)
+def test_a_repeated_label_line_is_a_parse_error_not_its_last_value(text: str) -> None:
+    with pytest.raises(GuardParseError, match="repeated"):
+        parse("strict", text, None)
+
+
+def test_a_repeated_refusal_line_on_a_response_check_is_a_parse_error() -> None:
+    with pytest.raises(GuardParseError, match="repeated"):
+        parse("strict", "Safety: Safe\nCategories: None\nRefusal: Yes\nRefusal: No", None, ask("response"))
+
+
 def test_views_are_checked_and_the_registry_builds_either() -> None:
     assert make_family("qwen3guard_gen", view="loose").view == "loose"
     with pytest.raises(ValueError, match="strict' or 'loose"):
