@@ -48,10 +48,19 @@ _ANALYSIS = re.compile(r"\A\s*(?:<\|channel\|>)?analysis")
 _END_TOKENS = re.compile(r"(?:<\|(?:return|end|call)\|>\s*)+\Z")
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace, line breaks included, as one space."""
+    return " ".join(text.split())
+
+
 def render_policy(categories: Sequence[Category], check: str) -> str:
-    """The policy prompt for ``categories``: what to judge, each category as a rule, and the answer format."""
+    """The policy prompt for ``categories``: what to judge, each category as a rule, and the answer format.
+
+    A rule's name and description (a tenant's own, for custom categories) are put on one line each: a description
+    with line breaks could otherwise open a section of its own (``## Output format``) and rewrite the rules after it.
+    """
     subject = "a user's message to an AI assistant" if check == "prompt" else "an AI assistant's reply to a user"
-    rules = "\n".join(f"- {c.id} ({c.name.rstrip('.')}): {c.description}" for c in categories)
+    rules = "\n".join(f"- {c.id} ({one_line(c.name).rstrip('.')}): {one_line(c.description)}" for c in categories)
     return (
         "# Content policy\n\n"
         f"## Goal\nDecide whether the content, {subject}, violates any rule below.\n\n"
