@@ -102,18 +102,22 @@ def _with_chosen(candidates: dict[str, float], token: str, logprob: float | None
     return candidates
 
 
-def _answer(text: str, steps: Sequence[Step], query: GuardQuery) -> GuardAnswer:
+def _answer(text: str, steps: Sequence[Step], query: GuardQuery, finish_reason: object) -> GuardAnswer:
+    """The answer to ``query``; ``finish_reason == "length"`` (the server stopped at ``max_tokens``, not at a stop
+    token) marks it truncated, which a family that reasons first must not trust."""
     where = (query.verdict_prefix, query.verdict_occurrence)
     p = verdict_probability(steps, query.positive, query.negative, *where)
     shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
-    return GuardAnswer(text=text, p_positive=p, shares=shares)
+    return GuardAnswer(text=text, p_positive=p, shares=shares, truncated=finish_reason == "length")
 
 
 def answer_from_chat_completion(data: Mapping[str, Any], query: GuardQuery) -> GuardAnswer:
-    """Read ``choices[0].message.content`` and ``choices[0].logprobs.content[i].{token, top_logprobs}``."""
+    """Read ``choices[0].message.content``, ``choices[0].logprobs.content[i].{token, top_logprobs}`` and
+    ``choices[0].finish_reason``."""
     try:
         choice = data["choices"][0]
         text = choice["message"].get("content") or ""
+        finish_reason = choice.get("finish_reason")
         steps: list[Step] = []
         for entry in (choice.get("logprobs") or {}).get("content") or []:
             candidates: dict[str, float] = {}
@@ -122,14 +126,16 @@ def answer_from_chat_completion(data: Mapping[str, Any], query: GuardQuery) -> G
             steps.append((entry["token"], _with_chosen(candidates, entry["token"], entry.get("logprob"))))
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise GuardHTTPError(f"unexpected chat completion response: {type(exc).__name__}: {exc}") from exc
-    return _answer(text, steps, query)
+    return _answer(text, steps, query, finish_reason)
 
 
 def answer_from_completion(data: Mapping[str, Any], query: GuardQuery) -> GuardAnswer:
-    """Read ``choices[0].text`` and the legacy ``choices[0].logprobs.{tokens, token_logprobs, top_logprobs}``."""
+    """Read ``choices[0].text``, the legacy ``choices[0].logprobs.{tokens, token_logprobs, top_logprobs}`` and
+    ``choices[0].finish_reason``."""
     try:
         choice = data["choices"][0]
         text = choice.get("text") or ""
+        finish_reason = choice.get("finish_reason")
         logprobs = choice.get("logprobs") or {}
         tokens = logprobs.get("tokens") or []
         chosen = logprobs.get("token_logprobs") or [None] * len(tokens)
@@ -140,7 +146,7 @@ def answer_from_completion(data: Mapping[str, Any], query: GuardQuery) -> GuardA
         ]
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         raise GuardHTTPError(f"unexpected completion response: {type(exc).__name__}: {exc}") from exc
-    return _answer(text, steps, query)
+    return _answer(text, steps, query, finish_reason)
 
 
 _OMNI = EXTERNAL["openai_omni"]

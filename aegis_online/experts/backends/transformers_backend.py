@@ -108,25 +108,34 @@ class TransformersGuardBackend:
         logprobs = [step.float().log_softmax(dim=-1) for step in out.logits]
         k = min(self.top_k, logprobs[0].shape[-1]) if logprobs else 0
         top = [step.topk(k, dim=-1).indices.tolist() for step in logprobs]
-        answers = []
-        for row, query in enumerate(queries):
-            tokens: list[int] = []
-            steps: list[Step] = []
-            extra = self._verdict_token_ids(query.verdicts)
-            for t in range(min(query.max_new_tokens, len(generated[row]))):
-                token = generated[row][t]
-                if token in self._eos_ids:
-                    break
-                ids = sorted(set(top[t][row]) | extra | {token})
-                values = logprobs[t][row, ids].tolist()
-                steps.append((self._text(token), self._candidates(ids, values)))
-                tokens.append(token)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            where = (query.verdict_prefix, query.verdict_occurrence)
-            p = verdict_probability(steps, query.positive, query.negative, *where)
-            shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
-            answers.append(GuardAnswer(text=text, p_positive=p, shares=shares))
-        return answers
+        return [self._read_row(query, row, generated[row], logprobs, top) for row, query in enumerate(queries)]
+
+    def _read_row(
+        self, query: GuardQuery, row: int, generated: Sequence[int], logprobs: Sequence[Any], top: Sequence[Any]
+    ) -> GuardAnswer:
+        """The answer in row ``row`` of a batch: its tokens up to the first end-of-sequence token or its own
+        ``max_new_tokens`` (the batch ran to the largest), with each step's candidates.
+
+        ``truncated`` when the row wrote ``max_new_tokens`` tokens and no end-of-sequence token among them: it hit
+        the limit, as vLLM's and the OpenAI API's ``finish_reason == "length"`` say.
+        """
+        tokens: list[int] = []
+        steps: list[Step] = []
+        extra = self._verdict_token_ids(query.verdicts)
+        for t in range(min(query.max_new_tokens, len(generated))):
+            token = generated[t]
+            if token in self._eos_ids:
+                break
+            ids = sorted(set(top[t][row]) | extra | {token})
+            values = logprobs[t][row, ids].tolist()
+            steps.append((self._text(token), self._candidates(ids, values)))
+            tokens.append(token)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        where = (query.verdict_prefix, query.verdict_occurrence)
+        p = verdict_probability(steps, query.positive, query.negative, *where)
+        shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
+        truncated = len(tokens) == query.max_new_tokens
+        return GuardAnswer(text=text, p_positive=p, shares=shares, truncated=truncated)
 
     def _candidates(self, ids: Sequence[int], values: Sequence[float]) -> dict[str, float]:
         candidates: dict[str, float] = {}

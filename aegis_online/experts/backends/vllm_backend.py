@@ -102,10 +102,15 @@ def steps_from_completion(completion: Any) -> list[Step]:
 
 
 def answer_from_request_output(output: Any, query: GuardQuery) -> GuardAnswer:
-    """A ``GuardAnswer`` from a vLLM ``RequestOutput`` (its first completion) for ``query``."""
+    """A ``GuardAnswer`` from a vLLM ``RequestOutput`` (its first completion) for ``query``.
+
+    ``finish_reason == "length"``: the engine stopped at ``max_tokens``, not at a stop token, so the answer is
+    reported truncated (a family that reasons first cannot trust it).
+    """
     completion = output.outputs[0]
     steps = steps_from_completion(completion)
     where = (query.verdict_prefix, query.verdict_occurrence)
     p = verdict_probability(steps, query.positive, query.negative, *where)
     shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
-    return GuardAnswer(text=completion.text, p_positive=p, shares=shares)
+    truncated = getattr(completion, "finish_reason", None) == "length"
+    return GuardAnswer(text=completion.text, p_positive=p, shares=shares, truncated=truncated)

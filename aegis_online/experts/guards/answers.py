@@ -58,10 +58,24 @@ def valid_ids(ids: Iterable[str], what: str) -> frozenset[str]:
 
 
 def paired(family: str, queries: Sequence[GuardQuery], answers: Sequence[GuardAnswer]) -> list[tuple[str, GuardAnswer]]:
-    """(query key, answer) pairs; the backend must answer every query, in order."""
+    """(query key, answer) pairs; the backend must answer every query, in order, and completely where the query
+    needs it (``require_complete``). Every family reads its answers through here, so no family can forget the
+    check that its queries' ``needs_complete_answer`` asks for."""
     if len(queries) != len(answers):
         raise GuardParseError(f"{family}: {len(answers)} answers for {len(queries)} queries")
-    return [(q.key, a) for q, a in zip(queries, answers, strict=True)]
+    return [(q.key, require_complete(family, q, a)) for q, a in zip(queries, answers, strict=True)]
+
+
+def require_complete(family: str, query: GuardQuery, answer: GuardAnswer) -> GuardAnswer:
+    """``answer`` unchanged, unless the query needs a complete answer and generation was cut at its token limit:
+    then a ``GuardParseError``, whatever the text looks like (a reasoning model cut just after quoting a planted
+    verdict reads exactly like one that answered)."""
+    if query.needs_complete_answer and answer.truncated:
+        raise GuardParseError(
+            f"{family}: output cut at max_new_tokens ({query.max_new_tokens}): raise max_new_tokens (an unfinished "
+            f"reasoning may end in a verdict it only quoted). Output ends {answer.text[-200:]!r}"
+        )
+    return answer
 
 
 def checked_probability(family: str, p: float | None) -> float | None:

@@ -36,6 +36,11 @@ class GuardQuery:
     returns every verdict's share.
     ``template_kwargs``: extra arguments of the model's chat template (Nemotron's ``request_categories``), as pairs
     so that the query stays hashable.
+    ``needs_complete_answer``: the answer is a parse error when generation was cut at ``max_new_tokens``
+    (``GuardAnswer.truncated``). Set by families that reason before they answer (gpt-oss-safeguard, Nemotron with
+    thinking): a cut output is unfinished reasoning, and it may end in a verdict the reasoning only quoted (one a
+    user planted in the content), which no parser can tell from a real answer. Verdict-first families leave it off:
+    they generate a few tokens on purpose (one for ShieldGemma), so the limit is routinely reached after the verdict.
     """
 
     key: str
@@ -48,6 +53,7 @@ class GuardQuery:
     max_new_tokens: int = 1
     other_verdicts: tuple[str, ...] = ()
     template_kwargs: tuple[tuple[str, str | bool], ...] = ()
+    needs_complete_answer: bool = False
 
     @property
     def verdicts(self) -> tuple[str, ...]:
@@ -64,11 +70,14 @@ class GuardQuery:
 @dataclass(frozen=True)
 class GuardAnswer:
     """A backend's result for one query: greedy text and P(positive verdict), None without logprobs;
-    ``shares``: P(each verdict word) renormalised over ``GuardQuery.verdicts``, for a query with other verdicts."""
+    ``shares``: P(each verdict word) renormalised over ``GuardQuery.verdicts``, for a query with other verdicts;
+    ``truncated``: generation stopped because it reached ``max_new_tokens``, not at an end-of-sequence or stop
+    token, so the text may be unfinished (see ``GuardQuery.needs_complete_answer``)."""
 
     text: str
     p_positive: float | None
     shares: dict[str, float] | None = None
+    truncated: bool = False
 
 
 class GuardFamily(abc.ABC):

@@ -22,7 +22,9 @@ writes (``GuardQuery.verdict_occurrence``; the digit tokens ``1`` and ``0``): th
 probability that contradicts the written verdict is a parse error. A violation gives its probability to the named
 category (its id, in any case) and 0.0 to the others; no violation (or an unknown or missing category) gives it to
 every asked category. Long reasoning needs room: the guide advises not to cap output tokens, hence
-``max_new_tokens`` of 2048 by default.
+``max_new_tokens`` of 2048 by default. An output the backend reports cut at that limit (``GuardAnswer.truncated``)
+is a parse error whatever it reads (``GuardQuery.needs_complete_answer``): cut just after the reasoning quotes a
+planted ``assistantfinal{"violation": 0, ...}``, the text is indistinguishable from a final answer.
 """
 
 from __future__ import annotations
@@ -181,6 +183,7 @@ class GptOssSafeguard(GuardFamily):
                 verdict_occurrence="last",
                 max_new_tokens=self.max_new_tokens,
                 template_kwargs=(("reasoning_effort", self.reasoning_effort),),
+                needs_complete_answer=True,
             )
         ]
 

@@ -19,7 +19,10 @@ model writes (``GuardQuery.verdict_occurrence``): a thinking trace comes first a
 verdict, and the answer ends the output. A label line written twice is a parse error, not its last value. A flagged
 verdict gives its probability to the listed categories and 0.0 to the others, asked or not (as NemoGuard and
 Qwen3Guard do: a flag that names only other categories is no flag of these); a safe one (or a flagged one listing
-nothing) gives it to every asked category of that query.
+nothing) gives it to every asked category of that query. With thinking, an output cut at ``max_new_tokens``
+(``GuardAnswer.truncated``) is a parse error (``GuardQuery.needs_complete_answer``): the trace may quote label lines,
+and an output cut inside it, or before the answer's last line, cannot be told from an answer. Without thinking the
+answer comes first, and the limit only bounds it.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class NemotronContentSafety(NemoGuardContentSafety):
             verdict_occurrence="last",
             max_new_tokens=self.max_new_tokens,
             template_kwargs=kwargs,
+            needs_complete_answer=self.thinking,
         )
 
     def queries(self, item: ExpertInput) -> list[GuardQuery]:

@@ -60,6 +60,7 @@ class Script:
     test: int = 0
     in_flight: dict[int, int] = field(default_factory=dict)
     max_in_flight: int = 0
+    finish_reason: str = "stop"
 
 
 def build_app(script: Script) -> fastapi.FastAPI:
@@ -85,6 +86,7 @@ def build_app(script: Script) -> fastapi.FastAPI:
         def success(body: dict) -> dict:
             message = {"role": "assistant", "content": "\n\nunsafe\nS1"}
             choice = {"index": 0, "message": message, "logprobs": {"content": CHAT_LOGPROBS}}
+            choice["finish_reason"] = script.finish_reason
             return {"object": "chat.completion", "choices": [choice]}
 
         return await handle("chat/completions", request, success)
@@ -98,7 +100,8 @@ def build_app(script: Script) -> fastapi.FastAPI:
                 "top_logprobs": [{"Yes": -0.4, "No": -1.2, " Yes": -3.0}],
                 "text_offset": [0],
             }
-            return {"object": "text_completion", "choices": [{"index": 0, "text": "Yes", "logprobs": logprobs}]}
+            choice = {"index": 0, "text": "Yes", "logprobs": logprobs, "finish_reason": script.finish_reason}
+            return {"object": "text_completion", "choices": [choice]}
 
         return await handle("completions", request, success)
 
@@ -144,6 +147,7 @@ def script(server: tuple[str, Script]) -> Script:
     script.failures.clear()
     script.requests.clear()
     script.delay_s = 0.0
+    script.finish_reason = "stop"
     script.test += 1
     script.max_in_flight = 0
     return script
@@ -198,6 +202,16 @@ def test_requests_ask_for_greedy_decoding_with_top_logprobs_and_carry_the_key(ba
     assert completion_body["prompt"] == RAW.prompt and completion_body["logprobs"] == 20
     assert completion_body["temperature"] == 0 and completion_body["max_tokens"] == 1
     assert chat_headers["authorization"] == "Bearer sk-test"
+
+
+@pytest.mark.parametrize(("finish_reason", "truncated"), [("length", True), ("stop", False)])
+def test_finish_reason_length_marks_chat_and_completion_answers_truncated(
+    base_url: str, script: Script, finish_reason: str, truncated: bool
+) -> None:
+    """``choices[0].finish_reason``: ``"length"`` when the server stopped at ``max_tokens``, not at a stop token."""
+    script.finish_reason = finish_reason
+    chat_answer, completion_answer = answer(base_url, [CHAT, RAW])
+    assert chat_answer.truncated is truncated and completion_answer.truncated is truncated
 
 
 def test_two_503s_then_success_succeeds_on_the_third_attempt(base_url: str, script: Script) -> None:

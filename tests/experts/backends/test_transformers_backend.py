@@ -189,3 +189,42 @@ def test_a_last_occurrence_query_reads_the_verdict_after_the_prefix_written_last
     )
     assert latest.p_positive == pytest.approx(manual_p(reference, ids, base), abs=1e-5)
     assert first.p_positive != pytest.approx(latest.p_positive, abs=1e-3)
+
+
+def test_a_row_that_reaches_max_new_tokens_without_an_end_token_is_truncated(
+    transformers_backend: TransformersGuardBackend,
+) -> None:
+    """The tiny model never writes its end token, so every row runs into its own limit, the short one in a longer
+    batch included."""
+    short, long = transformers_backend.answer([chat("s", "hello", max_new_tokens=2), chat("l", "hello", 6)])
+    assert short.truncated and long.truncated
+    assert len(short.text.split()) == 2
+
+
+@pytest.fixture(scope="module")
+def stopping_guard(tiny_guard_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """The tiny guard with a second end token, the word it writes third (or later) to "hello": a checkpoint whose
+    generation config lists several end ids, as Llama 3's does. Returns the path and how many words come first."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path_factory.mktemp("tiny-stopping") / "model"
+    shutil.copytree(tiny_guard_path, path)
+    words = TransformersGuardBackend(str(path)).answer([chat("w", "hello", max_new_tokens=8)])[0].text.split()
+    cut = next(i for i in range(2, len(words)) if words[i] not in words[:i])
+    config = GenerationConfig.from_pretrained(path)
+    stop_id = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids(words[cut])
+    config.eos_token_id = [config.eos_token_id, stop_id]
+    config.save_pretrained(path)
+    return path, cut
+
+
+def test_a_row_that_writes_an_end_token_before_its_limit_is_not_truncated(stopping_guard: tuple[Path, int]) -> None:
+    """Same words, two limits: the row that wrote the end token finished; the row whose limit came first, just
+    before that token, is truncated (as vLLM's ``finish_reason == "length"`` would say)."""
+    path, cut = stopping_guard
+    backend = TransformersGuardBackend(str(path))
+    cut_short, finished = backend.answer([chat("c", "hello", max_new_tokens=cut), chat("f", "hello", 8)])
+    assert len(finished.text.split()) == cut and not finished.truncated
+    assert cut_short.text == finished.text and cut_short.truncated

@@ -25,9 +25,14 @@ def logprob(value: float, text: str | None, rank: int = 1) -> SimpleNamespace:
     return SimpleNamespace(logprob=value, rank=rank, decoded_token=text)
 
 
-def request_output(text: str, steps: list[dict[int, SimpleNamespace]], token_ids: list[int] | None = None):
+def request_output(
+    text: str,
+    steps: list[dict[int, SimpleNamespace]],
+    token_ids: list[int] | None = None,
+    finish_reason: str | None = "stop",
+):
     """Stand-in for ``vllm.RequestOutput`` with one ``CompletionOutput``."""
-    completion = SimpleNamespace(index=0, text=text, logprobs=steps, finish_reason="length")
+    completion = SimpleNamespace(index=0, text=text, logprobs=steps, finish_reason=finish_reason)
     if token_ids is not None:
         completion.token_ids = token_ids
     return SimpleNamespace(request_id="0", outputs=[completion])
@@ -88,6 +93,14 @@ def test_missing_decoded_text_and_missing_logprobs_give_no_verdict() -> None:
     assert answer_from_request_output(request_output("safe", []), LLAMA_GUARD).p_positive is None
     output = request_output("safe", [{5: logprob(-0.1, None)}], token_ids=[5])
     assert answer_from_request_output(output, LLAMA_GUARD).p_positive is None
+
+
+@pytest.mark.parametrize(("finish_reason", "truncated"), [("length", True), ("stop", False), (None, False)])
+def test_a_completion_stopped_at_max_tokens_is_truncated(finish_reason: str | None, truncated: bool) -> None:
+    """vLLM's ``finish_reason``: ``"length"`` at ``max_tokens``, ``"stop"`` at an end or stop token; anything but
+    ``"length"`` is not a cut."""
+    output = request_output("safe", [{5: logprob(-0.1, "safe")}], token_ids=[5], finish_reason=finish_reason)
+    assert answer_from_request_output(output, LLAMA_GUARD).truncated is truncated
 
 
 def test_constructing_without_vllm_raises_import_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,3 +95,26 @@ def test_query_keys_are_unique_per_item(name: str, make_item, competitor) -> Non
     item = make_item([("user", "hello")], "prompt", (*CANONICAL, competitor))
     keys = [q.key for q in make_family(name).queries(item)]
     assert len(keys) == len(set(keys))
+
+
+REASONS_FIRST = {"gpt_oss_safeguard"}
+"""Families that reason before they answer by default (Nemotron only with ``thinking=True``): their answers must be
+complete. The others write their verdict first and a few tokens at most, often stopping at the limit."""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_families_that_reason_first_ask_for_a_complete_answer(name: str, make_item) -> None:
+    item = make_item([("user", "hello")], "prompt", CANONICAL)
+    flags = {q.needs_complete_answer for q in make_family(name).queries(item)}
+    assert flags == {name in REASONS_FIRST}
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - REASONS_FIRST))
+@pytest.mark.parametrize("check", ["prompt", "response"])
+def test_a_verdict_first_answer_that_reached_max_new_tokens_parses_as_before(name: str, check: str, make_item) -> None:
+    family: GuardFamily = make_family(name)
+    item = make_item([("user", "hello"), ("assistant", "hi there")], check, (category("S1"), category("S8")))
+    queries = family.queries(item)
+    cut = family.parse(item, queries, [GuardAnswer(SAFE[name], 0.1, truncated=True) for _ in queries])
+    assert cut
+    assert cut == family.parse(item, queries, [GuardAnswer(SAFE[name], 0.1) for _ in queries])
