@@ -365,7 +365,8 @@ class Moderator:
         matrix = self.output_matrix(outputs, categories.ids)
         expensive = np.array([name in self.cascade.expensive for name in self.expert_names])
         could = expensive & self.readers(language)
-        candidates = could & np.array([any(e.covers(cat) for cat in categories) for e in self.experts])
+        covers = np.array([[e.covers(cat) for e in self.experts] for cat in categories])  # (C, N)
+        candidates = could & covers.any(axis=0)
         acted = np.array([policy.action_for(c) != "allow" for c in categories.ids])
         keys = [c for c, a in zip(categories.ids, acted, strict=True) if a] + [OVERALL]
         rows = np.vstack([matrix[acted], overall_outputs(matrix, acted)[None, :]])
@@ -373,9 +374,7 @@ class Moderator:
         loss = expected_cheap_loss(self.learner, states, rows)
         cut = self._cuts.get(tenant, rule.initial)
         unscored = [
-            cat.id
-            for c, cat in enumerate(categories)
-            if np.isnan(matrix[c]).all() and any(e.covers(cat) for e, ok in zip(self.experts, could, strict=True) if ok)
+            cat.id for c, cat in enumerate(categories) if np.isnan(matrix[c]).all() and (covers[c] & could).any()
         ]
         predicted = not np.isnan(loss).all()
         total = float(np.nansum(loss))
