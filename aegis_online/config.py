@@ -532,7 +532,7 @@ class ChatOptions(Section):
     mode: Literal["check_first", "stream_first"] | None = Field(
         default=None,
         description="check_first: a window of a streamed answer reaches the client only once checked; stream_first: "
-        "tokens flow at once, checks run behind and cut the stream when one fails.",
+        "tokens flow at once, checks run behind (at most one window) and cut the stream when one fails.",
     )
     window_chars: int | None = Field(
         default=None,

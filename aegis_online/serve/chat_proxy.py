@@ -6,8 +6,9 @@ The prompt is checked first (``check: prompt``); a blocked one gets an assistant
 * **Not streamed**: each choice's whole message; a blocked one is replaced by the refusal.
 * **Streamed** (SSE): in windows of the growing text (``chat_windows``), cut on sentence or word boundaries with
   overlap. ``check_first``: an event reaches the client only once all the text it carries is checked.
-  ``stream_first``: events flow at once and the checks run behind; the upstream's final event and ``[DONE]`` are held
-  until the checks are done. A blocked window ends the stream with a ``finish_reason: "content_filter"`` chunk. The
+  ``stream_first``: events flow at once and the checks run behind, at most one window behind (a window complete
+  while the one before is still being checked waits for that check); the upstream's final event and ``[DONE]`` are
+  held until the checks are done. A blocked window ends the stream with a ``finish_reason: "content_filter"`` chunk. The
   whole answer is checked once more at the end, and that check, like the prompt's, is logged: its request id (with
   the prompt's) is in ``X-Aegis-Request-Ids``, so ``/v1/feedback`` can label both. Window checks are not logged:
   they are intermediate, and feedback labels answers.
@@ -306,6 +307,9 @@ class ChatProxyServing:
                         for ready in self.release(state):
                             yield ready
                     else:
+                        if await self.keep_up(state, stops):
+                            yield self.cut(state, ids)
+                            return
                         yield event
                         if self.failed(state, stops):
                             yield self.cut(state, ids)
@@ -344,6 +348,15 @@ class ChatProxyServing:
         """check_first (and the end of any stream): wait for the checks in flight; True when one stops the answer."""
         if (wait_all or state.chat.mode == "check_first") and state.checks:
             await asyncio.wait(state.checks)
+        return self.failed(state, stops)
+
+    async def keep_up(self, state: StreamState, stops: frozenset[str]) -> bool:
+        """stream_first: the checks stay at most one window behind the client. When a window is complete while the
+        one before it is still being checked, the stream waits for that check; True when a check stops the answer.
+        Unchecked text that reaches the client is thus bounded in characters (about two windows), not in time: a
+        slow or overloaded check would otherwise let a whole harmful answer through before its cut."""
+        if len(state.checks) > 1:
+            await asyncio.wait(state.checks[:-1])
         return self.failed(state, stops)
 
     @staticmethod

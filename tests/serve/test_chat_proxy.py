@@ -138,6 +138,21 @@ def test_a_stream_that_turns_harmful_is_cut_with_content_filter(
         assert len(text) <= harm_at + len(HARMFUL_SPAN) + 60 + 20
 
 
+def test_stream_first_stays_within_a_window_or_two_of_its_checks_when_they_are_slower_than_the_tokens(
+    proxy: Callable[..., str],
+) -> None:
+    # Checks of 0.3 s, tokens as fast as the upstream sends them: unbounded, the whole answer would be out before the
+    # first check came back.
+    slow = [KeywordExpert("threats", {"S1": ("kill",), "S11": ("kill",)}, delay_s=0.3)]
+    url = proxy(experts=slow, mode="stream_first", window_chars=20, overlap_chars=0)
+    text, finishes = streamed_text(sdk(url).chat.completions.create(**ask("harmful"), stream=True))
+    assert finishes == ["content_filter"] and HARMFUL.startswith(text)
+    kill_end = HARMFUL.index("kill") + len("kill")
+    # the window with "kill" ends within 20 characters of it (at a space); the stream goes on for at most one more
+    # window while it is checked, and the event that completes the next one waits
+    assert len(text) <= kill_end + 2 * 20, (len(text), kill_end)
+
+
 def test_a_whole_answer_that_is_harmful_is_replaced_by_the_refusal(proxy: Callable[..., str]) -> None:
     url = proxy(refusal="Sorry, I cannot share that.")
     completion = sdk(url).chat.completions.create(**ask("harmful"))
