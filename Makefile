@@ -35,7 +35,8 @@ demo-drift: $(STAMP)
 test: $(STAMP) $(HELM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 -m 'not serial'
+	$(PY) -m pytest -m serial
 
 # lint-imports: the import contracts of pyproject.toml (code layers, forbidden imports); the graph builds in
 # well under a second, so no cache folder in the tree.

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs a benchmark script in a process of its own: tens of seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,6 +59,7 @@ def test_gpu_guard_benchmark_tiny_cpu_run_reports_batches_and_sharing_ratio(tmp_
     assert together["experts"] == 2 and together["ensemble_ratio"] > 0
 
 
+@pytest.mark.serial  # it starts Ray Serve
 def test_overload_benchmark_quick_run_reports_goodput_under_overload() -> None:
     stdout = run_bench("overload.py", "--quick", timeout=180)
     for multiple in ("2x", "4x"):

@@ -36,6 +36,8 @@ from .kafka_helpers import (
     worker_command,
 )
 
+pytestmark = pytest.mark.slow  # each kills and restarts servers or workers: about two minutes in all
+
 
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout

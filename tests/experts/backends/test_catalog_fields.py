@@ -113,13 +113,15 @@ def test_family_options_and_sharding_reach_what_is_built(tmp_path: Path) -> None
     assert load_spec(sharded).tensor_parallel_size == 2  # the deployment's bundles: tests/serve/test_sharded_experts.py
 
 
-def test_description_and_package_are_what_experts_list_shows(tmp_path: Path) -> None:
+def test_description_and_package_are_what_experts_list_shows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from aegis_online.experts.cli import experts_app
+    from aegis_online.experts import cli
 
     fields = {"backend": "minilm", "cost": "cpu", "package": "pkg-with-weights", "description": "Tiny summary."}
     entry(tmp_path, name="documented", **fields)
-    result = CliRunner().invoke(experts_app, ["list", "--catalog", str(tmp_path)], env={"COLUMNS": "250"})
+    # wide enough that no cell wraps: the console was sized at import, from whatever COLUMNS the process had then
+    monkeypatch.setattr(cli.console, "width", 250)
+    result = CliRunner().invoke(cli.experts_app, ["list", "--catalog", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "pkg-with-weights" in result.output and "Tiny summary." in result.output

@@ -33,6 +33,7 @@ def _data(rel: str) -> Path:
     return base / rel
 
 
+@pytest.mark.slow
 def test_train_head_on_davidson_and_openai_beats_zero_shot_on_held_out_rows(tmp_path: Path) -> None:
     out = tmp_path / "heads.npz"
     args = ["experts", "train-head", "--data", str(_data(DAVIDSON)), "--data", str(_data(OPENAI))]
