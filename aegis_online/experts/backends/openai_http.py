@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aegis_online.experts.backends.http_client import GuardHTTPError, RetryingJSONClient
-from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability, verdict_shares
+from aegis_online.experts.backends.verdict_logprobs import Step, read_verdict
 from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 from aegis_online.schemas import ExpertOutput
@@ -105,9 +105,7 @@ def _with_chosen(candidates: dict[str, float], token: str, logprob: float | None
 def _answer(text: str, steps: Sequence[Step], query: GuardQuery, finish_reason: object) -> GuardAnswer:
     """The answer to ``query``; ``finish_reason == "length"`` (the server stopped at ``max_tokens``, not at a stop
     token) marks it truncated, which a family that reasons first must not trust."""
-    where = (query.verdict_prefix, query.verdict_occurrence)
-    p = verdict_probability(steps, query.positive, query.negative, *where)
-    shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
+    p, shares = read_verdict(steps, query)
     return GuardAnswer(text=text, p_positive=p, shares=shares, truncated=finish_reason == "length")
 
 

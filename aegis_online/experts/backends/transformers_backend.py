@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aegis_online.experts.backends.rendering import prompt_token_ids
-from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability, verdict_shares
+from aegis_online.experts.backends.verdict_logprobs import Step, read_verdict
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 
 __all__ = ["TransformersGuardBackend"]
@@ -131,9 +131,7 @@ class TransformersGuardBackend:
             steps.append((self._text(token), self._candidates(ids, values)))
             tokens.append(token)
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        where = (query.verdict_prefix, query.verdict_occurrence)
-        p = verdict_probability(steps, query.positive, query.negative, *where)
-        shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
+        p, shares = read_verdict(steps, query)
         truncated = len(tokens) == query.max_new_tokens
         return GuardAnswer(text=text, p_positive=p, shares=shares, truncated=truncated)
 

@@ -3,7 +3,8 @@
 Backends differ in where per-step logprobs come from (logits in transformers, ``Logprob`` objects in vLLM, JSON
 from an OpenAI-compatible server) but must agree on how a verdict is read, or the same model would give different
 probabilities depending on where it runs. Each backend converts its output to ``Step``s and calls
-``verdict_probability``. Standard library only.
+``read_verdict`` (``verdict_probability`` and, for more than two verdicts, ``verdict_shares``). Standard library
+only.
 
 Examples
 --------
@@ -17,9 +18,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-__all__ = ["Occurrence", "Step", "best_logprob", "verdict_probability", "verdict_shares", "verdict_step"]
+if TYPE_CHECKING:
+    from aegis_online.experts.guards.base import GuardQuery
+
+__all__ = [
+    "Occurrence",
+    "Step",
+    "best_logprob",
+    "read_verdict",
+    "verdict_probability",
+    "verdict_shares",
+    "verdict_step",
+]
 
 Step = tuple[str, Mapping[str, float]]
 """One generated token: its text and the logprobs of candidate token texts at that position (the chosen one too)."""
@@ -172,3 +184,12 @@ def verdict_shares(
     mass = {word: found.get(word, absent) for word in words}
     total = sum(mass.values())
     return {word: value / total for word, value in mass.items()}
+
+
+def read_verdict(steps: Sequence[Step], query: GuardQuery) -> tuple[float | None, dict[str, float] | None]:
+    """What every backend reads for ``query``: P(positive verdict) and, for a query with other verdicts, each
+    verdict's share (else None), both at the verdict step that ``query`` names."""
+    where = (query.verdict_prefix, query.verdict_occurrence)
+    p = verdict_probability(steps, query.positive, query.negative, *where)
+    shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
+    return p, shares

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aegis_online.experts.backends.rendering import prompt_token_ids
-from aegis_online.experts.backends.verdict_logprobs import Step, verdict_probability, verdict_shares
+from aegis_online.experts.backends.verdict_logprobs import Step, read_verdict
 from aegis_online.experts.guards.base import GuardAnswer, GuardQuery
 
 __all__ = ["VLLMGuardBackend", "answer_from_request_output", "steps_from_completion"]
@@ -109,8 +109,6 @@ def answer_from_request_output(output: Any, query: GuardQuery) -> GuardAnswer:
     """
     completion = output.outputs[0]
     steps = steps_from_completion(completion)
-    where = (query.verdict_prefix, query.verdict_occurrence)
-    p = verdict_probability(steps, query.positive, query.negative, *where)
-    shares = verdict_shares(steps, query.verdicts, *where) if query.other_verdicts else None
+    p, shares = read_verdict(steps, query)
     truncated = getattr(completion, "finish_reason", None) == "length"
     return GuardAnswer(text=completion.text, p_positive=p, shares=shares, truncated=truncated)
