@@ -33,8 +33,8 @@ SERIAL_FILES = frozenset(
 )
 
 
-def file_of(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+def file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
@@ -43,14 +43,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     each file keeps its own order). Under xdist, two parallel items with one node id are an error: the scheduler
     knows items by node id, and would run one of them."""
     for item in items:
-        if file_of(item) in SERIAL_FILES:
+        if file_of(item.nodeid) in SERIAL_FILES:
             item.add_marker(pytest.mark.serial)
     if hasattr(config, "workerinput"):
         ids = Counter(item.nodeid for item in items if not item.get_closest_marker("serial"))
         if twice := sorted(nodeid for nodeid, n in ids.items() if n > 1):
             raise pytest.UsageError(f"tests sharing a node id cannot run under xdist (mark them serial): {twice}")
-    slow = {file_of(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: file_of(item) not in slow)
+    slow = {file_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: file_of(item.nodeid) not in slow)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -62,7 +62,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         tests, which puts the few long tests last)."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid.split("::", 1)[0]
+            return file_of(nodeid)
 
     config.option.loadscopereorder = False
     return ByFile(config, log)

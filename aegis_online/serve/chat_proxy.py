@@ -307,7 +307,10 @@ class ChatProxyServing:
                         for ready in self.release(state):
                             yield ready
                     else:
-                        if await self.keep_up(state, stops):
+                        # at most one window behind: unchecked text that reaches the client is bounded in
+                        # characters (about two windows), not in time, so an overloaded check cannot let a whole
+                        # harmful answer through before its cut
+                        if await self.settle(state, stops, behind=1):
                             yield self.cut(state, ids)
                             return
                         yield event
@@ -334,7 +337,7 @@ class ChatProxyServing:
             state.checks.append(
                 asyncio.ensure_future(self.check_answer(tenant, turns, windows.answer, final_id, remember=True))
             )
-        if await self.settle(state, stops, wait_all=True):
+        if await self.settle(state, stops):
             yield self.cut(state, ids)
             return
         if state.degraded:
@@ -344,19 +347,11 @@ class ChatProxyServing:
         for event in held_tail:
             yield event
 
-    async def settle(self, state: StreamState, stops: frozenset[str], wait_all: bool = False) -> bool:
-        """check_first (and the end of any stream): wait for the checks in flight; True when one stops the answer."""
-        if (wait_all or state.chat.mode == "check_first") and state.checks:
-            await asyncio.wait(state.checks)
-        return self.failed(state, stops)
-
-    async def keep_up(self, state: StreamState, stops: frozenset[str]) -> bool:
-        """stream_first: the checks stay at most one window behind the client. When a window is complete while the
-        one before it is still being checked, the stream waits for that check; True when a check stops the answer.
-        Unchecked text that reaches the client is thus bounded in characters (about two windows), not in time: a
-        slow or overloaded check would otherwise let a whole harmful answer through before its cut."""
-        if len(state.checks) > 1:
-            await asyncio.wait(state.checks[:-1])
+    async def settle(self, state: StreamState, stops: frozenset[str], behind: int = 0) -> bool:
+        """Wait for the checks in flight but the newest ``behind`` (check_first and the end of a stream: all of them;
+        stream_first: all but one); True when a check stops the answer."""
+        if len(state.checks) > behind:
+            await asyncio.wait(state.checks[: len(state.checks) - behind])
         return self.failed(state, stops)
 
     @staticmethod
