@@ -165,13 +165,14 @@ class CascadeSection(Section):
         "weights keep measuring it.",
     )
     hedge_share: float = Field(
-        default=0.0,
+        default=0.2,
         ge=0.0,
         le=1.0,
         description="An escalated request also calls each other expensive expert whose weight, in one of its "
-        "categories, is at least this share of the chosen expert's: while the weights have not told the experts "
-        "apart, it calls both (0, the default: never). It helps when the guards differ in quality and one may "
-        "regress; with guards equally good it spends the budget on calls that agree (docs/cascade.md).",
+        "categories, over the chosen expert's, times how far apart the two experts' scores have lain there (measured "
+        "on labelled requests that called both), reaches this share: the weights have not told them apart and "
+        "leaving it out would move the combined score by about this much. Experts that agree are not both called "
+        '(0: never hedge; docs/cascade.md, "Hedging").',
     )
 
 

@@ -30,6 +30,7 @@ from aegis_online.learn.escalation import (
     cascade_learner_name,
     cheap_tier_loss,
     expected_cheap_loss,
+    expert_disagreement,
 )
 from aegis_online.learn.exp3ix import Exp3IX
 from aegis_online.policy import (
@@ -424,7 +425,8 @@ class Moderator:
                 for key in keys
             ]
         )
-        chosen = self.cascade.rule.choose(weights, answers, self._rng)
+        apart = expert_disagreement(self.learner, states) if self.cascade.rule.hedge_share > 0 else None
+        chosen = self.cascade.rule.choose(weights, answers, self._rng, apart)
         trust = self.cascade.rule.trust(weights, answers)
         for cat in categories:
             if cat.id in unscored and not any(self.experts[i].covers(cat) for i in np.flatnonzero(chosen)):

@@ -8,8 +8,9 @@ expensive calls saved, the loss ratio against full information and the macro F1 
 fewer expensive calls for <= 1% more loss). ``aegis-online simulate --cascade`` gives one scenario's full report.
 
 Each escalation calls the expensive expert the weights trust most (the other one with the rule's exploration
-probability, 5%; no hedging, the default: ``bench/cascade_hedging.py`` measures it). The target counts expensive
-calls, so a target rate r spends ``r / 2`` of full information's expensive calls.
+probability, 5%, and when it hedges at the default ``hedge_share``: ``bench/cascade_hedging.py`` compares it with no
+hedging). The target counts expensive calls, so a target rate r spends ``r / 2`` of full information's expensive
+calls.
 
 The last column is a reference no service can reach: a router in hindsight that calls *both* guards, with the same
 number of expensive calls, on the requests on which the cheap tier alone (the cascade-aware learner with the
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="Requests per scenario (default: the scenario's).")
     parser.add_argument("--targets", default="0.5,0.78", help="Comma-separated target escalation rates.")
+    parser.add_argument(
+        "--hedge-share", type=float, default=EscalationRule.hedge_share, help="The escalation rule's hedge_share."
+    )
     args = parser.parse_args(argv)
     targets = [float(t) for t in args.targets.split(",")]
     console = Console(width=150)
@@ -80,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         cheap: np.ndarray | None = None
         for target in targets:
             result = run_simulation(
-                scenario, steps=args.steps, learners=["default"], cascade=list(EXPENSIVE), cascade_target=target
+                scenario,
+                steps=args.steps,
+                learners=["default"],
+                cascade=list(EXPENSIVE),
+                cascade_target=target,
+                cascade_hedge_share=args.hedge_share,
             )
             c = result.report["cascade"]["default+cascade"]
             cheap = cheap_alone_losses(result) if cheap is None else cheap  # the same traffic for every target

@@ -1,11 +1,12 @@
 """The cascade with and without hedging, at the same guard budget: ``python bench/cascade_hedging.py``.
 
-``EscalationRule.hedge_share`` calls every expensive expert whose weight is within that share of a chosen one's, so
-while the weights cannot tell the guards apart (a new tenant, a guard that regressed, late or noisy labels) an
-escalation calls both. The cut's target counts expensive calls, so hedging spends escalations, not extra calls. This
-runs each scenario (default: the two where ``default+adaptive`` missed issue 16's target before hedging) for several
-seeds, full information once per seed, then the cascade for each learner and each share at ``--target``, and prints
-the expensive calls saved and the loss ratio against full information.
+``EscalationRule.hedge_share`` also calls each expensive expert whose share of the weight it and a chosen one hold,
+times how far apart their scores have lain, reaches that share, so while the weights cannot tell apart guards that
+disagree (a new tenant, a guard that regressed, late or noisy labels) an escalation calls both. The cut's target
+counts expensive calls, so hedging spends escalations, not extra calls. This runs each scenario (default: the two
+where ``default+adaptive`` missed issue 16's target without hedging) for several seeds, full information once per
+seed, then the cascade for each learner and each share at ``--target``, and prints the expensive calls saved and the
+loss ratio against full information.
 
 ``--full-feedback`` adds a column no service can reach: the cascade without hedging whose feedback trains every
 expert on its score, called or not (``CascadeSetup.feedback_from_every_expert``). Its requests call the same tier as
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="delayed-feedback,label-noise", help="Comma-separated scenario names.")
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds.")
     parser.add_argument("--learners", default="default,default+adaptive", help="Comma-separated learners.")
-    parser.add_argument("--shares", default="0,0.05", help="Comma-separated hedge shares (0: no hedging).")
+    parser.add_argument("--shares", default="0,0.1", help="Comma-separated hedge shares (0: no hedging).")
     parser.add_argument("--target", type=float, default=0.78, help="Target escalation rate (in expensive calls).")
     parser.add_argument("--steps", type=int, default=None, help="Requests per scenario (default: the scenario's).")
     parser.add_argument(
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"Cascade at target {args.target:.0%} (in guard calls), loss ratio against full information")
     variants = [(f"hedge {s:g}", EscalationRule(target_rate=args.target, hedge_share=s), False) for s in shares]
     if args.full_feedback:
-        variants.append(("feedback from every expert", EscalationRule(target_rate=args.target), True))
+        variants.append(("feedback from every expert", EscalationRule(target_rate=args.target, hedge_share=0.0), True))
     for column in ("scenario", "seed", "learner", *(f"{label}: saved / loss ratio" for label, _, _ in variants)):
         table.add_column(column, justify="right")
     for name in args.scenarios.split(","):

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aegis_online.datasets import shared_data_dir  # noqa: E402
+from aegis_online.learn.escalation import EscalationRule  # noqa: E402
 from aegis_online.simulate.cache import ReplayCache, default_cache_path  # noqa: E402
 from aegis_online.simulate.replay_run import ReplayConfig, build_catalog_experts, run_replay  # noqa: E402
 from aegis_online.simulate.traffic import DataSpec  # noqa: E402
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expensive", default="lexical-heads,minilm-heads", help="The expensive tier.")
     parser.add_argument("--learners", default="default,default+adaptive")
     parser.add_argument("--target", type=float, default=0.78, help="Target escalation rate (in expensive calls).")
-    parser.add_argument("--hedge-share", type=float, default=0.0, help="The escalation rule's hedge_share.")
+    parser.add_argument(
+        "--hedge-share", type=float, default=EscalationRule.hedge_share, help="The escalation rule's hedge_share."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="Rows taken from each file (default: all).")
     parser.add_argument("--no-cache", action="store_true", help="Score every text afresh, keep no scores.")

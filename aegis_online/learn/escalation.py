@@ -20,10 +20,12 @@ Two parts, each with one job:
   experts_per_escalation``. The budget is what is controlled; the regression decides which requests use it.
   ``EscalationRule.choose`` then picks which expensive experts an escalated request calls: the most trusted by the
   learner's weights (``experts_per_escalation`` of them), each other one with probability ``exploration``, and
-  each other one whose weight is within ``hedge_share`` of a chosen one's (the weights have not told them apart).
+  each other one whose share of the weight it and a chosen one hold, times how far apart their scores have lain,
+  reaches ``hedge_share`` (the weights have not told them apart, and leaving it out would move the combined score).
 
-State: the regression's statistics ride in each key's state vector (so the stores, the exactly-once writes and
-the scope rules are unchanged, as for ``Adaptive``); the cut is one float per scope. Pure numpy, no I/O.
+State: the regression's statistics, and how far apart the expensive experts' scores lie where both answered, ride
+in each key's state vector (so the stores, the exactly-once writes and the scope rules are unchanged, as for
+``Adaptive``); the cut is one float per scope. Pure numpy, no I/O.
 
 Examples
 --------
@@ -109,31 +111,43 @@ class CheapTierLoss(Learner):
         #: the same algorithm over the cheap experts alone: the tier's combination when it decides alone
         self.tier = type(base)(k)
         self.n_features = 3 * k + 4
+        #: the pairs of expensive experts whose disagreement each key measures, as two index arrays
+        self.pairs = np.triu_indices(len(chosen), k=1)
         self.name = base.name + CASCADE_MARK + "-".join(map(str, chosen))  # type: ignore[misc]
 
     @property
     def state_size(self) -> int:
-        return self.base.state_size + self.tier.state_size + self.n_features * (self.n_features + 1)
+        d = self.n_features
+        return self.base.state_size + self.tier.state_size + d * (d + 1) + 2 * len(self.pairs[0])
 
     def _initial_state(self) -> np.ndarray:
-        regression = np.zeros(self.n_features * (self.n_features + 1))
-        return np.concatenate([self.base.init_state(), self.tier.init_state(), regression])
+        rest = np.zeros(self.state_size - self.base.state_size - self.tier.state_size)
+        return np.concatenate([self.base.init_state(), self.tier.init_state(), rest])
 
-    def split(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def split(self, states: np.ndarray) -> tuple[np.ndarray, ...]:
         """The base learner's states, the cheap tier's learner's, the regression's ``sum x x^T`` ``(B, d, d)`` and
-        ``sum x y`` ``(B, d)``."""
+        ``sum x y`` ``(B, d)``, and the expensive pairs' ``sum |s_i - s_j|`` and label counts ``(B, P)``, both
+        with forgetting."""
         states = np.atleast_2d(states)
-        d = self.n_features
+        d, n_pairs = self.n_features, len(self.pairs[0])
         a = self.base.state_size
         b = a + self.tier.state_size
+        c = b + d * (d + 1)
         gram = states[:, b : b + d * d].reshape(-1, d, d)
-        return states[:, :a], states[:, a:b], gram, states[:, b + d * d :]
+        return (
+            states[:, :a],
+            states[:, a:b],
+            gram,
+            states[:, b + d * d : c],
+            states[:, c : c + n_pairs],
+            states[:, c + n_pairs :],
+        )
 
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         return self.base.log_weights(self.split(states)[0])
 
     def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
-        base, tier, _, _ = self.split(states)
+        base, tier, *_ = self.split(states)
         awake = np.asarray(awake, dtype=bool)
         alone = ~awake[:, ~self.cheap].any(axis=1)
         if not alone.any():
@@ -152,10 +166,10 @@ class CheapTierLoss(Learner):
         raise NotImplementedError("CheapTierLoss learns in learn_many: it needs the outputs, not only the losses")
 
     def inherit(self, parent_states: np.ndarray) -> np.ndarray:
-        base, tier, gram, moment = self.split(parent_states)
+        base, tier, gram, moment, gaps, counts = self.split(parent_states)
         d = self.n_features
         return np.concatenate(
-            [self.base.inherit(base), self.tier.inherit(tier), gram.reshape(-1, d * d), moment], axis=1
+            [self.base.inherit(base), self.tier.inherit(tier), gram.reshape(-1, d * d), moment, gaps, counts], axis=1
         )
 
     def calibrate(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
@@ -181,7 +195,7 @@ class CheapTierLoss(Learner):
 
     def _expected_loss(self, states: np.ndarray, outputs: np.ndarray) -> np.ndarray:
         cheap = self.cheap_prediction(states, outputs)
-        _, _, gram, moment = self.split(states)
+        _, _, gram, moment, _, _ = self.split(states)
         d = self.n_features
         prior = np.zeros(d)
         prior[-1] = PRIOR_LABELS
@@ -200,7 +214,7 @@ class CheapTierLoss(Learner):
         states, outputs, labels = labelled_round(states, outputs, labels, awake)
         if states.shape[0] == 0:
             return states.copy()
-        base, tier, gram, moment = self.split(states)
+        base, tier, gram, moment, gaps, counts = self.split(states)
         cheap = self.cheap_prediction(states, outputs)
         seen = np.isfinite(cheap)
         x = self.features(outputs, cheap)
@@ -208,12 +222,34 @@ class CheapTierLoss(Learner):
         keep = np.where(seen, self.forget, 1.0)
         gram = keep[:, None, None] * gram + seen[:, None, None] * np.einsum("bi,bj->bij", x, x)
         moment = keep[:, None] * moment + seen[:, None] * x * y[:, None]
+        guards = outputs[:, list(self.expensive)]
+        gap = np.abs(guards[:, self.pairs[0]] - guards[:, self.pairs[1]])  # NaN unless both answered
+        both = np.isfinite(gap)
+        gaps = np.where(both, self.forget * gaps + np.nan_to_num(gap), gaps)
+        counts = np.where(both, self.forget * counts + 1.0, counts)
         d = self.n_features
         learned = [
             self.base.learn_many(base, outputs, labels),
             self.tier.learn_many(tier, outputs[:, self.cheap], labels),
         ]
-        return np.concatenate([*learned, gram.reshape(-1, d * d), moment], axis=1)
+        return np.concatenate([*learned, gram.reshape(-1, d * d), moment, gaps, counts], axis=1)
+
+    def disagreement(self, states: np.ndarray) -> np.ndarray:
+        """``(B, N, N)``: per key, how far apart two experts' scores lie on average, ``|s_i - s_j|``, measured on
+        the labelled requests where both expensive experts answered, after a prior of one request at 1 (the most
+        they can differ); 1 for every pair not both expensive, 0 on the diagonal. Why: how much leaving one expert
+        out changes a combined score is its weight share times how far it lies from the others, and only calls
+        to both measure the second."""
+        _, _, _, _, gaps, counts = self.split(states)
+        n = self.n_experts
+        out = np.ones((len(gaps), n, n))
+        guards = np.asarray(self.expensive)
+        i, j = guards[self.pairs[0]], guards[self.pairs[1]]
+        mean = (gaps + PRIOR_LABELS) / (counts + PRIOR_LABELS)
+        out[:, i, j] = mean
+        out[:, j, i] = mean
+        out[:, np.arange(n), np.arange(n)] = 0.0
+        return out
 
     def __repr__(self) -> str:
         return f"CheapTierLoss({self.base!r}, expensive={self.expensive})"
@@ -240,6 +276,19 @@ def expected_cheap_loss(learner: Learner, states: np.ndarray, outputs: np.ndarra
     return router._expected_loss(states, outputs)
 
 
+def expert_disagreement(learner: Learner, states: np.ndarray) -> np.ndarray:
+    """``CheapTierLoss.disagreement`` for a cascade-aware ``learner`` (itself, or ``Adaptive`` over one: measured
+    on the calibrated scores it combines); all ones (the most two experts can differ) for any other learner."""
+    states = np.atleast_2d(np.asarray(states, dtype=np.float64))
+    router = cheap_tier_loss(learner)
+    if router is None:
+        n = learner.n_experts
+        return np.broadcast_to(1.0 - np.eye(n), (len(states), n, n)).copy()
+    if router is not learner:
+        states = learner.split(states)[0]  # type: ignore[attr-defined]
+    return router.disagreement(states)
+
+
 @dataclass(frozen=True)
 class EscalationRule:
     """Escalate when the predicted loss reaches the scope's cut; the cut learned toward ``target_rate``; on an
@@ -256,11 +305,12 @@ class EscalationRule:
     #: the chance that each expensive expert not among those is called as well, so that its weight keeps being
     #: measured (a regressed leader is then overtaken)
     exploration: float = 0.05
-    #: an expensive expert whose weight in one of the request's keys is at least this share of the highest weight
-    #: among those chosen is called too: while the weights have not told the experts apart, the request hedges.
-    #: Off by default: experts equally good keep equal weights, and calling both spends the budget on agreement
-    #: (docs/cascade.md, "Hedging")
-    hedge_share: float = 0.0
+    #: an expensive expert b is called too when, in one of the request's keys, its share of the weight it and the
+    #: chosen expert a hold there, ``w_b / (w_a + w_b)``, times how far apart their scores have lain
+    #: (``CheapTierLoss.disagreement``) reaches this: leaving b out would move the pair's combined score by that
+    #: much on average, and the weights have not told the two apart. Experts that agree are not both called,
+    #: however close their weights (0: never hedge; docs/cascade.md, "Hedging")
+    hedge_share: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.target_rate <= 1.0:
@@ -272,13 +322,21 @@ class EscalationRule:
         if not 0.0 <= self.hedge_share <= 1.0:
             raise ValueError(f"hedge_share must be in [0, 1], got {self.hedge_share}")
 
-    def choose(self, weights: np.ndarray, callable_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def choose(
+        self,
+        weights: np.ndarray,
+        callable_: np.ndarray,
+        rng: np.random.Generator,
+        disagreement: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Which experts an escalated request calls, over all ``N``, from their ``weights`` ``(K, N)`` in the
         request's keys and which of them can answer there: ``callable_`` ``(K, N)``, or ``(N,)`` for every key (the
         expensive experts that read the request's language and cover the key's category). Called are the
         ``experts_per_escalation`` most trusted (trust: an expert's weights summed over the keys it can answer), each
-        other callable one with probability ``exploration``, and each other one whose weight in a key it can answer
-        reaches ``hedge_share`` of the highest weight there among those chosen.
+        other callable one with probability ``exploration``, and each other one b whose share of the weight it and
+        a hold in a key b can answer, ``w_b / (w_a + w_b)`` (a: the chosen expert with the highest weight there),
+        times their ``disagreement`` ``(K, N, N)`` (the mean ``|s_a - s_b|`` measured per key; 1 for every pair
+        when not given), reaches ``hedge_share``.
 
         Why not all: the weights already say which expensive expert is worth its cost. Calling the leader alone on
         more requests buys more than calling every expensive expert on fewer (docs/cascade.md), and exploration
@@ -286,19 +344,23 @@ class EscalationRule:
 
         Why hedge: while the weights have not told the experts apart (a new tenant, a guard that regressed, noisy or
         late labels), one of them alone is a coin toss between them. Leaving out only experts below ``hedge_share``
-        of a chosen one's weight bounds what the choice changes: with the same weights, each key's combined score is
-        within ``(m - 1) * hedge_share`` of the one with all its ``m`` callable experts (the weight left out over
-        the weight of those that answer), whatever the scores. Once the weights part, at the learners' exponential
-        rates, the leader is called alone.
+        bounds what the choice changes: with the same weights, each key's combined score is within
+        ``(m - 1) * hedge_share`` of the one with all its ``m`` callable experts, whatever the scores, when no
+        disagreement is given (the weight left out over the weight of those that answer); with the measured one,
+        each expert left out moves a pair's combination by less than ``hedge_share`` on average over requests whose
+        scores lie as far apart as measured. Experts that agree are then not both called however close their
+        weights: equally good experts keep close weights for good, and a second call that agrees buys nothing, at
+        the cost of an escalation. Once the weights part, at the learners' exponential rates, the leader is called
+        alone.
 
         >>> rule = EscalationRule(experts_per_escalation=1, exploration=0.0, hedge_share=0.0)
         >>> weights = np.array([[0.1, 0.1, 0.3, 0.5]])  # the last is the most trusted but cannot answer
         >>> rule.choose(weights, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
         [False, False, True, False]
-        >>> hedged = EscalationRule(experts_per_escalation=1, exploration=0.0, hedge_share=0.5)
+        >>> hedged = EscalationRule(experts_per_escalation=1, exploration=0.0, hedge_share=0.35)
         >>> hedged.choose(weights, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
         [False, False, True, False]
-        >>> close = np.array([[0.1, 0.2, 0.3, 0.4]])  # expert 1 holds 2/3 of the chosen expert 2's weight
+        >>> close = np.array([[0.1, 0.2, 0.3, 0.4]])  # expert 1 holds 0.2 / (0.2 + 0.3) of the pair with expert 2
         >>> hedged.choose(close, np.array([False, True, True, False]), np.random.default_rng(0)).tolist()
         [False, True, True, False]
         """
@@ -314,8 +376,12 @@ class EscalationRule:
         explored[callable_any] = rng.random(int(callable_any.sum())) < self.exploration
         hedged = np.zeros(len(trust), dtype=bool)
         if self.hedge_share > 0:
-            highest = np.where(answers & chosen, weights, 0.0).max(axis=1, keepdims=True)  # (K, 1); 0: none chosen
-            hedged = (answers & (highest > 0) & (weights >= self.hedge_share * highest)).any(axis=0)
+            among_chosen = np.where(answers & chosen, weights, 0.0)
+            leader = among_chosen.argmax(axis=1)  # (K,): the chosen expert with the highest weight in each key
+            highest = among_chosen.max(axis=1, keepdims=True)  # (K, 1); 0: none chosen
+            gap = 1.0 if disagreement is None else np.atleast_3d(disagreement)[np.arange(len(leader)), leader]
+            moves = weights * gap >= self.hedge_share * (highest + weights)  # its share of the pair, times the gap
+            hedged = (answers & (highest > 0) & moves).any(axis=0)
         return callable_any & (chosen | explored | hedged)
 
     @staticmethod

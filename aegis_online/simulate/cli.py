@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aegis_online.learn import DEFAULT_LEARNER, LEARNERS
+from aegis_online.learn.escalation import EscalationRule
 
 if TYPE_CHECKING:  # the simulation modules pull in scipy: import them when a command runs, not with the CLI
     from aegis_online.simulate.traffic import DataSpec
@@ -128,6 +129,14 @@ CASCADE_TARGET_OPTION = typer.Option(
     help="The escalation rate the cascade's cut is learned toward, counted in expensive calls: an escalation "
     "that also calls an explored or hedged expert counts for more.",
 )
+CASCADE_HEDGE_OPTION = typer.Option(
+    EscalationRule.hedge_share,
+    "--cascade-hedge-share",
+    min=0.0,
+    max=1.0,
+    help="An escalation also calls each other expensive expert whose share of the weight it and the chosen one hold, "
+    "times how far apart their scores have lain, reaches this (0: never; the service's cascade.hedge_share).",
+)
 
 
 def simulate_command(
@@ -147,6 +156,7 @@ def simulate_command(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
     cascade: str | None = CASCADE_OPTION,
     cascade_target: float = CASCADE_TARGET_OPTION,
+    cascade_hedge_share: float = CASCADE_HEDGE_OPTION,
 ) -> None:
     """Run a drift scenario through the learners; write report.json, summary.md and plots into --out."""
     from aegis_online.simulate.scenario import ScenarioError, load_scenario
@@ -172,6 +182,7 @@ def simulate_command(
                 switches=switches,
                 cascade=_names(cascade),
                 cascade_target=cascade_target,
+                cascade_hedge_share=cascade_hedge_share,
                 progress=lambda name, n: advance(name, n * replicas),
             )
     except ValueError as error:
@@ -281,6 +292,7 @@ def replay_command(
     bandit_always: str | None = typer.Option(None, "--bandit-always", help="Experts exp3-ix queries every time."),
     cascade: str | None = CASCADE_OPTION,
     cascade_target: float = CASCADE_TARGET_OPTION,
+    cascade_hedge_share: float = CASCADE_HEDGE_OPTION,
     heads: Path | None = HEADS_OPTION,
     cache: Path | None = CACHE_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
@@ -381,6 +393,7 @@ def replay_command(
             switches=switches,
             cascade=_names(cascade),
             cascade_target=cascade_target,
+            cascade_hedge_share=cascade_hedge_share,
         )
         with stage_progress() as report:
             if url is not None:

@@ -70,8 +70,8 @@ class ReplayConfig:
     #: cascade mode: the expensive experts (each learner also runs as ``<learner>+cascade``), and the target rate
     cascade: Sequence[str] | None = None
     cascade_target: float = 0.3
-    #: the escalation rule's ``hedge_share`` (0: no hedging, the default)
-    cascade_hedge_share: float = 0.0
+    #: the escalation rule's ``hedge_share`` (0: no hedging)
+    cascade_hedge_share: float = EscalationRule.hedge_share
 
 
 @dataclass

@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from aegis_online.learn.escalation import EscalationRule
 from aegis_online.simulate.report import fmt, pct
 from aegis_online.simulate.tenants_study import study_section
 
@@ -257,8 +258,9 @@ def cascade_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
         f"### Cascade: the guards ({', '.join(CASCADE_EXPENSIVE)}) only when the cheap tier's predicted loss is high",
         "",
         f"Each learner as a cascade with target escalation rate {pct(CASCADE_TARGET)}, counted in guard calls (an "
-        "escalation calls the guard the learner's weights trust most, the other with probability 5%, so about 5% "
-        "fewer requests escalate; no hedging), against the same learner "
+        "escalation calls the guard the learner's weights trust most, the other with probability 5% or when it "
+        f"hedges (`hedge_share` {EscalationRule.hedge_share:g}: the weights have not told apart guards that disagree), "
+        "so a few percent fewer requests escalate), against the same learner "
         "calling every expert (one replica; `aegis-online simulate --scenario NAME --learners L --cascade "
         f"guard-large,guard-small --cascade-target {CASCADE_TARGET}`; the method and more figures: "
         "[cascade.md](cascade.md)). Issue 16's target: >= 60% fewer expensive calls for <= 1% more loss.",

@@ -22,7 +22,7 @@ import numpy as np
 
 from aegis_online.learn import Adaptive, Exp3IX, Learner
 from aegis_online.learn.batch import occurrence_rank
-from aegis_online.learn.escalation import EscalationRule, cheap_tier_loss, expected_cheap_loss
+from aegis_online.learn.escalation import EscalationRule, cheap_tier_loss, expected_cheap_loss, expert_disagreement
 from aegis_online.simulate.stream import Stream
 from aegis_online.weights.updates import KeyUpdates, replay, scope_entries
 
@@ -201,7 +201,9 @@ def run_learner(
                 up = callable_ > 0 and cascade.rule.escalate(cuts[r, j], float(np.nansum(loss[r, active])), unscored)
                 escalated[r, s] = up
                 if up:
-                    called[r] = cascade.rule.choose(learner.weights(table[rows[r, active]]), answers, rngs[r])
+                    used = table[rows[r, active]]
+                    apart = expert_disagreement(learner, used) if cascade.rule.hedge_share > 0 else None
+                    called[r] = cascade.rule.choose(learner.weights(used), answers, rngs[r], apart)
                 if cascade.rule.moves_cut(unscored, callable_):
                     spent = cascade.rule.spent(int(called[r].sum()), callable_)
                     cuts[r, j] = cascade.rule.update(cuts[r, j], spent)

@@ -62,16 +62,24 @@ def bandit_setup(scenario: Scenario, k: int | None = None, always: Sequence[str]
     return BanditSetup(k=k, always=tuple(names.index(a) for a in always))
 
 
-def cascade_setup(experts: Sequence[str], expensive: Sequence[str], target_rate: float, reference: str) -> CascadeSetup:
+def cascade_setup(
+    experts: Sequence[str],
+    expensive: Sequence[str],
+    target_rate: float,
+    reference: str,
+    hedge_share: float = EscalationRule.hedge_share,
+) -> CascadeSetup:
     """A cascade whose expensive tier is ``expensive`` (names checked against ``experts``; at least one expert must
-    stay cheap), its cut learned toward ``target_rate``, compared with the learner ``reference`` calling all."""
+    stay cheap), its cut learned toward ``target_rate``, hedging at ``hedge_share``, compared with the learner
+    ``reference`` calling all."""
     unknown = sorted(set(expensive) - set(experts))
     if unknown:
         raise ValueError(f"cascade: unknown experts {unknown}; the experts are {', '.join(experts)}")
     if not expensive or len(set(expensive)) >= len(experts):
         raise ValueError("cascade: name at least one expensive expert and leave at least one cheap one")
     chosen = tuple(sorted(experts.index(name) for name in set(expensive)))
-    return CascadeSetup(chosen, EscalationRule(target_rate=target_rate), full_information=reference)
+    rule = EscalationRule(target_rate=target_rate, hedge_share=hedge_share)
+    return CascadeSetup(chosen, rule, full_information=reference)
 
 
 def run_simulation(
@@ -86,6 +94,7 @@ def run_simulation(
     switches: int | None = None,
     cascade: Sequence[str] | None = None,
     cascade_target: float = 0.3,
+    cascade_hedge_share: float = EscalationRule.hedge_share,
     progress: Callable[[str, int], None] | None = None,
 ) -> SimulationResult:
     """Draw the scenario's traffic and run ``learners`` on it (bandit learners with ``k`` experts per request). With
@@ -100,7 +109,7 @@ def run_simulation(
         tick = None if progress is None else (lambda k, name=name: progress(name, k))
         runs[name] = run_learner(learner, stream, name=name, bandit=bandit, seed=seed, progress=tick)
         if cascade and bandit is None:
-            setup = cascade_setup(scenario.expert_names, cascade, cascade_target, reference=name)
+            setup = cascade_setup(scenario.expert_names, cascade, cascade_target, name, cascade_hedge_share)
             cascaded = f"{name}+cascade"
             tick = None if progress is None else (lambda k, name=cascaded: progress(name, k))
             fresh = make_learner(cascade_learner_name(name, setup.expensive), n)

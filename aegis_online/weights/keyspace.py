@@ -9,15 +9,17 @@ so that one tenant's keys are written atomically together. ``global`` is therefo
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from aegis_online.learn import Learner
-from aegis_online.state import LearnerStore
+from aegis_online.state import LearnerRecord, LearnerStore
 
 GLOBAL_SCOPE = "global"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def personalised_states(
     A tenant's own state is used once it has ``personalise_after`` updates; before that, the global state (or the
     learner's initial state when there is none yet).
     """
-    records = store.load(space.keys(GLOBAL_SCOPE, categories) + space.keys(tenant, categories))
+    keys = space.keys(GLOBAL_SCOPE, categories) + space.keys(tenant, categories)
+    records = [readable(record, learner) for record in store.load(keys)]
     n = len(categories)
     states = learner.init_states(n)
     scopes = [GLOBAL_SCOPE] * n
@@ -72,3 +75,22 @@ def personalised_states(
         elif shared is not None:
             states[i] = shared.state
     return states, scopes
+
+
+def readable(record: LearnerRecord | None, learner: Learner) -> LearnerRecord | None:
+    """``record`` if its state has ``learner``'s layout, else None (as if the key had no state yet).
+
+    Why: a learner's state can gain statistics from one version to the next under the same name (the cascade's
+    per-key disagreement of its expensive experts did). Such a state cannot be read into the new layout; treating
+    it as absent lets requests use the global or initial state and the next feedback write a new one, instead of
+    failing every request and event on the key. Logged, so the reset is not silent.
+    """
+    if record is None or record.state.shape == (learner.state_size,):
+        return record
+    log.warning(
+        "learner state of %d values does not fit %s's layout of %d: read as no state yet, replaced on its next update",
+        record.state.size,
+        learner.name,
+        learner.state_size,
+    )
+    return None

@@ -46,6 +46,7 @@ from aegis_online.state import (
     hash_tag,
 )
 from aegis_online.state.codec import merged_marks
+from aegis_online.weights.keyspace import readable
 
 #: How many lost races per group before giving up (``StoreUnavailableError``: the caller retries later).
 MAX_CONFLICTS = 32
@@ -417,7 +418,7 @@ def _compute(
     states = learner.init_states(len(records))
     fresh = np.ones(len(records), dtype=bool)
     for k, record in enumerate(records):
-        if record is not None:
+        if readable(record, learner) is not None:
             states[k], fresh[k] = record.state, False
     changed = replay(learner, updates, states, fresh, pending, wanted)
     return {k: states[k] for k in changed.tolist()}

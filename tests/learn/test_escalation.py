@@ -15,6 +15,7 @@ from aegis_online.learn.escalation import (
     cascade_learner_name,
     cheap_tier_loss,
     expected_cheap_loss,
+    expert_disagreement,
 )
 
 
@@ -157,12 +158,12 @@ def test_an_escalation_calls_the_most_trusted_experts_and_explores_the_others() 
     assert np.all(np.abs(share - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 4000))  # each other one at the exploration rate
 
 
-def test_hedging_calls_every_expert_within_the_share_of_a_chosen_ones_weight_in_some_key() -> None:
+def test_hedging_calls_every_expert_whose_share_of_its_pair_with_a_chosen_one_reaches_the_share_in_some_key() -> None:
     weights = np.array([[0.05, 0.2, 0.1, 0.4], [0.05, 0.3, 0.2, 0.4]])  # expert 1 is chosen (trust 0.5)
     callable_ = np.array([True, True, True, False])
     rng = np.random.default_rng(0)
-    # expert 2 holds 0.1 / 0.2 = 0.5 and 0.2 / 0.3 = 0.67 of expert 1's weight; expert 0: 0.25 and 0.17
-    expected = {0.7: [False, True, False, False], 0.6: [False, True, True, False], 0.2: [True, True, True, False]}
+    # beside expert 1, expert 2 holds 0.1 / 0.3 = 0.33 and 0.2 / 0.5 = 0.4 of the pair's weight; expert 0: 0.2, 0.14
+    expected = {0.45: [False, True, False, False], 0.35: [False, True, True, False], 0.15: [True, True, True, False]}
     for share, called in expected.items():
         rule = EscalationRule(exploration=0.0, hedge_share=share)
         assert rule.choose(weights, callable_, rng).tolist() == called, share
@@ -185,6 +186,64 @@ def test_hedging_bounds_how_far_the_combined_score_moves_from_calling_every_expe
         every = (weights * scores).sum(axis=1) / weights.sum(axis=1)
         worst = max(worst, float(np.abs(called - every).max()))
     assert 0.0 < worst <= (m - 1) * share
+
+
+def test_the_expensive_experts_disagreement_is_measured_on_the_labels_where_both_answered() -> None:
+    learner = CheapTierLoss(Hedge(n_experts=4), expensive=[2, 3])
+    state = learner.init_state()
+    start = learner.disagreement(state[None])[0]
+    np.testing.assert_array_equal(start, 1.0 - np.eye(4))  # no call to both yet: the most two scores can differ
+    for _ in range(300):
+        state = learner.learn_one(state, [0.5, 0.4, 0.9, 0.6], label=1.0)  # both guards: 0.3 apart
+        state = learner.learn_one(state, [0.5, 0.4, 0.9, np.nan], label=0.0)  # one guard: measures nothing
+    apart = learner.disagreement(state[None])[0]
+    # 300 calls to both at 0.3, after a prior of one at 1, with forgetting over LOSS_WINDOW labels
+    assert 0.3 < apart[2, 3] == apart[3, 2] < 0.3 + 0.7 / 250
+    assert apart[0, 1] == apart[0, 2] == 1.0 and apart[2, 2] == 0.0  # only the expensive pairs are measured
+    wrapped = make_learner(cascade_learner_name("default+adaptive", [2, 3]), 4)
+    np.testing.assert_array_equal(expert_disagreement(wrapped, wrapped.init_state()), start[None])
+    np.testing.assert_array_equal(expert_disagreement(Hedge(n_experts=4), Hedge(4).init_states(2))[1], start)
+
+
+def test_hedging_weighs_an_experts_share_by_how_far_its_scores_lie_from_the_chosen_ones() -> None:
+    """An expert that holds a third of the weight it and the chosen one hold is left out where the two have agreed
+    to within 0.1 on average (0.1 / 3 < 0.2), and called where they lie 0.9 apart; without a measurement, as if 1
+    apart."""
+    weights = np.array([[0.1, 0.2, 0.4]])
+    callable_ = np.array([False, True, True])
+    rule = EscalationRule(exploration=0.0, hedge_share=0.2)
+    rng = np.random.default_rng(0)
+    close, far = (np.full((1, 3, 3), d) for d in (0.1, 0.9))
+    assert rule.choose(weights, callable_, rng, close).tolist() == [False, False, True]
+    assert rule.choose(weights, callable_, rng, far).tolist() == [False, True, True]
+    assert rule.choose(weights, callable_, rng).tolist() == [False, True, True]
+
+
+def test_with_a_measured_disagreement_hedging_bounds_the_combined_scores_mean_move() -> None:
+    """What the disagreement buys: on new requests whose two expert scores lie as far apart on average as measured,
+    leaving the second expert out moves the key's combined score by less than ``hedge_share`` on average (up to
+    the sampling error of a mean over 1,000 requests)."""
+    rng = np.random.default_rng(5)
+    share = 0.1
+    rule = EscalationRule(exploration=0.0, hedge_share=share)
+    learner = CheapTierLoss(Hedge(n_experts=3), expensive=[1, 2])
+    hedged = []
+    for spread in (0.05, 0.2, 0.6):
+        state = learner.init_state()
+        scores = np.clip(rng.random((2000, 1)) + spread * rng.standard_normal((2000, 2)), 0, 1)
+        for a, b in scores[:1000]:
+            state = learner.learn_one(state, [0.5, a, b], label=1.0)
+        apart = learner.disagreement(state[None])
+        for ratio in (0.1, 0.3, 0.6, 1.0):
+            weights = np.array([[0.0, 1.0, ratio]])
+            chosen = rule.choose(weights, np.array([False, True, True]), rng, apart)
+            hedged.append(bool(chosen[2]))
+            if chosen[2]:
+                continue
+            every = (scores[1000:] * weights[0, 1:]).sum(axis=1) / weights[0, 1:].sum()
+            moves = np.abs(scores[1000:, 0] - every)  # on new requests: within their sampling error
+            assert moves.mean() < share + 3 * moves.std() / np.sqrt(len(moves)), (spread, ratio)
+    assert 0 < sum(hedged) < len(hedged)  # both cases occur
 
 
 def test_a_batch_combines_each_row_with_the_cheap_tier_or_the_whole_ensemble_as_its_row_alone_would() -> None:

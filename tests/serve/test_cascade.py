@@ -170,18 +170,39 @@ def test_an_escalation_calls_the_most_trusted_guard_and_feedback_can_dethrone_it
 def test_an_escalation_calls_both_guards_until_feedback_tells_them_apart(
     service_factory: Callable[..., TestClient],
 ) -> None:
-    """With hedging (hedge_share 0.05), equal weights call both guards; once this tenant's labels have cut
-    guard-a's weight below the share of guard-b's, escalations call guard-b alone. The labels are per category:
-    hedging looks at each key the guards answer, and a whole-request label alone would leave S1's key untold."""
+    """With hedging (on by default), equal weights call both guards; once this tenant's labels have cut guard-a's
+    weight, times how far the two guards' scores lie apart, below the share of guard-b's, escalations call guard-b
+    alone. The labels are per category: hedging looks at each key the guards answer, and a whole-request label
+    alone would leave S1's key untold."""
     experts = two_guards()
     own = [{"tenant": "acme", "personalise_after": 0}]
     section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001, "exploration": 0.0}
-    client = service_factory(experts, cascade=section | {"hedge_share": 0.05}, policies=own)
+    client = service_factory(experts, cascade=section, policies=own)
     first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
     assert first["cascade"]["experts"] == ["guard-a", "guard-b"] and experts[2].calls == experts[3].calls == 1
     label_safe(client, [f"kill the boss {i}" for i in range(40)], category="S1")
     later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
     assert later["cascade"]["experts"] == ["guard-b"] and later["action"] == "allow"
+
+
+def test_guards_that_agree_are_called_one_at_a_time_once_their_agreement_is_measured(
+    service_factory: Callable[..., TestClient],
+) -> None:
+    """Two guards that score alike keep equal weights for good. Hedging calls both while nothing has measured how
+    far apart they lie; once labelled requests that called both show that they agree, one is called at a time."""
+    cheap = two_guards()[:2]
+    alike = [KeywordExpert(name, {"S1": ("kill",)}, high=0.97, low=0.01) for name in ("guard-a", "guard-b")]
+    experts = [*cheap, *alike]
+    own = [{"tenant": "acme", "personalise_after": 0}]
+    section = {"expensive": ["guard-a", "guard-b"], "initial_cut": 0.01, "step": 0.001, "exploration": 0.0}
+    client = service_factory(experts, cascade=section, policies=own)
+    first = client.post("/v1/moderate", json=conversation("kill the boss"), headers=ACME).json()
+    assert first["cascade"]["experts"] == ["guard-a", "guard-b"]
+    label_safe(client, [f"kill the boss {i}" for i in range(10)], category="S1")
+    calls = [guard.calls for guard in alike]
+    later = client.post("/v1/moderate", json=conversation("kill the boss again"), headers=ACME).json()
+    assert later["cascade"]["tier"] == "expensive" and len(later["cascade"]["experts"]) == 1
+    assert sum(guard.calls for guard in alike) == sum(calls) + 1
 
 
 def test_experts_per_escalation_zero_calls_every_guard(service_factory: Callable[..., TestClient]) -> None:

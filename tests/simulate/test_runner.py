@@ -150,7 +150,7 @@ def test_a_cascade_calls_the_expensive_expert_its_weights_trust_and_explores_the
     stream = generate_traffic(scenario, steps=3000, seed=5)
     names = list(scenario.expert_names)
     large, small = names.index("guard-large"), names.index("guard-small")
-    setup = CascadeSetup((large, small), EscalationRule(target_rate=0.5, exploration=0.1))
+    setup = CascadeSetup((large, small), EscalationRule(target_rate=0.5, exploration=0.1, hedge_share=0.0))
     run = run_learner(make_learner(cascade_learner_name("default", (large, small)), len(names)), stream, cascade=setup)
     escalated, queried = run.escalated[0], run.queried[0]
     assert not queried[~escalated][:, [large, small]].any()
@@ -169,7 +169,7 @@ def test_a_cascade_fed_back_every_experts_score_learns_the_full_information_weig
     stream = generate_traffic(SCENARIO, steps=400, seed=3)
     names = list(SCENARIO.expert_names)
     expensive = (names.index("a"), names.index("b"))
-    rule = EscalationRule(target_rate=0.3, exploration=0.0)
+    rule = EscalationRule(target_rate=0.3, exploration=0.0, hedge_share=0.0)  # the choice reads the feedback
     runs = {
         every: run_learner(
             make_learner(cascade_learner_name("default", expensive), len(names)),

@@ -207,6 +207,24 @@ def test_simulate_cascade_calls_the_expensive_tier_at_its_target_rate_and_report
     assert "cascade default+cascade" in result.output
 
 
+def test_simulate_cascade_hedge_share_spends_the_same_calls_on_fewer_escalations(tmp_path: Path) -> None:
+    """Hedging (the default share) calls both guards while the weights have not told them apart, so at the same
+    budget fewer requests escalate than with ``--cascade-hedge-share 0``, which calls one guard (and explores)."""
+    rates = {}
+    for share in ("0", "0.1"):
+        out = tmp_path / share
+        args = ["simulate", "--scenario", "abrupt", "--steps", "2000", "--learners", "default", "--no-plots"]
+        args += ["--cascade", "guard-large,guard-small", "--cascade-hedge-share", share, "--out", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        cascade = json.loads((out / "report.json").read_text())["cascade"]["default+cascade"]
+        assert cascade["expensive_calls"] / 2000 == pytest.approx(0.3, abs=0.03)  # the same budget
+        rates[share] = cascade["escalation_rate"]
+    assert rates["0.1"] < rates["0"]
+    result = runner.invoke(app, ["simulate", "--scenario", "abrupt", "--cascade-hedge-share", "2", "--out", "x"])
+    assert result.exit_code == 2 and "--cascade-hedge-share" in result.output
+
+
 @pytest.mark.parametrize(
     ("cascade", "message"),
     [

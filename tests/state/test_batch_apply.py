@@ -4,14 +4,17 @@ test_sqlite_store.py.)"""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from aegis_online.feedback import loadgen
 from aegis_online.learn import DEFAULT_LEARNER
 from aegis_online.schemas import FeedbackEvent
-from aegis_online.state import MemoryLearnerStore, MemoryPredictionLog
+from aegis_online.state import LearnerRecord, MemoryLearnerStore, MemoryPredictionLog
 from aegis_online.weights import FeedbackApplier
+from aegis_online.weights.keyspace import personalised_states
 
 EXPERTS = ("a", "b", "c", "d")
 
@@ -114,3 +117,28 @@ def test_watermarks_are_per_stream_so_partitions_do_not_shadow_each_other() -> N
     assert all(engine.apply_batch([(p, "topic:1", 3) for p in plans[1:2]]).applied)  # lower offset, other stream
     marks = engine.store.load([engine.keyspace.key("global", next(iter(plans[0].labels)))])[0].marks
     assert marks["topic:0"] == 50
+
+
+def test_a_state_of_another_layout_is_read_as_no_state_and_replaced_by_the_next_update(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A learner's state that an older version wrote with fewer statistics (the cascade's grew) fails no request
+    and no event: it reads as no state yet, with a warning, and the next update writes the current layout."""
+    records, events = scenario(7, n=80)
+    engine = make_engine("default+cascade-2-3+adaptive")
+    for event, record in zip(events[:40], records[:40], strict=True):
+        engine.prediction_log.put(record)
+        engine.apply(event)
+    store, size = engine.store, engine.learner.state_size
+    written = store.keys()
+    for key, old in zip(written, store.load(written), strict=True):  # as an older version wrote them
+        store._records[key] = LearnerRecord(old.state[:-2], old.updates, old.marks)
+    with caplog.at_level(logging.WARNING):
+        states, _ = personalised_states(store, engine.keyspace, engine.learner, "t0", ["S1", "S8"], 1)
+    np.testing.assert_array_equal(states, engine.learner.init_states(2))
+    assert f"does not fit {engine.learner.name}'s layout of {size}" in caplog.text
+    for event, record in zip(events[40:], records[40:], strict=True):
+        engine.prediction_log.put(record)
+        engine.apply(event)
+    sizes = [r.state.size for r in store.load(store.keys())]
+    assert size in sizes and set(sizes) <= {size, size - 2}  # rewritten keys hold the current layout
