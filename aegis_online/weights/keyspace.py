@@ -83,14 +83,22 @@ def readable(record: LearnerRecord | None, learner: Learner) -> LearnerRecord | 
     Why: a learner's state can gain statistics from one version to the next under the same name (the cascade's
     per-key disagreement of its expensive experts did). Such a state cannot be read into the new layout; treating
     it as absent lets requests use the global or initial state and the next feedback write a new one, instead of
-    failing every request and event on the key. Logged, so the reset is not silent.
+    failing every request and event on the key. Logged once per process and stored size, so the reset is not
+    silent and a busy key does not flood the log.
     """
     if record is None or record.state.shape == (learner.state_size,):
         return record
-    log.warning(
-        "learner state of %d values does not fit %s's layout of %d: read as no state yet, replaced on its next update",
-        record.state.size,
-        learner.name,
-        learner.state_size,
-    )
+    if (learner.name, record.state.size) not in _warned:
+        _warned.add((learner.name, record.state.size))
+        log.warning(
+            "learner state of %d values does not fit %s's layout of %d: read as no state yet, replaced on its next "
+            "update",
+            record.state.size,
+            learner.name,
+            learner.state_size,
+        )
     return None
+
+
+#: (learner, stored size) pairs ``readable`` has warned of in this process
+_warned: set[tuple[str, int]] = set()
