@@ -44,6 +44,7 @@ from aegis_online.learn import (
     cascade_learner_name,
     known_learner,
 )
+from aegis_online.learn.escalation import EscalationRule
 from aegis_online.policy import PlatformFloor, TenantPolicy, resolve_category
 from aegis_online.schemas import MAX_MESSAGE_CHARS, TenantId
 from aegis_online.state.quotas import Bucket, ShareCap
@@ -131,19 +132,24 @@ class CascadeSection(Section):
         "gpu-large or remote. Every other expert is in the cheap tier, which scores every request.",
     )
     target_escalation_rate: float = Field(
-        default=0.3,
+        default=EscalationRule.target_rate,
         ge=0.0,
         le=1.0,
         description="The share of requests the cut is learned to escalate, counted in expensive calls: an "
         "escalation that calls more than experts_per_escalation (exploration, hedging) counts for more, so the "
         "expensive calls per request are this times experts_per_escalation.",
     )
-    step: float = Field(default=0.05, gt=0.0, le=1.0, description="How far one request moves the cut's logarithm.")
+    step: float = Field(
+        default=EscalationRule.step, gt=0.0, le=1.0, description="How far one request moves the cut's logarithm."
+    )
     initial_cut: float = Field(
-        default=0.05, gt=0.0, le=10.0, description="The cut a tenant starts with (a predicted squared loss)."
+        default=EscalationRule.initial,
+        gt=0.0,
+        le=10.0,
+        description="The cut a tenant starts with (a predicted squared loss).",
     )
     experts_per_escalation: int = Field(
-        default=1,
+        default=EscalationRule.experts_per_escalation,
         ge=0,
         le=64,
         description="Expensive experts an escalated request calls: the ones the tenant's weights trust most "
@@ -158,21 +164,21 @@ class CascadeSection(Section):
         "guard time to answer.",
     )
     exploration: float = Field(
-        default=0.05,
+        default=EscalationRule.exploration,
         ge=0.0,
         le=1.0,
         description="The chance that an escalated request also calls each other expensive expert, so that the "
         "weights keep measuring it.",
     )
     hedge_share: float = Field(
-        default=0.2,
+        default=EscalationRule.hedge_share,
         ge=0.0,
         le=1.0,
-        description="An escalated request also calls each other expensive expert whose weight, in one of its "
-        "categories, over the chosen expert's, times how far apart the two experts' scores have lain there (measured "
-        "on labelled requests that called both), reaches this share: the weights have not told them apart and "
-        "leaving it out would move the combined score by about this much. Experts that agree are not both called "
-        '(0: never hedge; docs/cascade.md, "Hedging").',
+        description="An escalated request also calls each other expensive expert whose share of the weight it and "
+        "the chosen expert hold in one of its categories, times how far apart the two experts' scores have lain "
+        "there (measured on labelled requests that called both), reaches this: the weights have not told them "
+        "apart and leaving it out would move their combined score by about this much. Experts that agree are not "
+        'both called (0: never hedge; docs/cascade.md, "Hedging").',
     )
 
 

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from aegis_online.config import ConfigError
+from aegis_online.learn.escalation import EscalationRule
 
 from .helpers import ACME_KEY, KeywordExpert, bearer, conversation, make_service, wait_until
 
@@ -224,6 +225,14 @@ def test_a_category_only_a_less_trusted_guard_covers_still_gets_its_guard(
     assert body["cascade"]["tier"] == "expensive" and "S10" in body["cascade"]["reason"]
     s10 = next(c for c in body["categories"] if c["category"] == "S10")
     assert "guard-b" in body["cascade"]["experts"] and s10["score"] > 0.5 and s10["unscored"] is None
+
+
+def test_the_services_default_cascade_rule_is_the_escalation_rules_default() -> None:
+    """The config's defaults are the rule's, so the service, the simulator and the docs' figures run the same rule
+    (hedge_share once defaulted to 0.2 in the config and 0.1 in the rule)."""
+    service = make_service(two_guards(), cascade={"expensive": ["guard-a", "guard-b"]})
+    cascade = service.engine.moderator.cascade
+    assert cascade is not None and cascade.rule == EscalationRule()
 
 
 def test_bad_expert_choice_settings_are_refused() -> None:
