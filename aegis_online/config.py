@@ -180,6 +180,14 @@ class CascadeSection(Section):
         "apart and leaving it out would move their combined score by about this much. Experts that agree are not "
         'both called (0: never hedge; docs/cascade.md, "Hedging").',
     )
+    failed_cooldown_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds an expensive expert that failed or timed out is passed over when the most trusted are "
+        "chosen, while another can answer (then it is tried again): while a guard is down, escalations go to the "
+        "others at once instead of paying its failure first (0: always try the most trusted first).",
+    )
 
 
 class LimitsSection(Section):

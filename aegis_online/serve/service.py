@@ -212,7 +212,10 @@ def build_service(config: ServiceConfig, experts: Sequence[Expert], keys: KeyTab
             hedge_share=config.cascade.hedge_share,
         )
         cascade = CascadeConfig(
-            expensive=expensive, rule=rule, cheap_deadline_share=config.cascade.cheap_deadline_share
+            expensive=expensive,
+            rule=rule,
+            cheap_deadline_share=config.cascade.cheap_deadline_share,
+            failed_cooldown_s=config.cascade.failed_cooldown_s,
         )
     engine = Engine(
         experts,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from aegis_online.config import ConfigError
 from aegis_online.learn.escalation import EscalationRule
+from aegis_online.moderator import CascadeConfig
 
 from .helpers import ACME_KEY, KeywordExpert, bearer, conversation, make_service, wait_until
 
@@ -233,6 +234,19 @@ def test_the_services_default_cascade_rule_is_the_escalation_rules_default() -> 
     service = make_service(two_guards(), cascade={"expensive": ["guard-a", "guard-b"]})
     cascade = service.engine.moderator.cascade
     assert cascade is not None and cascade.rule == EscalationRule()
+    defaults = CascadeConfig(expensive=cascade.expensive)
+    assert (cascade.cheap_deadline_share, cascade.failed_cooldown_s) == (
+        defaults.cheap_deadline_share,
+        defaults.failed_cooldown_s,
+    )
+
+
+def test_the_failed_guards_cooldown_is_a_setting() -> None:
+    service = make_service(two_guards(), cascade={"expensive": ["guard-a", "guard-b"], "failed_cooldown_s": 0})
+    cascade = service.engine.moderator.cascade
+    assert cascade is not None and cascade.failed_cooldown_s == 0.0
+    with pytest.raises(ValidationError, match="failed_cooldown_s"):
+        make_service(two_guards(), cascade={"expensive": ["guard-a", "guard-b"], "failed_cooldown_s": -1})
 
 
 def test_bad_expert_choice_settings_are_refused() -> None:
