@@ -413,11 +413,11 @@ class Moderator:
         An expert that failed within ``failed_cooldown_s`` counts as untrusted while another candidate is not
         resting: a guard that times out would otherwise take the request's time before its stand-in is called."""
         assert self.cascade is not None
-        weights = self.learner.weights(states)
+        weights, ranking = self.learner.weights(states), self.learner.ranking_weights(states)
         now, cooldown = time.monotonic(), self.cascade.failed_cooldown_s
         resting = np.array([now - self._failed_at.get(name, -np.inf) < cooldown for name in self.expert_names])
         if (candidates & ~resting).any():  # one that failed just now is not chosen first while another can answer
-            weights = np.where(resting, 0.0, weights)
+            weights, ranking = np.where(resting, 0.0, weights), np.where(resting, 0.0, ranking)
         by_id = {cat.id: cat for cat in categories}
         answers = np.array(
             [
@@ -426,8 +426,8 @@ class Moderator:
             ]
         )
         apart = expert_disagreement(self.learner, states) if self.cascade.rule.hedge_share > 0 else None
-        chosen = self.cascade.rule.choose(weights, answers, self._rng, apart)
-        trust = self.cascade.rule.trust(weights, answers)
+        chosen = self.cascade.rule.choose(weights, answers, self._rng, apart, ranking)
+        trust = self.cascade.rule.trust(ranking, answers)
         for cat in categories:
             if cat.id in unscored and not any(self.experts[i].covers(cat) for i in np.flatnonzero(chosen)):
                 covers = [i for i in np.flatnonzero(candidates) if self.experts[i].covers(cat)]

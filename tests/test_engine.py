@@ -11,7 +11,8 @@ import pytest
 from aegis_online.engine import BanditConfig, CascadeConfig, Engine
 from aegis_online.errors import InvalidFeedbackError, InvalidRequestError, TenantMismatchError, UnknownRequestError
 from aegis_online.experts import Expert, ExpertInput
-from aegis_online.learn.escalation import EscalationRule
+from aegis_online.learn import Hedge
+from aegis_online.learn.escalation import CheapTierLoss, EscalationRule
 from aegis_online.policy import TenantPolicy
 from aegis_online.schemas import ExpertOutput, FeedbackEvent, ModerationRequest
 from aegis_online.state import MemoryLearnerStore, MemoryPolicyStore
@@ -475,3 +476,23 @@ def test_a_guard_that_just_failed_is_passed_over_until_its_cooldown_ends() -> No
         first, second = moderate(engine, request()), moderate(engine, request())
         assert first.cascade is not None and first.cascade.experts == ["guard-a", "guard-b"]
         assert second.cascade is not None and second.cascade.experts == second_calls
+
+
+class LastFirstHedge(Hedge):
+    """Hedge whose ranking puts the last expert first, whatever its weights (as the default learner's fastest copy
+    can, just after a guard regressed)."""
+
+    def _ranking_weights(self, states: np.ndarray) -> np.ndarray:
+        ranking = np.zeros((len(states), self.n_experts))
+        ranking[:, -1] = 1.0
+        return ranking
+
+
+def test_the_service_calls_the_guard_the_learners_ranking_puts_first() -> None:
+    experts = [FixedExpert("cheap", 0.5), FixedExpert("guard-a", 0.97), FixedExpert("guard-b", 0.97)]
+    rule = EscalationRule(initial=0.01, exploration=0.0, hedge_share=0.0)
+    plain = cascade_engine(experts, rule, learner=CheapTierLoss(Hedge(3), expensive=[1, 2]))
+    ranked = cascade_engine(experts, rule, learner=CheapTierLoss(LastFirstHedge(3), expensive=[1, 2]))
+    by_weights, by_ranking = moderate(plain, request()), moderate(ranked, request())
+    assert by_weights.cascade is not None and by_weights.cascade.experts == ["guard-a"]  # equal weights: the first
+    assert by_ranking.cascade is not None and by_ranking.cascade.experts == ["guard-b"]

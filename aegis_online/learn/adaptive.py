@@ -83,6 +83,9 @@ class Adaptive(Learner):
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         return self.base.log_weights(self.split(states)[0])
 
+    def _ranking_weights(self, states: np.ndarray) -> np.ndarray:
+        return self.base.ranking_weights(self.split(states)[0])
+
     def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
         return self.base.combination_weights(self.split(states)[0], awake)
 

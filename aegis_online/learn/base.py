@@ -124,6 +124,19 @@ class Learner(abc.ABC):
         """Probability weights over all experts (as if all were awake)."""
         return np.exp(self.log_weights(states))
 
+    def ranking_weights(self, states: np.ndarray) -> np.ndarray:
+        """The weights ``(B, N)`` that rank the experts when only some of them can be called (a cascade's choice of
+        expensive expert): ``weights`` here. ``FixedShareGrid`` answers with its fastest copy's: choosing one expert
+        is an argmax, and after a swap of the best expert the combination's weights change hands later than the
+        experts' recent losses say (docs/cascade.md, "Which guard"). Accepts one state ``(S,)`` or a batch."""
+        states = np.asarray(states, dtype=np.float64)
+        ranked = self._ranking_weights(np.atleast_2d(states))
+        return ranked[0] if states.ndim == 1 else ranked
+
+    def _ranking_weights(self, states: np.ndarray) -> np.ndarray:
+        """``ranking_weights`` of a batch ``(B, S)``; learners that rank otherwise than they combine override it."""
+        return np.exp(self._log_weights(states))
+
     def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
         """The weights ``(B, N)`` that combine the awake experts' scores (zero for the others; summing to 1 where
         any is awake): the learned weights renormalised over the awake experts. ``CheapTierLoss`` overrides it: when

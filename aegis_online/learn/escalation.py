@@ -19,9 +19,11 @@ Two parts, each with one job:
   ``W / (step * T)`` of the target, whatever the scores: the expensive calls per request are held at ``target *
   experts_per_escalation``. The budget is what is controlled; the regression decides which requests use it.
   ``EscalationRule.choose`` then picks which expensive experts an escalated request calls: the most trusted by the
-  learner's weights (``experts_per_escalation`` of them), each other one with probability ``exploration``, and
-  each other one whose share of the weight it and a chosen one hold, times how far apart their scores have lain,
-  reaches ``hedge_share`` (the weights have not told them apart, and leaving it out would move the combined score).
+  learner's ranking weights (``Learner.ranking_weights``: for the default learner its fastest copy's, which change
+  hands soonest after a guard regresses; ``experts_per_escalation`` of them), each other one with probability
+  ``exploration``, and each other one whose share of the weight it and a chosen one hold, times how far apart
+  their scores have lain, reaches ``hedge_share`` (the weights have not told them apart, and leaving it out would
+  move the combined score).
 
 State: the regression's statistics, and how far apart the expensive experts' scores lie where both answered, ride
 in each key's state vector (so the stores, the exactly-once writes and the scope rules are unchanged, as for
@@ -145,6 +147,9 @@ class CheapTierLoss(Learner):
 
     def _log_weights(self, states: np.ndarray) -> np.ndarray:
         return self.base.log_weights(self.split(states)[0])
+
+    def _ranking_weights(self, states: np.ndarray) -> np.ndarray:
+        return self.base.ranking_weights(self.split(states)[0])
 
     def combination_weights(self, states: np.ndarray, awake: np.ndarray) -> np.ndarray:
         base, tier, *_ = self.split(states)
@@ -328,11 +333,13 @@ class EscalationRule:
         callable_: np.ndarray,
         rng: np.random.Generator,
         disagreement: np.ndarray | None = None,
+        ranking: np.ndarray | None = None,
     ) -> np.ndarray:
         """Which experts an escalated request calls, over all ``N``, from their ``weights`` ``(K, N)`` in the
         request's keys and which of them can answer there: ``callable_`` ``(K, N)``, or ``(N,)`` for every key (the
         expensive experts that read the request's language and cover the key's category). Called are the
-        ``experts_per_escalation`` most trusted (trust: an expert's weights summed over the keys it can answer), each
+        ``experts_per_escalation`` most trusted (trust: an expert's ``ranking`` weights ``(K, N)``, the learner's
+        ``ranking_weights``, else ``weights``, summed over the keys it can answer), each
         other callable one with probability ``exploration``, and each other one b whose share of the weight it and
         a hold in a key b can answer, ``w_b / (w_a + w_b)`` (a: the chosen expert with the highest weight there),
         times their ``disagreement`` ``(K, N, N)`` (the mean ``|s_a - s_b|`` measured per key; 1 for every pair
@@ -367,7 +374,7 @@ class EscalationRule:
         weights = np.atleast_2d(weights)
         answers = np.broadcast_to(np.asarray(callable_, dtype=bool), weights.shape)  # (K, N)
         callable_any = answers.any(axis=0)
-        trust = np.where(callable_any, self.trust(weights, answers), -np.inf)
+        trust = np.where(callable_any, self.trust(weights if ranking is None else ranking, answers), -np.inf)
         k = self.experts_per_escalation or int(callable_any.sum())
         chosen = np.zeros(len(trust), dtype=bool)
         chosen[np.argsort(-trust, kind="stable")[:k]] = True

@@ -62,6 +62,8 @@ class FixedShareGrid(Learner):
         self._eta_column = np.array(list(etas), dtype=np.float64)[None, :, None, None]
         self._alpha_grid = np.array(list(alphas), dtype=np.float64)[None, None, :, None]
         self.n_copies = len(self.copies)
+        #: the copy that ``ranking_weights`` reads: the largest eta, the smallest alpha
+        self.fastest = int(np.argmax(etas)) * len(alphas) + int(np.argmin(alphas))
 
     @property
     def state_size(self) -> int:
@@ -90,6 +92,28 @@ class FixedShareGrid(Learner):
         meta = ada_hedge_log_weights(delta, cumulative)
         # Copies' weights are >= alpha / N and the meta weights sum to 1: the mixture is safe to take the log of.
         return np.log(np.einsum("bk,bkn->bn", np.exp(meta), copies))
+
+    def _ranking_weights(self, states: np.ndarray) -> np.ndarray:
+        """The fastest copy's weights (largest eta; smallest alpha, so the least spread over the others).
+
+        Why: the AdaHedge mixture is chosen for the combined score's loss, and after the best expert changes it
+        keeps trusting the slow copies, whose weights change hands hundreds of rounds after the experts' recent
+        losses do. Ranking experts for a choice of one (the cascade's expensive expert) needs the recent order
+        only; the combination keeps the mixture's weights and its guarantee.
+
+        >>> rng = np.random.default_rng(0)
+        >>> def noisy(y, sd):  # a score near the label y
+        ...     return float(np.clip(y + rng.normal(0.0, sd), 0.0, 1.0))
+        >>> learner = FixedShareGrid(n_experts=2)
+        >>> state = learner.init_state()
+        >>> for t in range(3051):  # expert 0 is the better one, then expert 1 from round 3000 on
+        ...     y = float(rng.random() < 0.5)
+        ...     good, bad = noisy(y, 0.3), noisy(y, 0.45)
+        ...     state = learner.learn_one(state, [good, bad] if t < 3000 else [bad, good], label=y)
+        >>> int(np.argmax(learner.weights(state))), int(np.argmax(learner.ranking_weights(state)))
+        (0, 1)
+        """
+        return self._split(states)[2][:, self.fastest]
 
     def _update(self, states: np.ndarray, losses: np.ndarray) -> np.ndarray:
         delta, cumulative, weights = self._split(states)

@@ -258,7 +258,8 @@ def cascade_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
         f"### Cascade: the guards ({', '.join(CASCADE_EXPENSIVE)}) only when the cheap tier's predicted loss is high",
         "",
         f"Each learner as a cascade with target escalation rate {pct(CASCADE_TARGET)}, counted in guard calls (an "
-        "escalation calls the guard the learner's weights trust most, the other with probability 5% or when it "
+        "escalation calls the guard the learner's ranking weights trust most (`default`: its fastest copy's), "
+        "the other with probability 5% or when it "
         f"hedges (`hedge_share` {EscalationRule.hedge_share:g}: the weights have not told apart guards that disagree), "
         "so a few percent fewer requests escalate), against the same learner "
         "calling every expert (one replica; `aegis-online simulate --scenario NAME --learners L --cascade "

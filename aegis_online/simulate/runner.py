@@ -203,7 +203,8 @@ def run_learner(
                 if up:
                     used = table[rows[r, active]]
                     apart = expert_disagreement(learner, used) if cascade.rule.hedge_share > 0 else None
-                    called[r] = cascade.rule.choose(learner.weights(used), answers, rngs[r], apart)
+                    ranking = learner.ranking_weights(used)
+                    called[r] = cascade.rule.choose(learner.weights(used), answers, rngs[r], apart, ranking)
                 if cascade.rule.moves_cut(unscored, callable_):
                     spent = cascade.rule.spent(int(called[r].sum()), callable_)
                     cuts[r, j] = cascade.rule.update(cuts[r, j], spent)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis_online.learn import Hedge, known_learner, make_learner
+from aegis_online.learn import FixedShareGrid, Hedge, known_learner, make_learner
 from aegis_online.learn.escalation import (
     CheapTierLoss,
     EscalationRule,
@@ -156,6 +156,60 @@ def test_an_escalation_calls_the_most_trusted_experts_and_explores_the_others() 
     assert draws[:, 1].all() and not draws[:, 3].any()
     share = draws[:, [0, 2]].mean(axis=0)
     assert np.all(np.abs(share - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 4000))  # each other one at the exploration rate
+
+
+def test_the_ranking_picks_the_called_expert_and_the_weights_decide_the_hedge() -> None:
+    weights = np.array([[0.1, 0.5, 0.4]])  # the combination trusts expert 1 most
+    ranking = np.array([[0.0, 0.1, 0.9]])  # the ranking (the fastest copy) already prefers expert 2
+    callable_ = np.array([False, True, True])
+    rng = np.random.default_rng(0)
+    single = EscalationRule(exploration=0.0, hedge_share=0.0)
+    assert single.choose(weights, callable_, rng).tolist() == [False, True, False]
+    assert single.choose(weights, callable_, rng, ranking=ranking).tolist() == [False, False, True]
+    # hedged: beside the chosen expert 2, expert 1 holds 0.5 / 0.9 of the pair's *weight*, so both are called
+    hedged = EscalationRule(exploration=0.0, hedge_share=0.5)
+    assert hedged.choose(weights, callable_, rng, ranking=ranking).tolist() == [False, True, True]
+
+
+def test_the_default_learner_ranks_by_its_fastest_copy_through_every_wrapper() -> None:
+    name = cascade_learner_name("default+adaptive", [2])
+    learner = make_learner(name, 3)
+    grid = cheap_tier_loss(learner).base  # type: ignore[union-attr]
+    assert isinstance(grid, FixedShareGrid)
+    fastest = grid.copies[grid.fastest]
+    assert (fastest.eta, fastest.alpha) == (max(c.eta for c in grid.copies), min(c.alpha for c in grid.copies))
+    rng = np.random.default_rng(1)
+    states = learner.init_states(4)
+    for _ in range(200):
+        outputs = rng.random((4, 3))
+        states = learner.learn_many(states, outputs, (rng.random(4) < outputs[:, 0]).astype(float))
+    ranking = learner.ranking_weights(states)
+    inner = learner.split(states)[0]
+    copies = grid._split(cheap_tier_loss(learner).split(inner)[0])[2]  # type: ignore[union-attr]
+    assert np.allclose(ranking, copies[:, grid.fastest]) and np.allclose(ranking.sum(axis=1), 1.0)
+    assert learner.ranking_weights(states[0]).shape == (3,)
+    hedge = Hedge(3)
+    assert np.array_equal(hedge.ranking_weights(hedge.init_states(2)), hedge.weights(hedge.init_states(2)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_after_a_swap_the_ranking_names_the_new_best_expert_no_later_than_the_weights(seed: int) -> None:
+    """Why the cascade ranks by the fastest copy: its weights change hands sooner than the mixture's when the
+    better of two noisy experts changes (docs/cascade.md, "Which guard")."""
+    rng = np.random.default_rng(seed)
+    learner = FixedShareGrid(2)
+    state = learner.init_state()
+    first = {"weights": None, "ranking": None}
+    for t in range(3000 + 1000):
+        y = float(rng.random() < 0.5)
+        good, bad = np.clip(y + rng.normal(0.0, [0.3, 0.45]), 0.0, 1.0)
+        state = learner.learn_one(state, [good, bad] if t < 3000 else [bad, good], label=y)
+        if t >= 3000:
+            for key, w in (("weights", learner.weights(state)), ("ranking", learner.ranking_weights(state))):
+                if first[key] is None and w[1] > w[0]:
+                    first[key] = t
+    assert first["weights"] is not None and first["ranking"] is not None
+    assert first["ranking"] <= first["weights"]
 
 
 def test_hedging_calls_every_expert_whose_share_of_its_pair_with_a_chosen_one_reaches_the_share_in_some_key() -> None:
