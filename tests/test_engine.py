@@ -116,7 +116,8 @@ def test_unknown_request_category_is_rejected() -> None:
 
 
 def test_failed_and_late_experts_are_named_and_asleep() -> None:
-    engine = Engine([FixedExpert("ok", 0.8), SlowExpert("slow", 0.1), BrokenExpert("broken", 0.1)], deadline_s=0.2)
+    # 2 s: the instant expert answers within it on a loaded CI machine; the slow one sleeps 5 s
+    engine = Engine([FixedExpert("ok", 0.8), SlowExpert("slow", 0.1), BrokenExpert("broken", 0.1)], deadline_s=2.0)
     decision = moderate(engine, request())
     reasons = {m.expert: m.reason for m in decision.missing_experts}
     assert "timed out" in reasons["slow"] and "unreachable" in reasons["broken"]
@@ -410,7 +411,7 @@ def test_a_slow_cheap_tier_leaves_its_guard_time_to_answer() -> None:
     """The cheap tier gets its share of the deadline: when it times out, the guard it escalates to still answers,
     and is not blamed for a timeout it had no time to avoid."""
     slow, guard = SlowExpert("cheap-slow", 0.5), FixedExpert("guard", 0.97)
-    engine = cascade_engine([slow, guard], deadline_s=0.4)
+    engine = cascade_engine([slow, guard], deadline_s=2.0)  # the guard has time to answer on a loaded CI machine
     decision = moderate(engine, request())
     assert decision.cascade is not None and decision.cascade.tier == "expensive" and guard.calls == 1
     assert [(m.expert, m.kind) for m in decision.missing_experts] == [("cheap-slow", "timeout")]

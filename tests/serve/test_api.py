@@ -79,12 +79,15 @@ def test_a_failing_expert_is_named_and_the_others_decide(service_factory: Callab
 def test_an_expert_missing_the_deadline_is_named_and_treated_as_asleep(
     service_factory: Callable[..., TestClient],
 ) -> None:
-    experts = [*default_experts(), KeywordExpert("slow", {"S1": ("kill",)}, delay_s=5.0)]
-    client = service_factory(experts, limits={"deadline_ms": 100})
+    # 3 s: the instant experts must answer within it on a loaded 2-core CI machine (100 ms once timed them out too)
+    experts = [*default_experts(), KeywordExpert("slow", {"S1": ("kill",)}, delay_s=30.0)]
+    client = service_factory(experts, limits={"deadline_ms": 3000})
     body = moderate(client, "kill")
-    # the experts get what is left of the 100 ms, less limits.admission.reserve_share (10%) for deciding and answering
     (missing,) = body["missing_experts"]
-    assert missing["expert"] == "slow" and re.fullmatch(r"timed out after (8\d|90) ms", missing["reason"])
+    waited = re.fullmatch(r"timed out after (\d+) ms", missing["reason"])
+    assert missing["expert"] == "slow" and waited is not None
+    # the experts get what is left of the 3 s, less limits.admission.reserve_share (10%) for deciding and answering
+    assert 1000 <= int(waited.group(1)) <= 2700
     assert body["categories"][0]["score"] == pytest.approx(0.9)  # from the two that answered
 
 

@@ -15,10 +15,15 @@ from .helpers import ADMIN_KEY, KeywordExpert, bearer, conversation, uvicorn_ser
 ADMIN = bearer(ADMIN_KEY)
 
 
+#: long enough for the instant expert to answer on a loaded 2-core CI machine (100 ms once timed an instant one out);
+#: the slow expert sleeps ten times as long
+DEADLINE = {"deadline_ms": 3000}
+
+
 def self_harm_experts(*, slow: bool = True) -> list[KeywordExpert]:
     """The shape of the CPU tier: one expert alone covers self-harm (S6), the other only profanity."""
     return [
-        KeywordExpert("embedding", {"S6": ("end my life",), "S1": ("kill",)}, delay_s=1.0 if slow else 0.0),
+        KeywordExpert("embedding", {"S6": ("end my life",), "S1": ("kill",)}, delay_s=30.0 if slow else 0.0),
         KeywordExpert("profanity", {"S12": ("damn",)}),
     ]
 
@@ -32,7 +37,7 @@ def _moderate(client: TestClient, text: str = "I want to end my life", **extra: 
 def test_a_category_whose_only_expert_timed_out_is_flagged_and_degraded_not_allowed(
     service_factory: Callable[..., TestClient],
 ) -> None:
-    client = service_factory(self_harm_experts(), limits={"deadline_ms": 100})
+    client = service_factory(self_harm_experts(), limits=DEADLINE)
     body = _moderate(client)
     s6 = next(c for c in body["categories"] if c["category"] == "S6")
     assert s6["score"] is None and s6["unscored"] == "timeout" and s6["flagged"] and s6["action"] == "flag"
@@ -65,7 +70,7 @@ def test_categories_no_expert_covers_are_reported_not_degraded(service_factory: 
 def test_the_tenants_on_unscored_rule_decides_an_unscored_category(
     service_factory: Callable[..., TestClient], policy: dict, action: str
 ) -> None:
-    client = service_factory(self_harm_experts(), limits={"deadline_ms": 100}, policies=[{"tenant": "t"} | policy])
+    client = service_factory(self_harm_experts(), limits=DEADLINE, policies=[{"tenant": "t"} | policy])
     body = _moderate(client, tenant="t", categories=["S6", "S12"])
     assert body["action"] == action and body["degraded"] is True  # allowed or not, it says it could not check
 
@@ -73,7 +78,7 @@ def test_the_tenants_on_unscored_rule_decides_an_unscored_category(
 def test_openai_moderations_carry_the_degradation_and_never_a_made_up_zero(
     service_factory: Callable[..., TestClient],
 ) -> None:
-    client = service_factory(self_harm_experts(), limits={"deadline_ms": 100})
+    client = service_factory(self_harm_experts(), limits=DEADLINE)
     response = client.post("/v1/moderations", json={"input": "I want to end my life"}, headers=ADMIN)
     assert response.status_code == 200 and response.headers["X-Aegis-Degraded"] == "true"
     result = response.json()["results"][0]
@@ -86,7 +91,7 @@ def test_openai_moderations_carry_the_degradation_and_never_a_made_up_zero(
 
 
 def test_the_openai_sdk_user_sees_the_degradation(service_factory: Callable[..., TestClient]) -> None:
-    client = service_factory(self_harm_experts(), limits={"deadline_ms": 100})
+    client = service_factory(self_harm_experts(), limits=DEADLINE)
     with uvicorn_server(client.app) as url:
         sdk = OpenAI(base_url=f"{url}/v1", api_key=ADMIN_KEY, max_retries=0)
         result = sdk.moderations.create(model="omni-moderation-latest", input="I want to end my life").results[0]
@@ -98,7 +103,7 @@ def test_the_openai_sdk_user_sees_the_degradation(service_factory: Callable[...,
 def test_metrics_count_degraded_decisions_and_expert_failures_by_kind(
     service_factory: Callable[..., TestClient],
 ) -> None:
-    client = service_factory(self_harm_experts(), limits={"deadline_ms": 100})
+    client = service_factory(self_harm_experts(), limits=DEADLINE)
     _moderate(client)
     text = client.get("/metrics", headers=ADMIN).text
     assert 'aegis_degraded_decisions_total{kind="timeout"} 1.0' in text
