@@ -49,10 +49,12 @@ async def _timed_post(client: httpx.AsyncClient, path: str, body: object) -> tup
 
 
 def test_a_burst_beyond_capacity_is_refused_at_once_and_admitted_requests_meet_the_deadline() -> None:
-    # Capacity: 2 calls of 100 ms at once, i.e. 20 requests/s; 60 arrive together with a 1 s deadline.
-    deadline_s = 1.0
+    # Capacity: 2 calls of 200 ms at once, i.e. 10 requests/s; 60 arrive together with a 2 s deadline. (At 100 ms
+    # and 1 s, the client's own scheduling of 60 requests on 2 loaded cores once took 0.61 s to see an at-once
+    # refusal: the times are scaled so that this slack, which does not scale, stays well inside the bounds.)
+    deadline_s = 2.0
     service = make_service(
-        [BoundedExpert("bounded", slots=2, service_s=0.1)],
+        [BoundedExpert("bounded", slots=2, service_s=0.2)],
         limits={
             "deadline_ms": int(deadline_s * 1000),
             "admission": {"initial_limit": 2, "max_limit": 2},
@@ -74,8 +76,8 @@ def test_a_burst_beyond_capacity_is_refused_at_once_and_admitted_requests_meet_t
     assert len(answered) + len(refused) == len(results), {r.status_code for r, _ in results}
     assert len(answered) >= 6 and len(refused) >= 20, (len(answered), len(refused))
     # End to end as the client saw it; the slack is the client's own scheduling of 60 requests on 2 shared cores
-    # (before admission control the same burst had 40 degraded answers, checked below, and took up to 1.14 s).
-    assert max(s for _, s in answered) <= deadline_s + 0.25
+    # (before admission control the same burst, at 1 s, had 40 degraded answers, checked below, and took up to 1.14 s).
+    assert max(s for _, s in answered) <= 1.25 * deadline_s
     # Most are refused at once. A few may have been queued on the latency of the warm-up and then refused when their
     # latest start passed (the burst's own scheduling on 2 cores slows every request): those say so, and were still
     # refused before the deadline, not after it.
@@ -84,7 +86,7 @@ def test_a_burst_beyond_capacity_is_refused_at_once_and_admitted_requests_meet_t
     assert len(at_once) + len(after_wait) == len(refused)
     assert len(at_once) >= 20, (len(at_once), len(after_wait))
     assert max(s for _, s in at_once) < 0.5 * deadline_s  # at once, not when the deadline ran out
-    assert all(s <= deadline_s + 0.25 for _, s in after_wait)
+    assert all(s <= 1.25 * deadline_s for _, s in after_wait)
     for response, _ in refused:
         assert int(response.headers["Retry-After"]) >= 1
         error = response.json()["error"]
