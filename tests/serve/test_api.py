@@ -87,7 +87,7 @@ def test_an_expert_missing_the_deadline_is_named_and_treated_as_asleep(
     waited = re.fullmatch(r"timed out after (\d+) ms", missing["reason"])
     assert missing["expert"] == "slow" and waited is not None
     # the experts get what is left of the 3 s, less limits.admission.reserve_share (10%) for deciding and answering
-    assert 1000 <= int(waited.group(1)) <= 2700
+    assert 2400 <= int(waited.group(1)) <= 2700  # 80-90% of it, as the 80-90 ms of the 100 ms before
     assert body["categories"][0]["score"] == pytest.approx(0.9)  # from the two that answered
 
 
