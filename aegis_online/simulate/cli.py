@@ -57,6 +57,16 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[str, int], 
         yield advance
 
 
+def _calls_by_tier(tiers: dict[str, dict[str, float]]) -> str:
+    """``cheap a 3000, b 2990; expensive g 1200``: one line, so the summary says which guard took the calls."""
+    from aegis_online.simulate.report import fmt
+
+    return "; ".join(
+        f"{tier} " + ", ".join(f"{name} {fmt(calls, 0)}" for name, calls in experts.items())
+        for tier, experts in tiers.items()
+    )
+
+
 def print_learners(report: dict[str, Any], title: str) -> None:
     """The learners against the oracles, then the experts, as compact rich tables (full numbers: summary.md)."""
     from aegis_online.simulate.report import fmt, pct
@@ -100,7 +110,8 @@ def print_learners(report: dict[str, Any], title: str) -> None:
             f"{pct(c['target_escalation_rate'])} of requests' worth of escalations); "
             f"{fmt(c['expensive_calls'], 0)} expensive calls instead of "
             f"{fmt(c['full_information_expensive_calls'], 0)} ({pct(c['expensive_calls_saved'])} saved); loss "
-            f"{fmt(c['loss_ratio'], 3)} x {c['full_information_learner'] or '-'} with every expert",
+            f"{fmt(c['loss_ratio'], 3)} x {c['full_information_learner'] or '-'} with every expert; calls per "
+            f"expert: {_calls_by_tier(c['calls_by_tier'])}",
             soft_wrap=True,
         )
     for name, b in report.get("bandit", {}).items():

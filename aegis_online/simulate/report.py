@@ -199,6 +199,7 @@ def evaluate(
         if run.cascade is None or run.escalated is None:
             continue
         chosen = list(run.cascade.expensive)
+        cheap = [i for i in range(len(stream.experts)) if i not in chosen]
         full = float(np.isfinite(stream.outputs[..., chosen]).any(axis=2).sum() / R)
         calls = float(run.queried[..., chosen].sum() / R)
         reference = learners.get(run.cascade.full_information or "")
@@ -209,6 +210,10 @@ def evaluate(
             "expensive_calls": calls,
             "full_information_expensive_calls": full,
             "expensive_calls_saved": 1.0 - calls / full if full else math.nan,
+            "calls_by_tier": {
+                tier: {stream.experts[i]: float(run.queried[..., i].sum() / R) for i in members}
+                for tier, members in (("cheap", cheap), ("expensive", chosen))
+            },
             "full_information_learner": run.cascade.full_information if reference else None,
             "loss_ratio": learners[name]["cumulative_loss"] / reference["cumulative_loss"] if reference else None,
             "f1_macro": learners[name].get("f1_macro"),

@@ -202,9 +202,16 @@ def test_simulate_cascade_calls_the_expensive_tier_at_its_target_rate_and_report
     # exploration calls the other guard on about 5% of escalations, so fewer requests escalate
     assert 0.3 < cascade["escalation_rate"] < cascade["expensive_calls"] / 3000
     assert cascade["expensive_calls_saved"] == pytest.approx(1 - cascade["expensive_calls"] / (2 * 3000))
+    # per expert, by tier: the guards' calls add up to the tier's, and the cheap experts answer what they cover
+    tiers = cascade["calls_by_tier"]
+    assert set(tiers["expensive"]) == {"guard-large", "guard-small"}
+    assert sum(tiers["expensive"].values()) == pytest.approx(cascade["expensive_calls"])
+    assert min(tiers["expensive"].values()) > 0  # exploration and hedging keep calling the other guard
+    assert set(tiers["cheap"]) == set(report["experts_order"]) - set(tiers["expensive"])
+    assert min(tiers["cheap"].values()) > 2 * max(tiers["expensive"].values())
     loss = report["learners"]["default+cascade"]["cumulative_loss"]
     assert cascade["loss_ratio"] == pytest.approx(loss / report["learners"]["default"]["cumulative_loss"])
-    assert "cascade default+cascade" in result.output
+    assert "cascade default+cascade" in result.output and "expensive guard-large" in result.output
 
 
 def test_simulate_cascade_hedge_share_spends_the_same_calls_on_fewer_escalations(tmp_path: Path) -> None:
