@@ -143,7 +143,10 @@ def test_cascade_replay_calls_the_expensive_expert_only_when_escalated(tmp_path:
     assert np.array_equal(log.queried[:, blue], log.escalated)  # blue answered exactly the escalated ones
     assert log.queried[:, result.stream.experts.index("red")].all()  # the cheap expert every time
     assert cascade["expensive_calls"] == log.escalated.sum()
-    assert cascade["calls_by_tier"] == {"cheap": {"red": len(log.escalated)}, "expensive": {"blue": log.escalated.sum()}}
+    assert cascade["calls_by_tier"] == {
+        "cheap": {"red": len(log.escalated)},
+        "expensive": {"blue": log.escalated.sum()},
+    }
     assert cascade["expensive_calls_saved"] == pytest.approx(1 - log.escalated.mean())
     assert cascade["full_information_learner"] == "default" and cascade["loss_ratio"] > 0
     with pytest.raises(ValueError, match="unknown experts"):
