@@ -99,8 +99,22 @@ def test_cascade_replay_benchmark_splits_the_excess_loss_on_a_few_shared_rows() 
     stdout = run_bench("cascade_replay.py", "--limit", "40", "--no-cache")
     assert "160 requests" in stdout, stdout  # 40 rows from each of the four files
     rows = [line for line in stdout.splitlines() if line.startswith("│") and "default" in line]
-    assert [row.split("│")[1].strip() for row in rows] == ["default", "default+adaptive"], stdout
+    assert [row.split("│")[2].strip() for row in rows] == ["default", "default+adaptive"], stdout
     assert "highest cheap score:" in stdout
+
+
+def test_cascade_replay_benchmark_held_out_scores_every_replayed_row_with_experts_fitted_without_its_set(
+    tmp_path: Path,
+) -> None:
+    """``--held-out`` refits the trained experts without each replayed set (here on 40 rows a set): every replayed
+    row must get a score from each expert, or the figures would mix held-out and missing scores."""
+    stdout = run_bench("cascade_replay.py", "--held-out", "--limit", "40", "--embedding-cache", str(tmp_path))
+    assert "trained experts: held-out" in stdout, stdout
+    unscored = re.search(r"160 requests; rows each expert scored none of: (\{.*?\})", stdout.replace("\n", " "))
+    assert unscored is not None, stdout
+    counts = [int(n) for n in re.findall(r": (\d+)", unscored.group(1))]
+    assert len(counts) == 4 and not any(counts), stdout
+    assert list(tmp_path.glob("minilm-*.npy")), "the embeddings were not cached"
 
 
 def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_scores() -> None:

@@ -179,7 +179,7 @@ async def _stream(url: str, keys: dict[str, str], rows: list[LabelledPrompt], co
             for contribution in decision.experts:
                 log.expert_ms[contribution.expert].append(contribution.latency_ms)
             for missing in decision.missing_experts:
-                log.missing[missing.expert] += 1
+                log.missing[f"{missing.expert} ({missing.kind})"] += 1
             if row.unsafe is not None:
                 log.verdicts.append((wave, row.unsafe, decision.action != "allow"))
             event = _feedback_for(row, decision.request_id)
