@@ -107,24 +107,8 @@ def held_out_experts(
     tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in lodo.EXPERTS}
     seen: dict[str, str] = {}
     for held in REPLAYED_SETS:
-        # the fit leaves out the held set, and any row of another set with one of its texts (a few Davidson tweets
-        # are also OpenAI moderation samples): no score below comes from a model that saw the text it scores
-        held_texts = {request_text(r.text) for r in sets[held]}
-        keep = {
-            name: np.array([name == held or request_text(r.text) not in held_texts for r in rows], dtype=bool)
-            for name, rows in sets.items()
-        }
-        dropped = sum(int((~k).sum()) for k in keep.values())
-        with console.status(f"refitting the trained experts without {held} ({dropped} rows sharing its texts)"):
-            outputs, _ = lodo.held_out_outputs(
-                {name: [r for r, k in zip(rows, keep[name], strict=True) if k] for name, rows in sets.items()},
-                held,
-                {name: e[keep[name]] for name, e in embeddings.items()},
-                {name: o[keep[name]] for name, o in offensive.items()},
-                {name: z[keep[name]] for name, z in zero_shot.items()},
-                folds=2,
-            )
-        console.print(f"held out {held}: {len(sets[held])} rows; {dropped} rows of other sets with its texts left out")
+        with console.status(f"refitting the trained experts without {held}"):
+            outputs, _ = lodo.held_out_outputs(sets, held, embeddings, offensive, zero_shot, folds=2)
         for row, scores in zip(sets[held], outputs, strict=True):
             key = request_text(row.text)
             if seen.setdefault(key, held) != held:  # a text in two replayed sets (none here): its first set's scores
@@ -162,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=160)
     cache = ReplayCache(None if args.no_cache else default_cache_path())
     experts = build_catalog_experts(list(EXPERTS))
+    specs = [DataSpec(base / rel, limit=args.limit) for rel in FILES]
     if args.held_out:
-        specs = [DataSpec(base / rel, limit=args.limit) for rel in FILES]
         replayed = {request_text(r.text) for seed in seeds for r in chain(specs, seed=seed).rows}
         experts = held_out_experts(experts, base, args.embedding_cache, console, args.limit, replayed)
         cache = ReplayCache(None)  # the held-out scores are not the catalog experts': keep them out of its cache
@@ -187,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column, justify="right")
     for seed in seeds:
         config = ReplayConfig(
-            data=[DataSpec(base / rel, limit=args.limit) for rel in FILES],
+            data=specs,
             learners=args.learners.split(","),
             categories=["S8", "S10", "S12"],
             feedback_delay=25,
@@ -204,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         truth = result.stream.truth[0]
         unsafe = (np.nan_to_num(truth) > 0.5).any(axis=1)
         cheap_columns = [i for i, e in enumerate(result.stream.experts) if e not in expensive]
+        cheap = outputs[:, :, cheap_columns]
+        names = [result.stream.experts[i] for i in cheap_columns]
         for learner in config.learners:
             cascade = result.report["cascade"][f"{learner}+cascade"]
             full = request_losses(result.logs[learner].scores, truth)
             cascaded = request_losses(result.logs[f"{learner}+cascade"].scores, truth)
             alone = ~result.logs[f"{learner}+cascade"].escalated
-            cheap = outputs[:, :, cheap_columns]
-            names = [result.stream.experts[i] for i in cheap_columns]
             reference = least_suspicious_unsafe(cheap, names, unsafe, int(alone.sum()))
             row = (
                 str(seed),

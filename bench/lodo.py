@@ -1,8 +1,9 @@
 """Leave-one-dataset-out: the default CPU tier trained on every shared set but one, judged on the one left out.
 
-For each shared set H (``datasets.SHARED_SETS``): the trained parts of the tier are refitted on the other sets only,
-exactly as ``make heads`` fits them on all (profanity-check's per-category calibration, the ``minilm-heads`` logistic
-heads, the ``lexical-heads`` TF-IDF heads); the zero-shot MiniLM expert has nothing to fit. Then H's rows are scored
+For each shared set H (``datasets.SHARED_SETS``): the trained parts of the tier are refitted on the other sets only
+(less any row that repeats one of H's texts), exactly as ``make heads`` fits them on all (profanity-check's
+per-category calibration, the ``minilm-heads`` logistic heads, the ``lexical-heads`` TF-IDF heads); the zero-shot
+MiniLM expert has nothing to fit. Then H's rows are scored
 by the four experts and ``simulate.evaluation.evaluate_outputs`` (the code behind ``aegis-online eval``) gives each
 expert's and the ensemble's AUROC, AUPRC and F1 / precision / recall / FPR at the default policy's thresholds, per
 category and for the whole request. The whole-request score is the service's: each expert's highest category score,
@@ -80,13 +81,17 @@ def held_out_outputs(
     from aegis_online.experts.cpu.lexical import train_lexical
     from aegis_online.experts.cpu.profanity_calibration import CategoryMap, fit_profanity_calibration
 
-    others = [name for name in sets if name != held]
-    train_rows = [r for name in others for r in sets[name]]
     rows, texts = sets[held], [r.text for r in sets[held]]
+    # The fit also leaves out any row of another set with one of the held set's texts (9 Davidson tweets are also
+    # OpenAI moderation samples): no held-out score comes from a model that saw the text it scores.
+    seen = set(texts)
+    keep = {n: np.array([r.text not in seen for r in sets[n]], dtype=bool) for n in sets if n != held}
+    train_sets = {n: [r for r, k in zip(sets[n], kept, strict=True) if k] for n, kept in keep.items()}
+    train_rows = [r for part in train_sets.values() for r in part]
     outputs = np.full((len(rows), len(CATS), len(EXPERTS)), np.nan)
 
     try:
-        calibration = fit_profanity_calibration({n: sets[n] for n in others}, {n: offensive[n] for n in others})
+        calibration = fit_profanity_calibration(train_sets, {n: offensive[n][kept] for n, kept in keep.items()})
         maps = dict(calibration.maps)
     except ValueError:  # no category has both classes in the other sets
         maps = {}
@@ -95,7 +100,7 @@ def held_out_outputs(
     for c, m in maps.items():
         outputs[:, CATS.index(c), 0] = m(offensive[held])
     outputs[:, :, 1] = zero_shot[held]
-    train_embeddings = np.concatenate([embeddings[n] for n in others])
+    train_embeddings = np.concatenate([embeddings[n][kept] for n, kept in keep.items()])
     heads, _ = train_heads(train_rows, embeddings=train_embeddings, folds=folds)
     lexical, _ = train_lexical(train_rows, folds=folds)
     minilm_cats = [c for c in heads.categories if c != OVERALL]
