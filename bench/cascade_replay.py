@@ -24,11 +24,16 @@ these very rows, so without it the expensive tier is as good as it can ever be h
 With it, every score a learner combines is one a model gives to text it never saw, as a guard gives to traffic.
 Refitting takes a few minutes (the MiniLM embeddings of every shared row are cached in ``--embedding-cache``);
 ``--seeds`` replays several shuffles with one fit.
+
+``--json PATH`` also writes each run's figures; ``make results`` shows the held-out ones from
+``docs/cascade-replay.json`` on docs/results.md (``python bench/cascade_replay.py --held-out --seeds 0,...,9 --json
+docs/cascade-replay.json`` writes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -70,6 +75,15 @@ def least_suspicious_unsafe(cheap: np.ndarray, names: list[str], unsafe: np.ndar
     orderings.update({name: filled[:, :, m].max(axis=1) for m, name in enumerate(names)})
     return {name: int(unsafe[np.argsort(key, kind="stable")[:k]].sum()) for name, key in orderings.items()}
 
+
+#: report.json's ``cascade`` figures kept per run by ``--json``.
+RUN_KEYS = (
+    "loss_ratio",
+    "escalation_rate",
+    "expensive_calls_saved",
+    "f1_macro",
+    "full_information_f1_macro",
+)
 
 #: The shared sets the replay chains, in ``FILES``' order (``datasets.SHARED_SETS`` names).
 REPLAYED_SETS = ("openai_moderation", "xstest", "simplesafetytests", "harmbench")
@@ -139,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--embedding-cache", type=Path, default=ROOT / ".cache" / "bench", help="MiniLM embeddings (--held-out)."
     )
+    parser.add_argument("--json", type=Path, default=None, help="Also write each run's figures here (JSON).")
     args = parser.parse_args(argv)
     base = args.data_dir or shared_data_dir()
     expensive = args.expensive.split(",")
@@ -169,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "unsafe among as many least suspicious, in hindsight",
     ):
         table.add_column(column, justify="right")
+    runs: list[dict[str, object]] = []
     for seed in seeds:
         config = ReplayConfig(
             data=specs,
@@ -210,12 +226,39 @@ def main(argv: list[str] | None = None) -> int:
             )
             table.add_row(*row)
             console.print(" | ".join(row))
+            runs.append(
+                {
+                    "seed": seed,
+                    "learner": learner,
+                    "requests": len(truth),
+                    **{key: cascade[key] for key in RUN_KEYS},
+                    "budget": 0.01 * float(full.sum()),
+                    "excess_cheap_decided": float(cascaded[alone].sum() - full[alone].sum()),
+                    "excess_escalated": float(cascaded[~alone].sum() - full[~alone].sum()),
+                    "unsafe": int(unsafe.sum()),
+                    "unsafe_decided_cheap": int((unsafe & alone).sum()),
+                }
+            )
         console.print(f"seed {seed}: {len(truth):,} requests; rows each expert scored none of: {unscored}")
         if args.held_out and any(unscored.values()):
             console.print("[red]some replayed rows have no held-out score: the figures above are not held-out[/red]")
             return 1
     console.print("full-information loss per learner: the budget column x 100")
     console.print(table)
+    if args.json is not None:
+        summary = {
+            "command": "python bench/cascade_replay.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "held_out": args.held_out,
+            "sets": list(REPLAYED_SETS),
+            "categories": list(config.categories),
+            "feedback_delay": config.feedback_delay,
+            "expensive": expensive,
+            "target_escalation_rate": args.target,
+            "hedge_share": args.hedge_share,
+            "runs": runs,
+        }
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        console.print(f"wrote {args.json}")
     return 0
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aegis_online.simulate.cascade_replay_page import cascade_replay_section, load_summary
+
 pytestmark = pytest.mark.slow  # each runs a benchmark script in a process of its own: tens of seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,13 +110,33 @@ def test_cascade_replay_benchmark_held_out_scores_every_replayed_row_with_expert
 ) -> None:
     """``--held-out`` refits the trained experts without each replayed set (here on 40 rows a set): every replayed
     row must get a score from each expert, or the figures would mix held-out and missing scores."""
-    stdout = run_bench("cascade_replay.py", "--held-out", "--limit", "40", "--embedding-cache", str(tmp_path))
+    summary_path = tmp_path / "cascade-replay.json"
+    stdout = run_bench(
+        "cascade_replay.py",
+        "--held-out",
+        "--limit",
+        "40",
+        "--embedding-cache",
+        str(tmp_path),
+        "--json",
+        str(summary_path),
+    )
     assert "trained experts: held-out" in stdout, stdout
     unscored = re.search(r"160 requests; rows each expert scored none of: (\{.*?\})", stdout.replace("\n", " "))
     assert unscored is not None, stdout
     counts = [int(n) for n in re.findall(r": (\d+)", unscored.group(1))]
     assert len(counts) == 4 and not any(counts), stdout
     assert list(tmp_path.glob("minilm-*.npy")), "the embeddings were not cached"
+    # --json keeps each run's figures, as printed, for the results page (aegis_online.simulate.cascade_replay_page)
+    summary = json.loads(summary_path.read_text())
+    assert summary["held_out"] is True and [r["learner"] for r in summary["runs"]] == ["default", "default+adaptive"]
+    printed = [line.split(" | ") for line in stdout.splitlines() if line.startswith("0 | default")]
+    assert [(cells[1], cells[2]) for cells in printed] == [
+        (r["learner"], f"{r['loss_ratio']:.3f}") for r in summary["runs"]
+    ], stdout
+    assert all(r["requests"] == 160 and r["unsafe_decided_cheap"] <= r["unsafe"] for r in summary["runs"])
+    section = "\n".join(cascade_replay_section(load_summary(tmp_path)))
+    assert f"| default | {summary['runs'][0]['loss_ratio']:.4f} |" in section, section
 
 
 def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_scores() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_online.learn.escalation import EscalationRule
+from aegis_online.simulate.cascade_replay_page import cascade_replay_section, load_summary
 from aegis_online.simulate.report import fmt, pct
 from aegis_online.simulate.tenants_study import study_section
 
@@ -537,6 +538,7 @@ def render(
     argv: Sequence[str],
     seed: int = SEED,
     study: Mapping[str, Any] | str = "not run",
+    cascade_replay: Mapping[str, Any] | str = "not run",
 ) -> str:
     command = "python -m aegis_online.simulate.results" + ("" if not argv else " " + " ".join(argv))
     lines = [
@@ -548,6 +550,7 @@ def render(
         "",
         *(simulation_section(results, seed) if results else ["## Simulated drift", "", "Skipped.", ""]),
         *replay_section(replay),
+        *cascade_replay_section(cascade_replay),
         *study_section(study),
     ]
     return "\n".join(lines).rstrip() + "\n"
@@ -590,7 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"two-tenant study: {study['seconds']:.1f} s", file=sys.stderr)
     page = args.out / "results.md"
-    page.write_text(render(results, replay, _shown_arguments(given), args.seed, study))
+    cascade_replay = load_summary(args.out)
+    page.write_text(render(results, replay, _shown_arguments(given), args.seed, study, cascade_replay))
     print(f"wrote {page} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
