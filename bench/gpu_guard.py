@@ -20,12 +20,12 @@ Parts, each against a baseline measured in the same run:
   tokens/s, latency of a batch (p50, p99), peak GPU memory, and the share of the bf16 dense peak reached (989
   TFLOP/s for an H100/H200 SXM; FLOPs = 2 x parameters used per token x tokens, prompt and generated, without
   padding: the embedding is a lookup and the LM head runs only at each row's last position).
-* **experts sharing one GPU**, under Ray Serve where ray is installed (each expert a deployment with
-  ``@serve.batch``, as ``aegis_online.rayserve.deployments.ExpertDeployment``, holding ``1/N`` of the GPU; a closed
-  loop of C requests in flight, each sent to every expert of the ensemble and done when all have answered, as the
-  engine fans out), else as separate processes on the GPU (each scoring batches of C back to back). Each expert
-  alone, then 2 (and N) together: the ensemble's requests/s (every request judged by every expert) against the
-  slowest expert alone, and the GPU's total work (the experts' requests/s summed) against it.
+* **experts sharing one GPU**, under Ray Serve where ray is installed (each expert a deployment batched by the
+  service's ``ReplicaBatcher``, as ``aegis_online.rayserve.deployments.ExpertDeployment``, holding ``1/N`` of the
+  GPU; a closed loop of C requests in flight, each sent to every expert of the ensemble and done when all have
+  answered, as the engine fans out), else as separate processes on the GPU (each scoring batches of C back to
+  back). Each expert alone, then 2 (and N) together: the ensemble's requests/s (every request judged by every
+  expert) against the slowest expert alone, and the GPU's total work (the experts' requests/s summed) against it.
 
 Run ``python bench/gpu_guard.py`` on a GPU machine; ``--tiny --device cpu`` is a smoke run of a few seconds.
 """
@@ -534,8 +534,8 @@ class ProcessExperts:
 
 
 class GuardReplica:
-    """A Ray Serve replica holding one guard expert, batched with ``@serve.batch`` (made a deployment at run time,
-    so that this module imports without ray)."""
+    """A Ray Serve replica holding one guard expert, batched as ``aegis_online.rayserve.deployments.ExpertDeployment``
+    batches (``ReplicaBatcher``; made a deployment at run time, so that this module imports without ray)."""
 
     def __init__(self, root: str, options: dict[str, Any], name: str) -> None:
         for path in (root, str(Path(root) / "bench")):
@@ -543,23 +543,29 @@ class GuardReplica:
                 sys.path.insert(0, path)
         import gpu_guard
 
+        from aegis_online.rayserve.batching import ReplicaBatcher
+
         self.expert, self.info = gpu_guard.build_expert(gpu_guard.GuardOptions(**options), name)
         self.batches: list[tuple[int, float]] = []
+        self.batcher = ReplicaBatcher(self.score_batch, max_batch_size=64, batch_wait_s=0.002)
         self.module = gpu_guard
 
     def describe(self) -> dict[str, Any]:
         return self.info
 
     def set_batch(self, size: int, wait_s: float) -> None:
-        self.score.set_max_batch_size(size)
-        self.score.set_batch_wait_timeout_s(wait_s)
+        self.batcher.max_batch_size = size
+        self.batcher.batch_wait_s = wait_s
 
     def stats(self) -> list[tuple[int, float]]:
         """(items, seconds in the expert) of each batch since the last call."""
         batches, self.batches = self.batches, []
         return batches
 
-    async def score(self, items: list[ExpertInput]) -> list[ExpertOutput]:
+    async def score(self, item: ExpertInput) -> ExpertOutput:
+        return await self.batcher(item)
+
+    async def score_batch(self, items: list[ExpertInput]) -> list[ExpertOutput]:
         started = time.perf_counter()
         outputs = await score_with_deadline(self.expert, items, REPLICA_SCORE_TIMEOUT_S)
         self.batches.append((len(items), time.perf_counter() - started))
@@ -598,9 +604,7 @@ class RayExperts:
             port = sock.getsockname()[1]
         quiet = {"enable_access_log": False, "log_level": "WARNING"}
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
-        cls = type("GuardReplica", (GuardReplica,), {})
-        cls.score = serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)(GuardReplica.score)
-        deployment = serve.deployment(cls, max_ongoing_requests=256, graceful_shutdown_timeout_s=5)
+        deployment = serve.deployment(GuardReplica, max_ongoing_requests=256, graceful_shutdown_timeout_s=5)
         actor = {"num_cpus": min(1.0, cpus / (n + 1)), "num_gpus": 1.0 / n if gpu else 0}
         from ray.serve.api import _run
 

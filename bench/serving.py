@@ -5,7 +5,7 @@ Cases, each at several concurrencies (requests in flight), on the same stream of
 
 * ``in process``: ``Engine.moderate`` with the catalog's CPU experts built in this process (no HTTP, no Ray).
 * ``ray serve, replicas``: the service's Ray Serve application on local Ray with every expert a deployment of its
-  own (one replica each, ``@serve.batch``), called over HTTP from this process with the project's client
+  own (one replica each, batched by ``ReplicaBatcher``), called over HTTP from this process with the project's client
   (``aegis_online.client.AsyncAegisClient``, no retries: a refusal is an error of the run).
 * ``ray serve, in ingress``: the same with the default placement: the ``cpu-light`` experts (profanity-check) are
   built inside the ingress and called in process, MiniLM stays a deployment. Same Ray session, redeployed.

@@ -4,7 +4,8 @@ Ray is imported only here (``deployments``, ``runtime``, ``loopback``), so the H
 it. Modules, one job each:
 
 * ``deployments``: the Ray Serve deployments, their resources and placement groups, and ``build_app``;
-  ``kuberay``: the application builder a RayService's ``serveConfigV2`` names.
+  ``kuberay``: the application builder a RayService's ``serveConfigV2`` names; ``batching``: how an expert replica
+  batches concurrent requests (no Ray import).
 * ``runtime``: start and stop a local Ray + Serve closed to other users (loopback, per-start token);
   ``loopback``: the worker hook that keeps Serve's replicas on loopback.
 * ``launch``: ``serve``'s options and what they resolve to; ``supervisor``: serve's main process (no Ray), which

@@ -1,7 +1,10 @@
 """The Ray Serve application: one deployment per expert, and the FastAPI ingress that fans out to them.
 
-``ExpertDeployment`` wraps an ``Expert`` built from its catalog entry (``build_expert``) behind ``@serve.batch``:
-concurrent requests to one replica are scored together, up to ``max_batch_size`` or ``batch_wait_timeout_ms``. It
+``ExpertDeployment`` wraps an ``Expert`` built from its catalog entry (``build_expert``) behind a ``ReplicaBatcher``:
+concurrent requests to one replica are scored together, each batch taking every request that queued while the
+previous one ran (up to ``max_batch_size``; one that starts on an idle replica waits up to ``batch_wait_timeout_ms``
+for company). ``@serve.batch`` froze each batch as the previous one started, and batched a tenth as much under load
+(``rayserve.batching`` says why). It
 loads its model and scores one text before it reports ready, so the first real request does not pay for loading.
 Resources come from the catalog (``hardware.cpus`` / ``gpus`` / ``memory_gb``; fractional CPUs for light experts)
 unless the config overrides them. A vLLM expert sharded over ``tensor_parallel_size`` N > 1 GPUs gets a placement
@@ -40,6 +43,7 @@ from aegis_online.catalog import ExpertSpec
 from aegis_online.config import Autoscaling, ExpertServing, ServiceConfig
 from aegis_online.experts import Expert, ExpertInput, score_with_deadline
 from aegis_online.experts.build import build_expert
+from aegis_online.rayserve.batching import ReplicaBatcher
 from aegis_online.schemas import ExpertOutput, Message
 from aegis_online.serve.auth import KeyTable
 from aegis_online.taxonomy import CANONICAL
@@ -73,8 +77,9 @@ class ExpertDeployment:
         for guest in guests:
             guest_spec = ExpertSpec.model_validate(guest)
             self.experts[guest_spec.name] = await build_ready_expert(guest_spec, options, in_thread=False)
-        self.score.set_max_batch_size(options.max_batch_size)
-        self.score.set_batch_wait_timeout_s(options.batch_wait_timeout_ms / 1000.0)
+        self.batcher: ReplicaBatcher[tuple[ExpertInput, str], ExpertOutput] = ReplicaBatcher(
+            self._score_batch, options.max_batch_size, options.batch_wait_timeout_ms / 1000.0
+        )
 
     def describe(self, name: str | None = None) -> dict[str, Any]:
         """What the ingress needs to route to an expert of this deployment (default: its own): its name, coverage
@@ -88,8 +93,16 @@ class ExpertDeployment:
             "languages": None if languages is None else sorted(languages),
         }
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def score(self, items: list[ExpertInput], names: list[str]) -> list[ExpertOutput]:
+    async def score(self, item: ExpertInput, name: str) -> ExpertOutput:
+        """``item`` scored by the hosted expert ``name``, in a batch with the requests queued beside it."""
+        return await self.batcher((item, name))
+
+    def batching(self) -> dict[str, int]:
+        """Batches scored since the replica started, and the requests in them (a benchmark's mean batch)."""
+        return {"batches": self.batcher.batches, "items": self.batcher.items}
+
+    async def _score_batch(self, calls: list[tuple[ExpertInput, str]]) -> list[ExpertOutput]:
+        items, names = zip(*calls, strict=True)
         return await score_named(self.experts, self.spec.name, items, names)
 
 

@@ -182,8 +182,8 @@ def test_batching_and_threads_are_set_in_the_expert_replica(monkeypatch: pytest.
     cls = ExpertDeployment.func_or_class
     replica = cls.__new__(cls)
     asyncio.run(cls.__init__(replica, spec.model_dump(mode="json"), serving))
-    assert replica.score._get_max_batch_size() == 7
-    assert replica.score._get_batch_wait_timeout_s() == pytest.approx(0.012)
+    assert replica.batcher.max_batch_size == 7
+    assert replica.batcher.batch_wait_s == pytest.approx(0.012)
     assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "3"
 
 

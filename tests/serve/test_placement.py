@@ -151,7 +151,7 @@ def test_the_host_deployment_embeds_each_text_once_for_itself_and_its_guest(monk
         for t in texts
     ]
 
-    names = ["minilm-heads", "minilm-embedding"] * 3  # one batch, as serve.batch hands it to the replica
+    names = ["minilm-heads", "minilm-embedding"] * 3  # one batch, as the replica's batcher hands it over
     batch = [item for item in items for _ in range(2)]
     outputs = asyncio.run(score_named(replica.experts, replica.spec.name, batch, names))
     assert sorted(embedded) == sorted(texts)  # each text once, for both experts

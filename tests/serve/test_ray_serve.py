@@ -100,6 +100,13 @@ def test_a_cpu_light_expert_answers_from_inside_the_ingress(service: str) -> Non
 
 
 def test_concurrent_requests_are_batched_and_all_answered(service: str) -> None:
+    from ray import serve
+
+    from aegis_online.rayserve.deployments import deployment_name
+    from aegis_online.rayserve.runtime import APP_NAME
+
+    replica = serve.get_deployment_handle(deployment_name("minilm-embedding"), app_name=APP_NAME)
+    before = replica.batching.remote().result()
     texts = [f"message number {i}: have a lovely day" for i in range(24)]
 
     async def run() -> list[int]:
@@ -108,6 +115,11 @@ def test_concurrent_requests_are_batched_and_all_answered(service: str) -> None:
         return [r.status_code for r in responses]
 
     assert asyncio.run(run()) == [200] * len(texts)
+    after = replica.batching.remote().result()
+    items, batches = after["items"] - before["items"], after["batches"] - before["batches"]
+    # each request calls the replica twice (minilm-embedding and its guest minilm-heads), through its batcher;
+    # calls that queued while a batch ran were scored together (tests/serve/test_replica_batching.py: which)
+    assert items >= 2 * len(texts) and batches < items, (items, batches)
 
 
 def test_perspective_clients_work_through_ray_serve(service: str) -> None:

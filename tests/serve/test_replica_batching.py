@@ -1,0 +1,123 @@
+"""``ReplicaBatcher``: how an expert replica batches concurrent calls (no Ray: Ray's path is in test_ray_serve.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aegis_online.rayserve.batching import ReplicaBatcher
+
+
+class SlowModel:
+    """Scores a batch in ``seconds``, recording each batch; ``fail_on`` items make the whole batch raise."""
+
+    def __init__(self, seconds: float = 0.05, fail_on: frozenset[int] = frozenset()) -> None:
+        self.seconds = seconds
+        self.fail_on = fail_on
+        self.batches: list[list[int]] = []
+
+    async def score(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        await asyncio.sleep(self.seconds)
+        if self.fail_on & set(items):
+            raise ValueError(f"cannot score {sorted(self.fail_on & set(items))}")
+        return [10 * item for item in items]
+
+
+def test_calls_that_queue_while_a_batch_runs_all_go_into_the_next_batch() -> None:
+    """The property ``@serve.batch`` lacks: it froze the next batch as the previous one started."""
+    model = SlowModel()
+
+    async def main() -> list[int]:
+        batcher = ReplicaBatcher(model.score, max_batch_size=64, batch_wait_s=0.0)
+        first = asyncio.ensure_future(batcher(0))
+        await asyncio.sleep(0.01)  # the first batch, [0], is running
+        later = []
+        for i in range(1, 8):  # arrive one by one while it runs
+            later.append(asyncio.ensure_future(batcher(i)))
+            await asyncio.sleep(0.002)
+        results = await asyncio.gather(first, *later)
+        assert (batcher.batches, batcher.items) == (2, 8)
+        return results
+
+    assert asyncio.run(main()) == [10 * i for i in range(8)]
+    assert model.batches == [[0], list(range(1, 8))]
+
+
+def test_a_batch_holds_at_most_max_batch_size_calls_and_keeps_their_order() -> None:
+    model = SlowModel(seconds=0.01)
+
+    async def main() -> list[int]:
+        batcher = ReplicaBatcher(model.score, max_batch_size=3, batch_wait_s=0.0)
+        return await asyncio.gather(*(batcher(i) for i in range(7)))
+
+    assert asyncio.run(main()) == [10 * i for i in range(7)]
+    assert model.batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_the_batch_wait_lets_calls_arriving_on_an_idle_replica_join_the_first_batch() -> None:
+    model = SlowModel(seconds=0.01)
+
+    async def main(wait_s: float) -> None:
+        batcher = ReplicaBatcher(model.score, max_batch_size=8, batch_wait_s=wait_s)
+        calls = [asyncio.ensure_future(batcher(0))]
+        await asyncio.sleep(0.02)
+        calls.append(asyncio.ensure_future(batcher(1)))
+        await asyncio.gather(*calls)
+
+    asyncio.run(main(0.2))
+    assert model.batches == [[0, 1]]
+    model.batches.clear()
+    asyncio.run(main(0.0))
+    assert model.batches == [[0], [1]]
+
+
+def test_a_caller_that_gives_up_before_its_batch_is_not_scored() -> None:
+    model = SlowModel()
+
+    async def main() -> None:
+        batcher = ReplicaBatcher(model.score, max_batch_size=8, batch_wait_s=0.0)
+        running = asyncio.ensure_future(batcher(0))
+        await asyncio.sleep(0.01)
+        late = asyncio.ensure_future(asyncio.wait_for(batcher(1), timeout=0.005))  # its deadline passes in the queue
+        kept = asyncio.ensure_future(batcher(2))
+        with pytest.raises(TimeoutError):
+            await late
+        assert await running == 0 and await kept == 20
+
+    asyncio.run(main())
+    assert model.batches == [[0], [2]]
+
+
+def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_still_runs() -> None:
+    model = SlowModel(seconds=0.01, fail_on=frozenset({1}))
+
+    async def main() -> list[object]:
+        batcher = ReplicaBatcher(model.score, max_batch_size=2, batch_wait_s=0.0)
+        return await asyncio.gather(*(batcher(i) for i in range(4)), return_exceptions=True)
+
+    first, second, third, fourth = asyncio.run(main())
+    assert isinstance(first, ValueError) and first is second and "cannot score [1]" in str(first)
+    assert (third, fourth) == (20, 30)
+
+
+def test_a_score_that_answers_for_the_wrong_number_of_items_is_an_error_for_each_caller() -> None:
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    async def main() -> list[object]:
+        batcher = ReplicaBatcher(short, max_batch_size=4, batch_wait_s=0.01)
+        return await asyncio.gather(*(batcher(i) for i in range(3)), return_exceptions=True)
+
+    errors = asyncio.run(main())
+    assert all(isinstance(e, RuntimeError) and "2 results for 3 items" in str(e) for e in errors), errors
+
+
+@pytest.mark.parametrize(("size", "wait"), [(0, 0.0), (4, -1.0)])
+def test_a_batcher_needs_a_positive_size_and_a_wait_of_zero_or_more(size: int, wait: float) -> None:
+    async def score(items: list[int]) -> list[int]:
+        return items
+
+    with pytest.raises(ValueError, match="max_batch_size >= 1 and batch_wait_s >= 0"):
+        ReplicaBatcher(score, max_batch_size=size, batch_wait_s=wait)
