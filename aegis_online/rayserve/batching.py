@@ -2,11 +2,12 @@
 
 Why not ``@serve.batch``: since ray-project/ray#53096 (2025; Ray 2.60 here) its queue forms the next batch as soon
 as the previous one *starts*, then holds it until a slot frees (``max_concurrent_batches``, 1 by default). Under load
-each batch is what arrived within ``batch_wait_timeout_s`` of its first call, frozen while the model is busy. With 8
-calls in flight and a 2 ms wait, a replica's batches held 1.3-1.8 calls on the 2-core development machine, and 2.6-3.0
-of 64 on an H200 (docs/gpu.md), so a GPU guard ran at a tenth of its batched throughput. Here the batch is formed when
-the model is free to run it, so everything that waited during the previous batch goes into the next, up to
-``max_batch_size``; ``batch_wait_s`` still lets a batch wait briefly for company, as ``@serve.batch``'s does.
+each batch is what arrived within ``batch_wait_timeout_s`` of its first call, frozen while the model is busy. With a
+2 ms wait, a replica's batches held 1.3-1.8 calls with 8 in flight on the 2-core development machine, and 2.6-3.0 with
+64 in flight on an H200 (docs/gpu.md), where a guard then served a tenth of what it serves batched in process. Here
+the batch is formed when the model is free to run it, so everything that waited during the previous batch goes into
+the next, up to ``max_batch_size``; ``batch_wait_s`` still lets a batch wait briefly for company, as
+``@serve.batch``'s does.
 
 A caller that gives up (Ray cancels a request whose deadline passed) is dropped from the queue, not scored.
 
@@ -50,6 +51,7 @@ class ReplicaBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         #: batches scored and the items in them, since the start (their ratio: the mean batch)
@@ -59,8 +61,8 @@ class ReplicaBatcher(Generic[T, R]):
     async def __call__(self, item: T) -> R:
         """``item``'s result, scored with whatever else is queued when the model is next free."""
         loop = asyncio.get_running_loop()
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
+        if self._loop is not loop:  # first call, or a new event loop (the old one's worker is gone with it)
+            self._loop, self._arrived, self._worker = loop, asyncio.Event(), None
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run())
         future: asyncio.Future[R] = loop.create_future()

@@ -2,8 +2,8 @@
 
 ``ExpertDeployment`` wraps an ``Expert`` built from its catalog entry (``build_expert``) behind a ``ReplicaBatcher``:
 concurrent requests to one replica are scored together, each batch taking every request that queued while the
-previous one ran (up to ``max_batch_size``; one that starts on an idle replica waits up to ``batch_wait_timeout_ms``
-for company). ``@serve.batch`` froze each batch as the previous one started, and batched a tenth as much under load
+previous one ran (up to ``max_batch_size``; a batch with fewer waits up to ``batch_wait_timeout_ms`` for more).
+``@serve.batch`` froze each batch as the previous one started, and formed batches of 1-3 requests under load
 (``rayserve.batching`` says why). It
 loads its model and scores one text before it reports ready, so the first real request does not pay for loading.
 Resources come from the catalog (``hardware.cpus`` / ``gpus`` / ``memory_gb``; fractional CPUs for light experts)

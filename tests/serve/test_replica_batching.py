@@ -114,6 +114,14 @@ def test_a_score_that_answers_for_the_wrong_number_of_items_is_an_error_for_each
     assert all(isinstance(e, RuntimeError) and "2 results for 3 items" in str(e) for e in errors), errors
 
 
+def test_a_batcher_keeps_working_when_called_from_a_new_event_loop() -> None:
+    model = SlowModel(seconds=0.001)
+    batcher = ReplicaBatcher(model.score, max_batch_size=4, batch_wait_s=0.01)
+    assert asyncio.run(batcher(1)) == 10
+    # the first loop's worker died with it, and its event cannot be awaited from another loop
+    assert asyncio.run(asyncio.wait_for(batcher(2), timeout=5)) == 20
+
+
 @pytest.mark.parametrize(("size", "wait"), [(0, 0.0), (4, -1.0)])
 def test_a_batcher_needs_a_positive_size_and_a_wait_of_zero_or_more(size: int, wait: float) -> None:
     async def score(items: list[int]) -> list[int]:
