@@ -36,6 +36,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "unsafe among as many least suspicious, in hindsight",
     ):
         table.add_column(column, justify="right")
-    runs: list[dict[str, object]] = []
+    runs: list[dict[str, Any]] = []
     for seed in seeds:
         config = ReplayConfig(
             data=specs,
@@ -212,33 +213,32 @@ def main(argv: list[str] | None = None) -> int:
             cascaded = request_losses(result.logs[f"{learner}+cascade"].scores, truth)
             alone = ~result.logs[f"{learner}+cascade"].escalated
             reference = least_suspicious_unsafe(cheap, names, unsafe, int(alone.sum()))
+            run = {
+                "seed": seed,
+                "learner": learner,
+                "requests": len(truth),
+                **{key: cascade[key] for key in RUN_KEYS},
+                "budget": 0.01 * float(full.sum()),
+                "excess_cheap_decided": float(cascaded[alone].sum() - full[alone].sum()),
+                "excess_escalated": float(cascaded[~alone].sum() - full[~alone].sum()),
+                "unsafe": int(unsafe.sum()),
+                "unsafe_decided_cheap": int((unsafe & alone).sum()),
+            }
+            runs.append(run)
             row = (
                 str(seed),
                 learner,
-                f"{cascade['loss_ratio']:.3f}",
-                f"{cascade['escalation_rate']:.1%}",
-                f"{cascade['expensive_calls_saved']:.1%}",
-                f"{0.01 * full.sum():.2f}",
-                f"{cascaded[alone].sum() - full[alone].sum():+.2f}",
-                f"{cascaded[~alone].sum() - full[~alone].sum():+.2f}",
-                f"{int((unsafe & alone).sum())} of {int(unsafe.sum())} ({cascaded[unsafe & alone].sum():.2f})",
+                f"{run['loss_ratio']:.3f}",
+                f"{run['escalation_rate']:.1%}",
+                f"{run['expensive_calls_saved']:.1%}",
+                f"{run['budget']:.2f}",
+                f"{run['excess_cheap_decided']:+.2f}",
+                f"{run['excess_escalated']:+.2f}",
+                f"{run['unsafe_decided_cheap']} of {run['unsafe']} ({cascaded[unsafe & alone].sum():.2f})",
                 ", ".join(f"{name}: {n}" for name, n in reference.items()),
             )
             table.add_row(*row)
             console.print(" | ".join(row))
-            runs.append(
-                {
-                    "seed": seed,
-                    "learner": learner,
-                    "requests": len(truth),
-                    **{key: cascade[key] for key in RUN_KEYS},
-                    "budget": 0.01 * float(full.sum()),
-                    "excess_cheap_decided": float(cascaded[alone].sum() - full[alone].sum()),
-                    "excess_escalated": float(cascaded[~alone].sum() - full[~alone].sum()),
-                    "unsafe": int(unsafe.sum()),
-                    "unsafe_decided_cheap": int((unsafe & alone).sum()),
-                }
-            )
         console.print(f"seed {seed}: {len(truth):,} requests; rows each expert scored none of: {unscored}")
         if args.held_out and any(unscored.values()):
             console.print("[red]some replayed rows have no held-out score: the figures above are not held-out[/red]")
