@@ -107,8 +107,15 @@ def served_config(placement: str = "auto") -> ServiceConfig:
     """The CPU experts as the service runs them, with the torch threads the in-process experts have (all cores:
     Ray would give a replica reserving half a CPU a single thread); ``placement`` for every expert."""
     threads = os.cpu_count() or 1
+    specs = [spec for spec, _ in ServiceConfig().expert_plan()]
+    served = {spec.name for spec in specs}
+    # An expert that shares its host's replica (minilm-heads reads minilm-embedding's embedding of each text) gets
+    # no options: options of its own would ask for a deployment of its own, a second MiniLM embedding every text.
     plan = [
-        {"name": spec.name, "threads": threads, "placement": placement} for spec, _ in ServiceConfig().expert_plan()
+        {"name": spec.name}
+        if spec.shares_replica_with in served
+        else {"name": spec.name, "threads": threads, "placement": placement}
+        for spec in specs
     ]
     # Admission control off: this measures the serving path at fixed concurrencies (bench/overload.py measures
     # admission control under overload); the embedded store in memory only.

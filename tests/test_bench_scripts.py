@@ -172,3 +172,18 @@ def test_cascade_hedging_benchmark_compares_hedge_shares_at_one_budget() -> None
     for cell in cells[3:]:  # "saved% / loss ratio", both shares and the bound at about one budget (1 - 0.78 / 2)
         saved, ratio = cell.split(" / ")
         assert 50.0 < float(saved.rstrip("%")) < 70.0 and float(ratio) > 0, cell
+
+
+@pytest.mark.parametrize("placement", ["replica", "auto"])
+def test_serving_benchmark_serves_a_guest_expert_in_its_hosts_replica(placement: str) -> None:
+    """Options of its own would give minilm-heads a second MiniLM replica, embedding every text twice (the bench's
+    Ray figures fell to a quarter of the service's before this)."""
+    from aegis_online.rayserve.deployments import placements
+
+    spec = importlib.util.spec_from_file_location("serving_bench", ROOT / "bench" / "serving.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    where = {p.spec.name: (p.where, p.host) for p in placements(module.served_config(placement))}
+    assert where["minilm-heads"] == ("guest", "minilm-embedding")
+    assert where["minilm-embedding"] == ("replica", None)
+    assert where["profanity-check"][0] == ("replica" if placement == "replica" else "ingress")
