@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,8 +133,9 @@ RATIO_LABELS = {"replicas": "repl", "in ingress": "ingr"}
 
 def ray_cases(
     texts: list[str], levels: Sequence[int], n: int
-) -> tuple[dict[str, dict[int, tuple[float, float, float]]], float]:
-    """Every ``RAY_CASES`` placement in one Ray session (redeployed between them); the first start-up time."""
+) -> tuple[dict[str, dict[int, tuple[float, float, float]]], float, dict[str, dict[str, Any]]]:
+    """Every ``RAY_CASES`` placement in one Ray session (redeployed between them); the first start-up time; how
+    MiniLM's replica batched in each (``ExpertDeployment.batching``)."""
     from aegis_online.rayserve.runtime import APP_NAME, start_ray, start_serve, stop_ray
 
     with socket.socket() as sock:
@@ -141,6 +143,7 @@ def ray_cases(
         port = sock.getsockname()[1]
     temp_dir = Path(tempfile.mkdtemp(prefix="aegis-ray-", dir="/tmp"))
     results = {}
+    batching = {}
     startup = 0.0
     try:
         started = time.perf_counter()
@@ -153,9 +156,34 @@ def ray_cases(
                 serve.delete(APP_NAME)
             results[name] = ray_case(port, served_config(placement), texts, levels, n, offset=i * 10 * n)
             startup = startup or time.perf_counter() - started
+            batching[name] = replica_batching(BATCHED_EXPERT)
     finally:
         stop_ray(temp_dir)
-    return results, startup
+    return results, startup, batching
+
+
+#: the expert whose replica's batching the bench reports (the CPU tier's only model worth batching, if any)
+BATCHED_EXPERT = "minilm-embedding"
+
+
+def replica_batching(expert: str) -> dict[str, Any]:
+    """``ExpertDeployment.batching`` of ``expert``'s replica in the running application."""
+    from ray import serve
+
+    from aegis_online.rayserve.deployments import deployment_name
+    from aegis_online.rayserve.runtime import APP_NAME
+
+    return serve.get_deployment_handle(deployment_name(expert), app_name=APP_NAME).batching.remote().result()
+
+
+def describe_batching(stats: dict[str, Any]) -> str:
+    """One line: calls, batches, and the fitted cost that decides whether the replica batches."""
+    calls, batches = stats["items"], stats["batches"]
+    line = f"{calls} calls in {batches} batches (mean {calls / max(batches, 1):.2f})"
+    if stats["fixed_ms"] is None:
+        return f"{line}; batch cost not fitted yet: batching"
+    mode = "batching" if stats["batch_pays"] else "one call at a time"
+    return f"{line}; batch cost fitted as {stats['fixed_ms']:.1f} ms + {stats['per_call_ms']:.1f} ms x calls: {mode}"
 
 
 def ray_case(
@@ -316,7 +344,7 @@ def main() -> None:
 
     decide_us, request_us = ingress_cost(repeats)
     local = in_process_case(texts, levels, n)
-    served, startup = ray_cases(texts, levels, n)
+    served, startup, batching = ray_cases(texts, levels, n)
 
     print(f"Ray Serve start-up (ray.init + serve.start + deploy, models warmed up): {startup:.1f} s\n")
     names = ["in process", *(f"ray serve, {name}" for name in RAY_CASES)]
@@ -335,6 +363,8 @@ def main() -> None:
     if 1 in levels:
         share = served["in ingress"][1][0] / local[1][0]
         print(f"cpu-light experts in the ingress, concurrency 1: {share:.2f} of in-process (target >= 0.80)")
+    for name, stats in batching.items():
+        print(f"{BATCHED_EXPERT}'s replica, ray serve, {name}: {describe_batching(stats)}")
     print()
     print("Ingress cost per request with instant experts (in process, no network):")
     rows = (

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,9 +141,7 @@ def test_cascade_replay_benchmark_held_out_scores_every_replayed_row_with_expert
 
 
 def test_least_suspicious_unsafe_counts_unsafe_requests_among_the_lowest_cheap_scores() -> None:
-    spec = importlib.util.spec_from_file_location("cascade_replay", ROOT / "bench" / "cascade_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("cascade_replay.py")
     cheap = np.array([[[0.1, 0.9]], [[0.2, 0.1]], [[0.8, 0.7]], [[np.nan, 0.05]]])  # (T=4, C=1, M=2)
     unsafe = np.array([False, True, True, False])
     counts = module.least_suspicious_unsafe(cheap, ["a", "b"], unsafe, 2)
@@ -180,10 +179,24 @@ def test_serving_benchmark_serves_a_guest_expert_in_its_hosts_replica(placement:
     Ray figures fell to a quarter of the service's before this)."""
     from aegis_online.rayserve.deployments import placements
 
-    spec = importlib.util.spec_from_file_location("serving_bench", ROOT / "bench" / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("serving.py")
     where = {p.spec.name: (p.where, p.host) for p in placements(module.served_config(placement))}
     assert where["minilm-heads"] == ("guest", "minilm-embedding")
     assert where["minilm-embedding"] == ("replica", None)
     assert where["profanity-check"][0] == ("replica" if placement == "replica" else "ingress")
+
+
+def test_serving_benchmark_says_whether_the_replica_batched_and_why() -> None:
+    describe = load_bench("serving.py").describe_batching
+    unknown = {"items": 10, "batches": 4, "fixed_ms": None, "per_call_ms": None, "batch_pays": True}
+    assert describe(unknown) == "10 calls in 4 batches (mean 2.50); batch cost not fitted yet: batching"
+    singles = {"items": 90, "batches": 80, "fixed_ms": -12.0, "per_call_ms": 31.5, "batch_pays": False}
+    assert describe(singles).endswith("fitted as -12.0 ms + 31.5 ms x calls: one call at a time")
+
+
+def load_bench(script: str) -> Any:
+    """``bench/<script>`` imported as a module (its functions, without running it)."""
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), ROOT / "bench" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

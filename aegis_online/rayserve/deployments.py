@@ -2,7 +2,8 @@
 
 ``ExpertDeployment`` wraps an ``Expert`` built from its catalog entry (``build_expert``) behind a ``ReplicaBatcher``:
 concurrent requests to one replica are scored together, each batch taking every request that queued while the
-previous one ran (up to ``max_batch_size``; a batch with fewer waits up to ``batch_wait_timeout_ms`` for more).
+previous one ran (up to ``max_batch_size``; a batch with fewer waits up to ``batch_wait_timeout_ms`` for more), or
+one at a time where the replica measured that a batch costs at least its requests one by one (MiniLM on a CPU).
 ``@serve.batch`` froze each batch as the previous one started, and formed batches of 1-3 requests under load
 (``rayserve.batching`` says why). It
 loads its model and scores one text before it reports ready, so the first real request does not pay for loading.
@@ -97,9 +98,19 @@ class ExpertDeployment:
         """``item`` scored by the hosted expert ``name``, in a batch with the requests queued beside it."""
         return await self.batcher((item, name))
 
-    def batching(self) -> dict[str, int]:
-        """Batches scored since the replica started, and the requests in them (a benchmark's mean batch)."""
-        return {"batches": self.batcher.batches, "items": self.batcher.items}
+    def batching(self) -> dict[str, Any]:
+        """Batches scored since the replica started, the requests in them (a benchmark's mean batch), and the fitted
+        cost of a batch, ``fixed_ms + per_call_ms x calls`` (None before it is known), which decides whether the
+        replica batches at all (``batch_pays``: ``rayserve.batching`` says how)."""
+        fitted = self.batcher.cost.fit()
+        fixed_ms, per_call_ms = (None, None) if fitted is None else (1000 * fitted[0], 1000 * fitted[1])
+        return {
+            "batches": self.batcher.batches,
+            "items": self.batcher.items,
+            "fixed_ms": fixed_ms,
+            "per_call_ms": per_call_ms,
+            "batch_pays": self.batcher.cost.batch_pays(),
+        }
 
     async def _score_batch(self, calls: list[tuple[ExpertInput, str]]) -> list[ExpertOutput]:
         items, names = zip(*calls, strict=True)

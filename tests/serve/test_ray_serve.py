@@ -117,9 +117,12 @@ def test_concurrent_requests_are_batched_and_all_answered(service: str) -> None:
     assert asyncio.run(run()) == [200] * len(texts)
     after = replica.batching.remote().result()
     items, batches = after["items"] - before["items"], after["batches"] - before["batches"]
-    # each request calls the replica twice (minilm-embedding and its guest minilm-heads), through its batcher;
-    # calls that queued while a batch ran were scored together (tests/serve/test_replica_batching.py: which)
-    assert items >= 2 * len(texts) and batches < items, (items, batches)
+    # each request calls the replica twice (minilm-embedding and its guest minilm-heads), through its batcher
+    assert items >= 2 * len(texts), (items, batches)
+    if before["batch_pays"] and after["batch_pays"]:  # calls that queued while a batch ran were scored together
+        assert batches < items, (items, batches)
+    elif not before["batch_pays"] and not after["batch_pays"]:  # it measured that MiniLM batches cost more
+        assert batches == items and after["fixed_ms"] <= 0, after
 
 
 def test_perspective_clients_work_through_ray_serve(service: str) -> None:

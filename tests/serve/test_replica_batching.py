@@ -6,20 +6,24 @@ import asyncio
 
 import pytest
 
-from aegis_online.rayserve.batching import ReplicaBatcher
+from aegis_online.rayserve.batching import BatchCost, ReplicaBatcher
 
 
 class SlowModel:
-    """Scores a batch in ``seconds``, recording each batch; ``fail_on`` items make the whole batch raise."""
+    """Scores a batch in ``seconds`` plus ``extra_per_call`` for each call after the first, recording each batch;
+    ``fail_on`` items make the whole batch raise."""
 
-    def __init__(self, seconds: float = 0.05, fail_on: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self, seconds: float = 0.05, fail_on: frozenset[int] = frozenset(), extra_per_call: float = 0.0
+    ) -> None:
         self.seconds = seconds
         self.fail_on = fail_on
+        self.extra_per_call = extra_per_call
         self.batches: list[list[int]] = []
 
     async def score(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
-        await asyncio.sleep(self.seconds)
+        await asyncio.sleep(self.seconds + self.extra_per_call * (len(items) - 1))
         if self.fail_on & set(items):
             raise ValueError(f"cannot score {sorted(self.fail_on & set(items))}")
         return [10 * item for item in items]
@@ -129,3 +133,49 @@ def test_a_batcher_needs_a_positive_size_and_a_wait_of_zero_or_more(size: int, w
 
     with pytest.raises(ValueError, match="max_batch_size >= 1 and batch_wait_s >= 0"):
         ReplicaBatcher(score, max_batch_size=size, batch_wait_s=wait)
+
+
+@pytest.mark.parametrize(
+    ("extra_per_call", "batches_of_six"),
+    [
+        (0.0, [6]),  # a batch costs what one call does (a guard on a GPU): everything queued goes together
+        (0.03, [1] * 6),  # each call after the first costs more than a call alone (MiniLM padding on a CPU)
+    ],
+)
+def test_a_replica_batches_only_once_it_measured_that_a_batch_costs_less_than_its_calls_one_at_a_time(
+    extra_per_call: float, batches_of_six: list[int]
+) -> None:
+    model = SlowModel(seconds=0.02, extra_per_call=extra_per_call)
+
+    async def main() -> None:
+        batcher = ReplicaBatcher(model.score, max_batch_size=16, batch_wait_s=0.05)
+        sizes = ([1, 2, 4, 8] * BatchCost.MIN_BATCHES)[: BatchCost.MIN_BATCHES]
+        for size in sizes:  # what the replica sees while it learns the cost: it batches meanwhile
+            assert await asyncio.gather(*(batcher(i) for i in range(size))) == [10 * i for i in range(size)]
+        assert [len(b) for b in model.batches] == sizes
+        model.batches.clear()
+        assert await asyncio.gather(*(batcher(i) for i in range(6))) == [10 * i for i in range(6)]
+        fixed, per_call = batcher.cost.fit()
+        assert (fixed > 0) == (batches_of_six == [6]), (fixed, per_call)
+
+    asyncio.run(main())
+    assert [len(b) for b in model.batches] == batches_of_six
+
+
+def test_the_batch_cost_is_unknown_until_enough_batches_of_two_sizes() -> None:
+    cost = BatchCost()
+    cost.add(1, 0.02)
+    for _ in range(BatchCost.MIN_BATCHES - 2):
+        cost.add(2, 0.01)
+    assert cost.fit() is None and cost.batch_pays()  # two sizes, one batch short: it batches meanwhile
+    cost.add(2, 0.01)
+    assert cost.fit() == (pytest.approx(0.03), pytest.approx(-0.01))
+    same = BatchCost()
+    for _ in range(3 * BatchCost.MIN_BATCHES):
+        same.add(4, 0.01)
+    assert same.fit() is None and same.batch_pays()  # one size only: no slope, so it keeps batching
+    superlinear = BatchCost()
+    for n in (1, 2, 4, 8) * 3:
+        superlinear.add(n, 0.025 * n + 0.005 * (n - 1))
+    fixed, per_call = superlinear.fit()
+    assert fixed == pytest.approx(-0.005) and per_call == pytest.approx(0.030) and not superlinear.batch_pays()
