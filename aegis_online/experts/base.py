@@ -61,7 +61,12 @@ class Expert(abc.ABC):
 
 
 async def score_with_deadline(expert: Expert, batch: Sequence[ExpertInput], deadline_s: float) -> list[ExpertOutput]:
-    """Run ``expert.score`` under a deadline; a timeout or an exception becomes a per-expert error output."""
+    """Run ``expert.score`` under a deadline; a timeout or an exception becomes a per-expert error output.
+
+    When a batch of several inputs raises (not a timeout), each input is scored again alone, in what is left of the
+    deadline: one input that breaks the model (a prompt longer than a vLLM engine's ``max_model_len``, one that runs
+    the GPU out of memory) then fails only its own output, not those batched beside it, which in an expert replica
+    are other requests, often other tenants'."""
     started = time.perf_counter()
     kind: Literal["timeout", "error"] = "error"
     try:
@@ -73,5 +78,9 @@ async def score_with_deadline(expert: Expert, batch: Sequence[ExpertInput], dead
         error, kind = f"timed out after {deadline_s * 1000:.0f} ms", "timeout"
     except Exception as exc:  # an expert's failure must never fail the request
         error = f"{type(exc).__name__}: {exc}"
+        left = deadline_s - (time.perf_counter() - started)
+        if len(batch) > 1 and left > 0:
+            alone = await asyncio.gather(*(score_with_deadline(expert, [item], left) for item in batch))
+            return [only for (only,) in alone]
     elapsed = (time.perf_counter() - started) * 1000.0
     return [ExpertOutput(expert=expert.name, latency_ms=elapsed, error=error, error_kind=kind) for _ in batch]

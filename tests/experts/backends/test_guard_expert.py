@@ -215,3 +215,45 @@ def test_concurrent_requests_on_one_local_model_give_the_sequential_answers(tran
     together = [outputs[0].scores for outputs in asyncio.run(concurrently())]
     one_by_one = [asyncio.run(expert.score([item(t)]))[0].scores for t in texts]
     assert together == one_by_one
+
+
+class ContextLimitedBackend(ScriptedBackend):
+    """Refuses the whole call when one prompt is longer than its context, as vLLM's ``LLM.generate`` does."""
+
+    def answer(self, queries: Sequence[GuardQuery]) -> list[GuardAnswer]:
+        self.calls.append(list(queries))
+        for query in queries:
+            if len(query.messages[0]["content"]) > 20:
+                raise ValueError(f"The decoder prompt (length {len(query.messages[0]['content'])}) is longer than 20")
+        return [GOOD for _ in queries]
+
+
+def test_an_input_that_breaks_the_batch_fails_only_its_own_output() -> None:
+    """In a replica the batch holds other requests, often other tenants': one long prompt must not fail theirs."""
+    backend = ContextLimitedBackend({})
+    batch = [item("a"), item("x" * 500), item("c")]
+    outputs = asyncio.run(score_with_deadline(GuardExpert(OneWordFamily(), backend), batch, 5.0))
+    assert [o.ok for o in outputs] == [True, False, True]
+    assert "(length 500) is longer than 20" in outputs[1].error and outputs[1].error_kind == "error"
+    assert sorted(len(call) for call in backend.calls) == [1, 1, 1, 3]  # the batch, then each input alone
+
+
+def test_the_replica_path_isolates_an_input_that_breaks_the_batch() -> None:
+    pytest.importorskip("ray")
+    from aegis_online.rayserve.deployments import score_named
+
+    expert = GuardExpert(OneWordFamily(), ContextLimitedBackend({}), name="guard")
+    outputs = asyncio.run(score_named({"guard": expert}, "guard", [item("x" * 99), item("b")], ["guard", "guard"]))
+    assert [o.ok for o in outputs] == [False, True]
+
+
+def test_a_batch_that_timed_out_is_not_scored_again_item_by_item() -> None:
+    class Slow(ScriptedBackend):
+        def answer(self, queries):
+            self.calls.append(list(queries))
+            time.sleep(0.2)
+            return [GOOD for _ in queries]
+
+    backend = Slow({})
+    outputs = asyncio.run(score_with_deadline(GuardExpert(OneWordFamily(), backend), [item("a"), item("b")], 0.05))
+    assert all(o.error_kind == "timeout" for o in outputs) and len(backend.calls) == 1
