@@ -18,7 +18,7 @@ GPU, where a batch costs little more than one call) the batcher takes everything
 batch costs at least its calls one by one: MiniLM on a CPU pads every text to the batch's longest, and measured 25
 ms a text alone against 45-90 ms a text in batches of 8-16 on two cores), it scores one call at a time, with no wait:
 the first callers no longer wait for the whole batch, and the model does no more work. Until the fit has seen
-``BatchCost.MIN_BATCHES`` batches of at least two sizes, it batches.
+``BatchCost.MIN_BATCHES`` batches of at least two sizes, it batches. A batch that failed is not timed.
 
 >>> import asyncio
 >>> async def main():
@@ -95,11 +95,18 @@ class ReplicaBatcher(Generic[T, R]):
     """Calls ``score`` on batches of the items passed to it concurrently; one batch at a time."""
 
     def __init__(
-        self, score: Callable[[list[T]], Awaitable[Sequence[R]]], max_batch_size: int, batch_wait_s: float
+        self,
+        score: Callable[[list[T]], Awaitable[Sequence[R]]],
+        max_batch_size: int,
+        batch_wait_s: float,
+        timed: Callable[[Sequence[R]], bool] = lambda results: True,
     ) -> None:
+        """``timed(results)``: whether a batch's duration goes into ``cost`` (an expert's batch whose outputs are
+        errors says nothing of what scoring costs: a backend that is down fails fast)."""
         if max_batch_size < 1 or batch_wait_s < 0:
             raise ValueError("need max_batch_size >= 1 and batch_wait_s >= 0")
         self.score = score
+        self.timed = timed
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
@@ -157,7 +164,8 @@ class ReplicaBatcher(Generic[T, R]):
                 results = list(await self.score([item for item, _ in batch]))
                 if len(results) != len(batch):
                     raise RuntimeError(f"score returned {len(results)} results for {len(batch)} items")
-                self.cost.add(len(batch), loop.time() - started)
+                if self.timed(results):
+                    self.cost.add(len(batch), loop.time() - started)
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)

@@ -79,7 +79,10 @@ class ExpertDeployment:
             guest_spec = ExpertSpec.model_validate(guest)
             self.experts[guest_spec.name] = await build_ready_expert(guest_spec, options, in_thread=False)
         self.batcher: ReplicaBatcher[tuple[ExpertInput, str], ExpertOutput] = ReplicaBatcher(
-            self._score_batch, options.max_batch_size, options.batch_wait_timeout_ms / 1000.0
+            self._score_batch,
+            options.max_batch_size,
+            options.batch_wait_timeout_ms / 1000.0,
+            timed=lambda outputs: all(output.ok for output in outputs),
         )
 
     def describe(self, name: str | None = None) -> dict[str, Any]:

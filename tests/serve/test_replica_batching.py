@@ -179,3 +179,20 @@ def test_the_batch_cost_is_unknown_until_enough_batches_of_two_sizes() -> None:
         superlinear.add(n, 0.025 * n + 0.005 * (n - 1))
     fixed, per_call = superlinear.fit()
     assert fixed == pytest.approx(-0.005) and per_call == pytest.approx(0.030) and not superlinear.batch_pays()
+
+
+def test_batches_the_caller_says_are_not_timed_stay_out_of_the_cost_fit() -> None:
+    """A replica's batch of error outputs (a backend that is down fails fast) says nothing of what scoring costs."""
+    model = SlowModel(seconds=0.0)
+
+    async def main() -> BatchCost:
+        batcher = ReplicaBatcher(
+            model.score, max_batch_size=8, batch_wait_s=0.0, timed=lambda results: 0 not in results
+        )
+        for size in (1, 2, 3):
+            await asyncio.gather(*(batcher(i) for i in range(size)))  # each batch holds item 0, scored 0: not timed
+            await asyncio.gather(*(batcher(i) for i in range(1, size + 1)))
+        return batcher.cost
+
+    cost = asyncio.run(main())
+    assert cost.count == 3 and len(model.batches) == 6
