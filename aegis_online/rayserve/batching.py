@@ -16,7 +16,7 @@ as ``a + b n`` for n calls (``BatchCost``). A batch of the q queued calls takes 
 ``q (a + b)``: batching saves ``(q - 1) a`` of the model's time. So while the fitted ``a`` is positive (a guard on a
 GPU, where a batch costs little more than one call) the batcher takes everything queued. Where it is zero or below (a
 batch costs at least its calls one by one: MiniLM on a CPU pads every text to the batch's longest, and measured 25
-ms a text alone against 45-90 ms a text in batches of 8-16 on two cores), it scores one call at a time, with no wait:
+ms a text alone against 42-90 ms a text in batches of 8-16 on two cores), it scores one call at a time, with no wait:
 the first callers no longer wait for the whole batch, and the model does no more work. Until the fit has seen
 ``BatchCost.MIN_BATCHES`` batches of at least two sizes, it batches. A batch that failed is not timed.
 
