@@ -116,9 +116,33 @@ def _field(loc: Sequence[Any]) -> str | None:
     return ".".join(p for p in parts if not _UNION_TAG.match(p)) or None
 
 
+def _closeness(branch: list[Any]) -> tuple[bool, int]:
+    """How near a value came to a union member: it has the member's shape (a problem other than a type mismatch),
+    then how deep into the member its problems lie."""
+    return (
+        any(not str(e.get("type", "")).endswith("_type") for e in branch),
+        max(len(e.get("loc", ())) for e in branch),
+    )
+
+
+def _without_rejected_members(errors: list[Any]) -> list[Any]:
+    """A value that fits no member of a union gets one error per member from pydantic, most of them "not a string",
+    "not a list" for members it never resembled. Keep the errors of the member it came closest to, so that ``input:
+    []`` is told its list is empty rather than that it is not a string (and 2 more problems)."""
+    members: dict[tuple[str, ...], dict[str, list[Any]]] = {}
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ())]
+        tag = next((i for i, p in enumerate(loc) if _UNION_TAG.match(p)), None)
+        if tag is not None:
+            members.setdefault(tuple(loc[:tag]), {}).setdefault(loc[tag], []).append(e)
+    kept = {id(e) for branches in members.values() for e in max(branches.values(), key=_closeness)}
+    in_union = {id(e) for branches in members.values() for branch in branches.values() for e in branch}
+    return [e for e in errors if id(e) in kept or id(e) not in in_union]
+
+
 def from_validation_error(error: RequestValidationError) -> ApiError:
     """The first problem of a failed validation, with its field; the count of the others."""
-    errors = list(error.errors())
+    errors = _without_rejected_members(list(error.errors()))
     if not errors:
         return ApiError(422, "invalid request")
     first = errors[0]

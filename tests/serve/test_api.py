@@ -371,6 +371,24 @@ def test_openai_moderations_refuse_bad_input_with_openai_errors(client: TestClie
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"input": []}, "input: List should have at least 1 item"),
+        ({"input": 5}, "input: Input should be a valid string"),
+        ({"input": ["a", 3]}, "input.1: Input should be a valid string"),
+        ({"input": [{"type": "text"}]}, "input.0.text.text: required"),
+    ],
+)
+def test_an_input_that_fits_no_form_is_told_what_is_wrong_with_the_form_it_has(
+    client: TestClient, body: dict, message: str
+) -> None:
+    """``input`` is a string, a list of strings or a list of parts; the error speaks of the form the value came
+    closest to, not of each form it is not."""
+    error = client.post("/v1/moderations", json=body, headers=ACME).json()["error"]
+    assert error["message"].startswith(message) and "more problems" not in error["message"], error
+
+
 def test_openai_moderations_join_the_text_parts_of_one_multimodal_input(client: TestClient) -> None:
     parts = [{"type": "text", "text": "I will"}, {"type": "text", "text": "kill you"}]
     body = client.post("/v1/moderations", json={"input": parts}, headers=ACME).json()
