@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -29,12 +30,14 @@ from aegis_online.taxonomy import CANONICAL_IDS, CUSTOM_PREFIX, EXTERNAL, catego
 __all__ = [
     "FORMATS",
     "HARMBENCH_MAP",
+    "HELD_OUT_ONE_IN",
     "SHARED_SETS",
     "SST_HARM_AREA_MAP",
     "LabelledText",
     "SharedSet",
     "binary_targets",
     "detect_format",
+    "held_out",
     "load",
     "load_csv",
     "load_davidson",
@@ -657,6 +660,23 @@ SHARED_SETS: tuple[SharedSet, ...] = (
     SharedSet("davidson", "davidson_hate_offensive/labeled_data.csv"),
     SharedSet("harmbench", "harmbench/harmbench_behaviors_text_all.csv"),
 )
+
+
+#: One shared row in ``HELD_OUT_ONE_IN`` is kept out of the shipped heads' training (``train-head --shared-data``), so
+#: that the demo and the serving benchmark stream text that no trained expert has seen.
+HELD_OUT_ONE_IN = 10
+
+
+def held_out(text: str) -> bool:
+    """Whether a shared row is one the shipped heads were not trained on (its text's SHA-256, mod ``HELD_OUT_ONE_IN``,
+    is 0). It depends on the text alone, not on where the row sits, so a reordered or grown file keeps the same rows
+    out, and a text that two sets share is out of both.
+
+    >>> held_out("a"), held_out("b")
+    (True, False)
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % HELD_OUT_ONE_IN == 0
 
 
 def load_shared(

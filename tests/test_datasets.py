@@ -277,3 +277,33 @@ def test_shared_data_dir_honours_the_environment_variable(tmp_path: Path, monkey
     assert shared_data_dir() == tmp_path
     monkeypatch.setenv("AEGIS_DATA_DIR", str(tmp_path / "absent"))
     assert shared_data_dir() is None
+
+
+@needs_data
+def test_one_shared_row_in_ten_is_held_out_by_its_text_and_the_shipped_heads_never_saw_them() -> None:
+    """The demo streams held-out rows only; each shipped head's provenance must say it trained on the rest."""
+    from aegis_online.experts.cpu.lexical.model import shipped_model_path
+    from aegis_online.experts.cpu.minilm.expert import PACKAGED_HEADS
+
+    counts = {
+        s.name: Counter(datasets.held_out(r.text) for r in datasets.load_shared(s.name)) for s in datasets.SHARED_SETS
+    }
+    davidson = counts["davidson"]
+    assert 0.09 < davidson[True] / davidson.total() < 0.11
+    for artifact in (shipped_model_path(), PACKAGED_HEADS):
+        provenance = json.loads(artifact.with_name(f"{artifact.stem}.provenance.json").read_text())
+        assert "held_out" in provenance
+        for described in provenance["data_sets"]:
+            held, trained = counts[described["name"]][True], counts[described["name"]][False]
+            assert (described["held_out_rows"], described["rows"]) == (held, trained), (artifact.name, described)
+
+
+@needs_data
+def test_the_demo_streams_only_rows_the_heads_did_not_train_on(tmp_path: Path) -> None:
+    from aegis_online.demos.prompts import FALLBACK, SHARES, demo_prompts
+
+    rows, source = demo_prompts(400, seed=7)
+    assert len(rows) == 400 and all(datasets.held_out(r.text) for r in rows)
+    assert {r.source for r in rows} == set(SHARES) and "held out" in source
+    written, source = demo_prompts(5, data_dir=tmp_path)  # a folder without the sets: the prompts written here
+    assert {r.text for r in written} <= {p.text for p in FALLBACK} and "not found" in source

@@ -168,7 +168,10 @@ def provenance_path(out: Path) -> Path:
 def experts_train_head(
     data: list[Path] = typer.Option(None, "--data", help="Labelled data file; repeat for several."),
     shared_data: bool = typer.Option(
-        False, "--shared-data", help="Also read every shared labelled set (../shared/data or $AEGIS_DATA_DIR)."
+        False,
+        "--shared-data",
+        help="Also read every shared labelled set (../shared/data or $AEGIS_DATA_DIR), less one row in ten "
+        "(datasets.held_out) kept for the demo.",
     ),
     out: Path = typer.Option(..., "--out", dir_okay=False, help="Heads file to write (.npz)."),
     kind: str = typer.Option(
@@ -204,7 +207,14 @@ def experts_train_head(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from aegis_online.datasets import SHARED_SETS, detect_format, load, shared_data_dir
+    from aegis_online.datasets import (
+        HELD_OUT_ONE_IN,
+        SHARED_SETS,
+        detect_format,
+        held_out,
+        load,
+        shared_data_dir,
+    )
     from aegis_online.schemas import OVERALL
     from aegis_online.taxonomy import CANONICAL_IDS, category
 
@@ -230,33 +240,38 @@ def experts_train_head(
         wanted = [category(c).id for c in categories] if categories else list(CANONICAL_IDS)
     except KeyError as error:
         raise fail(str(error.args[0])) from None
-    #: (path, reader options, format) of every file read
-    sources: list[tuple[Path, dict[str, object], str | None]] = [(p, {}, data_format) for p in data or []]
+    #: (path, reader options, format, whether its held-out rows stay out) of every file read
+    sources: list[tuple[Path, dict[str, object], str | None, bool]] = [(p, {}, data_format, False) for p in data or []]
     #: how the provenance names each file: as given, or the shared set's name and path (not this machine's folder)
     data_sets: list[dict[str, object]] = [{"name": p.name, "path": str(p)} for p in data or []]
     if shared_data:
         base = shared_data_dir()
         if base is None:
             raise fail("--shared-data: no shared data folder (../shared/data beside the repository, or AEGIS_DATA_DIR)")
-        sources += [(base / s.path, dict(s.options), None) for s in SHARED_SETS]
+        sources += [(base / s.path, dict(s.options), None, True) for s in SHARED_SETS]
         data_sets += [{"name": s.name, "path": f"shared:{s.path}"} for s in SHARED_SETS]
 
     rows = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        for (path, fixed_options, fmt), described in zip(sources, data_sets, strict=True):
+        for (path, fixed_options, fmt, holds_out), described in zip(sources, data_sets, strict=True):
             task = progress.add_task(f"reading {path.name}", total=limit)
-            read_before = len(rows)
+            read_before, kept_out = len(rows), 0
             try:
                 # the column map is for generic files; fixed-format files beside them ignore it
                 generic = (fmt or detect_format(path, generic=bool(options)) or "") in ("jsonl", "csv")
                 reader_options = {**fixed_options, **(options if generic else {})}
                 for row in load(path, fmt, limit=limit, **reader_options):
-                    rows.append(row)
+                    if holds_out and held_out(row.text):
+                        kept_out += 1
+                    else:
+                        rows.append(row)
                     progress.advance(task)
             except (OSError, ValueError, KeyError) as error:
                 raise fail(str(error.args[0]) if isinstance(error, KeyError) else str(error)) from None
             described["rows"] = len(rows) - read_before
+            if holds_out:
+                described["held_out_rows"] = kept_out
         if not rows:
             raise fail("no rows read from the --data files")
         stage_tasks: dict[str, object] = {}
@@ -324,6 +339,11 @@ def experts_train_head(
         "data_sets": data_sets,
         "heads": kept,
     }
+    if shared_data:
+        provenance["held_out"] = (
+            f"the shared rows whose text's SHA-256 is 0 mod {HELD_OUT_ONE_IN} (datasets.held_out; each set's "
+            "held_out_rows): kept for the demo and the serving benchmark"
+        )
     provenance_path(out).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     console.print(
         f"wrote {len(kept)} heads to {escape(str(out))} and their provenance to {escape(str(provenance_path(out)))}",

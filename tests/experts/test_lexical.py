@@ -202,3 +202,25 @@ def test_held_out_auroc_on_a_shared_set_is_clearly_above_chance() -> None:
     scores = model.predict([r.text for r in test], [OVERALL])[:, 0]
     auroc = roc_auc_score([int(bool(r.unsafe)) for r in test], scores)
     assert auroc > HELD_OUT_AUROC_MIN, auroc
+
+
+def test_train_head_on_the_shared_data_leaves_the_held_out_rows_out(tmp_path: Path) -> None:
+    """``--shared-data`` trains on every shared row but one in ten (``datasets.held_out``), which the demo streams;
+    the provenance counts both, per set."""
+    from typer.testing import CliRunner
+
+    from aegis_online.cli import app
+    from aegis_online.datasets import held_out
+
+    if shared_data_dir() is None:
+        pytest.skip("shared data not found (../shared/data beside the repo, or set AEGIS_DATA_DIR)")
+    out = tmp_path / "lexical.npz"
+    argv = ["experts", "train-head", "--kind", "lexical", "--shared-data", "--limit", "120", "--folds", "2"]
+    result = CliRunner().invoke(app, [*argv, "--category", "S12", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    provenance = json.loads(out.with_name("lexical.provenance.json").read_text())
+    for described in provenance["data_sets"]:
+        read = load_shared(described["name"], limit=120)
+        held = sum(held_out(r.text) for r in read)
+        assert held > 0 and (described["held_out_rows"], described["rows"]) == (held, len(read) - held), described
+    assert provenance["training_rows"] == sum(d["rows"] for d in provenance["data_sets"])

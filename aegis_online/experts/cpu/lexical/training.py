@@ -1,8 +1,8 @@
 """Cross-validated training of the lexical heads (``train_lexical``).
 
 ``aegis-online experts train-head --kind lexical`` runs it; ``make heads`` trains the shipped ``lexical-heads.npz``
-on every shared set and writes its provenance beside it (the data sets, rows, cross-validated AUROC per head, the
-command).
+on every shared set (less the rows ``datasets.held_out`` keeps for the demo) and writes its provenance beside it
+(the data sets, rows, cross-validated AUROC per head, the command).
 
 Cross-validation refits the vocabularies inside each fold (a test fold's texts never choose terms or idf), so the
 reported AUROCs are out-of-sample for the whole pipeline. To afford that, the folds are shared by all heads: one
