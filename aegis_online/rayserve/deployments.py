@@ -47,6 +47,7 @@ from aegis_online.experts.build import build_expert
 from aegis_online.rayserve.batching import ReplicaBatcher
 from aegis_online.schemas import ExpertOutput, Message
 from aegis_online.serve.auth import KeyTable
+from aegis_online.serve.metrics import REPLICA_POLL_TIMEOUT_S
 from aegis_online.taxonomy import CANONICAL
 
 log = logging.getLogger("aegis_online.serve")
@@ -102,12 +103,14 @@ class ExpertDeployment:
         return await self.batcher((item, name))
 
     def batching(self) -> dict[str, Any]:
-        """Batches scored since the replica started, the requests in them (a benchmark's mean batch), and the fitted
-        cost of a batch, ``fixed_ms + per_call_ms x calls`` (None before it is known), which decides whether the
-        replica batches at all (``batch_pays``: ``rayserve.batching`` says how)."""
+        """This replica's id, the batches it scored since it started, the requests in them (a benchmark's mean batch),
+        and the fitted cost of a batch, ``fixed_ms + per_call_ms x calls`` (None before it is known), which decides
+        whether the replica batches at all (``batch_pays``: ``rayserve.batching`` says how). The ingress exports it
+        on ``/metrics`` (``aegis_replica_*``)."""
         fitted = self.batcher.cost.fit()
         fixed_ms, per_call_ms = (None, None) if fitted is None else (1000 * fitted[0], 1000 * fitted[1])
         return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
             "batches": self.batcher.batches,
             "items": self.batcher.items,
             "fixed_ms": fixed_ms,
@@ -194,6 +197,23 @@ class RemoteExpert(Expert):
         return [o.model_copy(update={"latency_ms": elapsed}) for o in outputs]
 
 
+async def replica_reports(deployments: Mapping[str, DeploymentHandle]) -> list[tuple[str, str, dict[str, Any]]]:
+    """One batching report per expert deployment, from whichever replica Ray routes the call to; a deployment that
+    does not answer in ``REPLICA_POLL_TIMEOUT_S`` (or fails) is left out, and its call cancelled."""
+    responses = {name: handle.batching.remote() for name, handle in deployments.items()}
+
+    async def one(name: str) -> tuple[str, str, dict[str, Any]] | None:
+        try:
+            report = await asyncio.wait_for(responses[name], REPLICA_POLL_TIMEOUT_S)
+        except Exception:  # a replica starting, stopping or stuck: the next scrape asks again
+            responses[name].cancel()
+            log.debug("no batching report from %s", name, exc_info=True)
+            return None
+        return name, report.pop("replica"), report
+
+    return [r for r in await asyncio.gather(*(one(name) for name in responses)) if r is not None]
+
+
 @serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=10)
 @serve.ingress()
 class ModerationIngress:
@@ -223,6 +243,8 @@ class ModerationIngress:
         entries = list(plan) or [{"name": name} for name in experts]
         built = await asyncio.gather(*(expert(entry) for entry in entries))
         self.service = build_service(self.config, built, KeyTable.from_wire(keys))
+        deployments = {handle.deployment_name: handle for handle in experts.values()}  # a guest shares its host's
+        self.service.metrics.watch_replicas(lambda: replica_reports(deployments))
 
     def __serve_build_asgi_app__(self) -> Any:
         from aegis_online.serve.app import create_app

@@ -290,7 +290,8 @@ def create_app(service: ModerationService) -> FastAPI:
         responses={200: {"content": {"text/plain": {}}}},
         dependencies=metrics_auth,
     )
-    def metrics_route() -> Response:
+    async def metrics_route() -> Response:
+        await service.metrics.refresh()
         body, content_type = service.metrics.render()
         return Response(content=body, media_type=content_type)
 

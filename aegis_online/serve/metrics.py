@@ -12,8 +12,11 @@ directly, or keep ``ingress.replicas: 1`` (the memory store requires it anyway).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -31,6 +34,7 @@ from aegis_online.feedback.stats_collector import FeedbackStatsCollector
 from aegis_online.schemas import Decision
 from aegis_online.serve.health import EXPERT_FAILURES
 
+logger = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -81,6 +85,69 @@ class _AdmissionState(Collector):
         yield GaugeMetricFamily("aegis_admission_queued", "Moderation inputs waiting to start.", value=queued)
 
 
+#: A replica's batching report: (deployment, replica id, ``ExpertDeployment.batching()``'s figures).
+ReplicaReport = tuple[str, str, Mapping[str, Any]]
+#: How long a replica's last report is exported without news of it (a scrape reaches one replica per deployment;
+#: one that has stopped answering is gone after this).
+REPLICA_REPORT_TTL_S = 600.0
+#: How long a scrape waits for the replicas' reports before it answers with what it has.
+REPLICA_POLL_TIMEOUT_S = 2.0
+
+
+class _ReplicaBatching(Collector):
+    """The expert replicas' batching, as each replica last reported it.
+
+    Each poll reaches one replica per deployment (Ray's router picks it), so the others' series keep their last
+    report: per replica, the counters only grow, which is what ``rate()`` needs.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.reports: dict[tuple[str, str], tuple[float, Mapping[str, Any]]] = {}
+
+    def update(self, reports: Iterable[ReplicaReport]) -> None:
+        now = self.clock()
+        for deployment, replica, report in reports:
+            self.reports[(deployment, replica)] = (now, report)
+        for key, (seen, _) in list(self.reports.items()):
+            if now - seen > REPLICA_REPORT_TTL_S:
+                del self.reports[key]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["deployment", "replica"]
+        batches = CounterMetricFamily("aegis_replica_batches", "Batches an expert replica has scored.", labels=labels)
+        calls = CounterMetricFamily(
+            "aegis_replica_batched_calls",
+            "Expert calls in those batches (calls / batches: the mean batch).",
+            labels=labels,
+        )
+        fixed = GaugeMetricFamily(
+            "aegis_replica_batch_fixed_seconds",
+            "The fitted cost of a batch that does not grow with its size (absent until known).",
+            labels=labels,
+        )
+        per_call = GaugeMetricFamily(
+            "aegis_replica_batch_per_call_seconds", "The fitted cost of each call in a batch.", labels=labels
+        )
+        batching = GaugeMetricFamily(
+            "aegis_replica_batching",
+            "1 while the replica batches (the fit says a batch saves model time, or is not known yet), 0 while it "
+            "scores one call at a time.",
+            labels=labels,
+        )
+        if not self.reports:  # the experts run in process (or no replica has answered yet)
+            return
+        for (deployment, replica), (_, report) in sorted(self.reports.items()):
+            key = [deployment, replica]
+            batches.add_metric(key, report["batches"])
+            calls.add_metric(key, report["items"])
+            if report.get("fixed_ms") is not None:
+                fixed.add_metric(key, report["fixed_ms"] / 1000.0)
+                per_call.add_metric(key, report["per_call_ms"] / 1000.0)
+            batching.add_metric(key, float(bool(report["batch_pays"])))
+        yield from (batches, calls, fixed, per_call, batching)
+
+
 class ServiceMetrics:
     """The service's metrics and the few calls that update them.
 
@@ -95,6 +162,7 @@ class ServiceMetrics:
         weights: Callable[[], dict[str, dict[str, float]]] = dict,
         store_degraded: Callable[[], bool] = lambda: False,
         predictions_dropped: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         disable_created_metrics()  # the *_created series double the output and no dashboard reads them
         self.registry = CollectorRegistry(auto_describe=True)
@@ -159,6 +227,9 @@ class ServiceMetrics:
             r.register(FeedbackStatsCollector(feedback_stats))
         self._category_children: dict[tuple[str, str], Counter] = {}
         self._admission_state: _AdmissionState | None = None
+        self._replica_poll: Callable[[], Awaitable[list[ReplicaReport]]] | None = None
+        self._replica_batching = _ReplicaBatching(clock)
+        r.register(self._replica_batching)
 
     def observe_decision(self, decision: Decision) -> None:
         self.decisions.labels(decision.action, str(decision.degraded).lower()).inc()
@@ -200,6 +271,23 @@ class ServiceMetrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def watch_replicas(self, poll: Callable[[], Awaitable[list[ReplicaReport]]]) -> None:
+        """Ask ``poll`` for the expert replicas' batching reports at each scrape (``refresh``)."""
+        self._replica_poll = poll
+
+    async def refresh(self) -> None:
+        """Fetch what lives in other processes (the replicas' reports) before a scrape. A poll that fails or takes
+        much longer than ``REPLICA_POLL_TIMEOUT_S`` (its own limit per replica) leaves the last reports as they were:
+        a scrape always answers."""
+        if self._replica_poll is None:
+            return
+        try:
+            reports = await asyncio.wait_for(self._replica_poll(), REPLICA_POLL_TIMEOUT_S + 1.0)
+        except Exception:  # the scrape goes on with the last reports
+            logger.warning("the expert replicas' batching reports could not be fetched", exc_info=True)
+            reports = []
+        self._replica_batching.update(reports)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -187,6 +187,24 @@ def test_tenants_stay_isolated_through_ray_serve(service: str) -> None:
     assert 'aegis_expert_latency_seconds_count{expert="profanity-check"}' in metrics
 
 
+def test_metrics_show_the_expert_replicas_batching(service: str) -> None:
+    """The ingress asks each expert deployment for its batching at each scrape; a guest (minilm-heads) is its host's
+    deployment, not one of its own."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aegis_online.rayserve.deployments import deployment_name
+
+    assert post(service, "/v1/moderate", conversation("hello there")).status_code == 200
+    text = httpx.get(f"{service}/metrics", timeout=10).text
+    families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+    batches = {s.labels["deployment"]: s for s in families["aegis_replica_batches"]}
+    assert deployment_name("minilm-embedding") in batches and deployment_name("minilm-heads") not in batches
+    assert all(s.value >= 1 and s.labels["replica"] for s in batches.values())
+    calls = {s.labels["deployment"]: s.value for s in families["aegis_replica_batched_calls"]}
+    assert all(calls[name] >= s.value for name, s in batches.items())
+    assert {s.value for s in families["aegis_replica_batching"]} <= {0.0, 1.0}
+
+
 def test_the_projects_client_works_through_ray_serve(service: str) -> None:
     with AegisClient(service, api_key=ACME_KEY, timeout=30) as client:
         assert client.ready().status == "ready"
