@@ -92,6 +92,9 @@ ReplicaReport = tuple[str, str, Mapping[str, Any]]
 REPLICA_REPORT_TTL_S = 600.0
 #: How long a scrape waits for the replicas' reports before it answers with what it has.
 REPLICA_POLL_TIMEOUT_S = 2.0
+#: Scrapes closer together than this share one poll (``/metrics`` needs no key by default: a client that floods it
+#: must not flood the replicas too).
+REPLICA_POLL_INTERVAL_S = 1.0
 
 
 class _ReplicaBatching(Collector):
@@ -229,6 +232,8 @@ class ServiceMetrics:
         self._admission_state: _AdmissionState | None = None
         self._replica_poll: Callable[[], Awaitable[list[ReplicaReport]]] | None = None
         self._replica_batching = _ReplicaBatching(clock)
+        self._clock = clock
+        self._polled_at = -math.inf
         r.register(self._replica_batching)
 
     def observe_decision(self, decision: Decision) -> None:
@@ -280,8 +285,10 @@ class ServiceMetrics:
         """Fetch what lives in other processes (the replicas' reports) before a scrape. A poll that fails or takes
         much longer than ``REPLICA_POLL_TIMEOUT_S`` (its own limit per replica) leaves the last reports as they were:
         a scrape always answers."""
-        if self._replica_poll is None:
+        now = self._clock()
+        if self._replica_poll is None or now - self._polled_at < REPLICA_POLL_INTERVAL_S:
             return
+        self._polled_at = now  # before the poll: scrapes while it runs answer with the last reports
         try:
             reports = await asyncio.wait_for(self._replica_poll(), REPLICA_POLL_TIMEOUT_S + 1.0)
         except Exception:  # the scrape goes on with the last reports

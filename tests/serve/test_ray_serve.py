@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,8 +194,10 @@ def test_metrics_show_the_expert_replicas_batching(service: str) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from aegis_online.rayserve.deployments import deployment_name
+    from aegis_online.serve.metrics import REPLICA_POLL_INTERVAL_S
 
     assert post(service, "/v1/moderate", conversation("hello there")).status_code == 200
+    time.sleep(REPLICA_POLL_INTERVAL_S)  # an earlier test's scrape may have polled the replicas just now
     text = httpx.get(f"{service}/metrics", timeout=10).text
     families = {f.name: f.samples for f in text_string_to_metric_families(text)}
     batches = {s.labels["deployment"]: s for s in families["aegis_replica_batches"]}

@@ -99,8 +99,28 @@ def test_a_failing_or_stuck_poll_leaves_the_last_reports_and_the_scrape_answers(
 
     monkeypatch.setattr(metrics_module, "REPLICA_POLL_TIMEOUT_S", 0.01)
     for poll in (broken, stuck):
+        replicas.now += 5
         metrics.watch_replicas(poll)
         assert scrape(metrics)["aegis_replica_batches"] == {("expert-guard", "r1"): 7}
+
+
+def test_scrapes_in_quick_succession_share_one_poll(replicas: Replicas, metrics: ServiceMetrics) -> None:
+    """``/metrics`` needs no key by default: flooding it must not flood the replicas."""
+    polls = 0
+
+    async def counted() -> list[ReplicaReport]:
+        nonlocal polls
+        polls += 1
+        return await replicas.poll()
+
+    metrics.watch_replicas(counted)
+    for _ in range(50):
+        scrape(metrics)
+        replicas.now += 0.01
+    assert polls == 1
+    replicas.now += 1.0
+    scrape(metrics)
+    assert polls == 2
 
 
 def test_experts_in_process_export_no_replica_series() -> None:
