@@ -303,7 +303,9 @@ def test_the_demo_streams_only_rows_the_heads_did_not_train_on(tmp_path: Path) -
     from aegis_online.demos.prompts import FALLBACK, SHARES, demo_prompts
 
     rows, source = demo_prompts(400, seed=7)
-    assert len(rows) == 400 and all(datasets.held_out(r.text) for r in rows)
+    assert len({r.text for r in rows}) == 400 and all(datasets.held_out(r.text) for r in rows)  # no repeats
     assert {r.source for r in rows} == set(SHARES) and "held out" in source
+    every, _ = demo_prompts(400, seed=7, held_out_only=False)  # for benchmarks of speed: any row
+    assert not all(datasets.held_out(r.text) for r in every)
     written, source = demo_prompts(5, data_dir=tmp_path)  # a folder without the sets: the prompts written here
     assert {r.text for r in written} <= {p.text for p in FALLBACK} and "not found" in source

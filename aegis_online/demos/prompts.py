@@ -68,37 +68,44 @@ FALLBACK: tuple[LabelledPrompt, ...] = (
 )
 
 
-def _read(data: Path, name: str) -> list[LabelledText]:
+def _read(data: Path, name: str, held_out_only: bool) -> list[LabelledText]:
     try:
         rows = load_shared(name, data)
     except FileNotFoundError:
         return []
-    return [r for r in rows if held_out(r.text) and r.text.strip() and len(r.text) <= MAX_CHARS]
+    return [r for r in rows if (held_out(r.text) or not held_out_only) and r.text.strip() and len(r.text) <= MAX_CHARS]
 
 
 def _convert(rows: Iterable[LabelledText]) -> list[LabelledPrompt]:
     return [LabelledPrompt(r.text, dict(r.labels), r.unsafe, r.source) for r in rows]
 
 
-def demo_prompts(n: int, seed: int = 7, data_dir: Path | None = None) -> tuple[list[LabelledPrompt], str]:
-    """``n`` labelled prompts in a shuffled stream, and where they came from (for the report)."""
+def demo_prompts(
+    n: int, seed: int = 7, data_dir: Path | None = None, *, held_out_only: bool = True
+) -> tuple[list[LabelledPrompt], str]:
+    """``n`` labelled prompts in a shuffled stream, and where they came from (for the report).
+
+    Each set gives its share of ``n`` (``SHARES``) or all it has; what a set lacks comes from the set with the most
+    rows left, and a row repeats only once every row has been drawn. Repeats would flatter latency: MiniLM keeps the
+    embeddings of the texts it has seen. ``held_out_only=False``: every row, for benchmarks that measure speed only
+    (the more distinct texts, the fewer repeats).
+    """
     rng = random.Random(seed)
     data = data_dir or shared_data_dir()
-    chosen: list[LabelledPrompt] = []
-    used: list[str] = []
-    if data is not None:
-        for name, share in SHARES.items():
-            rows = _read(data, name)
-            if rows:
-                take = min(len(rows), max(1, round(n * share)))
-                chosen += _convert(rng.sample(rows, take))
-                used.append(f"{name} ({take})")
-    if not chosen:
+    pools = {} if data is None else {name: _read(data, name, held_out_only) for name in SHARES}
+    pools = {name: rows for name, rows in pools.items() if rows}
+    if not pools:
         chosen = [FALLBACK[i % len(FALLBACK)] for i in range(n)]
         rng.shuffle(chosen)
         return chosen, f"{len(FALLBACK)} prompts written for the demo (shared data not found)"
+    take = {name: min(len(rows), max(1, round(n * SHARES[name]))) for name, rows in pools.items()}
+    for name in sorted(pools, key=lambda k: len(pools[k]) - take[k], reverse=True):
+        take[name] += max(0, min(len(pools[name]) - take[name], n - sum(take.values())))
+    chosen = [p for name, rows in pools.items() for p in _convert(rng.sample(rows, take[name]))]
     pool = list(chosen)
-    while len(chosen) < n:  # fewer held-out rows than asked for: draw again from them
+    while len(chosen) < n:  # fewer rows than asked for: draw again from them
         chosen.append(rng.choice(pool))
     rng.shuffle(chosen)
-    return chosen[:n], f"shared data in {data}, rows held out of the heads' training: " + ", ".join(used)
+    which = "rows held out of the heads' training" if held_out_only else "every row"
+    used = ", ".join(f"{name} ({k})" for name, k in take.items())
+    return chosen[:n], f"shared data in {data}, {which}: {used}"
