@@ -663,7 +663,7 @@ SHARED_SETS: tuple[SharedSet, ...] = (
 
 
 #: One shared row in ``HELD_OUT_ONE_IN`` is kept out of the shipped heads' training (``train-head --shared-data``), so
-#: that the demo and the serving benchmark stream text that no trained expert has seen.
+#: that the demo (``demos.prompts``) streams text that no trained head has seen.
 HELD_OUT_ONE_IN = 10
 
 

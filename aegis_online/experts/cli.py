@@ -342,7 +342,7 @@ def experts_train_head(
     if shared_data:
         provenance["held_out"] = (
             f"the shared rows whose text's SHA-256 is 0 mod {HELD_OUT_ONE_IN} (datasets.held_out; each set's "
-            "held_out_rows): kept for the demo and the serving benchmark"
+            "held_out_rows): kept out of training, for the demo"
         )
     provenance_path(out).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     console.print(
