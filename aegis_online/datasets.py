@@ -36,6 +36,7 @@ __all__ = [
     "LabelledText",
     "SharedSet",
     "binary_targets",
+    "data_file_id",
     "detect_format",
     "held_out",
     "load",
@@ -665,6 +666,22 @@ SHARED_SETS: tuple[SharedSet, ...] = (
 #: One shared row in ``HELD_OUT_ONE_IN`` is kept out of the shipped heads' training (``train-head --shared-data``), so
 #: that the demo (``demos.prompts``) streams text that no trained head has seen.
 HELD_OUT_ONE_IN = 10
+
+
+def data_file_id(path: str | os.PathLike[str]) -> str:
+    """How a training provenance names a data file: ``shared:<path in the shared folder>`` for a shared set (the same
+    on every machine), else the path as given.
+
+    >>> data_file_id("/nowhere/train.csv")
+    '/nowhere/train.csv'
+    """
+    base = shared_data_dir()
+    if base is not None:
+        try:
+            return "shared:" + Path(path).resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
 
 
 def held_out(text: str) -> bool:

@@ -290,7 +290,12 @@ def test_one_shared_row_in_ten_is_held_out_by_its_text_and_the_shipped_heads_nev
     }
     davidson = counts["davidson"]
     assert 0.09 < davidson[True] / davidson.total() < 0.11
-    for artifact in (shipped_model_path(), PACKAGED_HEADS):
+    from aegis_online.experts.cpu import EmbeddingHeads, LexicalHeads
+    from aegis_online.experts.cpu.provenance import trained_on
+
+    for artifact, heads in ((shipped_model_path(), LexicalHeads), (PACKAGED_HEADS, EmbeddingHeads)):
+        # what eval reads: every shared set, its held-out rows left out
+        assert trained_on(heads.load(artifact).metadata) == {f"shared:{s.path}": False for s in datasets.SHARED_SETS}
         provenance = json.loads(artifact.with_name(f"{artifact.stem}.provenance.json").read_text())
         assert "held_out" in provenance
         for described in provenance["data_sets"]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from aegis_online.language import UNDETERMINED
@@ -46,6 +47,10 @@ class Expert(abc.ABC):
     categories: frozenset[str]
     free_form: bool = False
     languages: frozenset[str] | None = None
+    #: The labelled data files it was fitted on (``datasets.data_file_id``), each with whether it saw the file's
+    #: held-out rows (``datasets.held_out``) too: ``eval`` calls its figures on those rows in-sample. Empty for an
+    #: expert nobody fitted on labelled files here.
+    trained_on: Mapping[str, bool] = MappingProxyType({})
 
     def covers(self, category: Category) -> bool:
         return category.id in self.categories or (category.custom and self.free_form)

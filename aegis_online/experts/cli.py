@@ -210,11 +210,13 @@ def experts_train_head(
     from aegis_online.datasets import (
         HELD_OUT_ONE_IN,
         SHARED_SETS,
+        data_file_id,
         detect_format,
         held_out,
         load,
         shared_data_dir,
     )
+    from aegis_online.experts.cpu.provenance import source_line
     from aegis_online.schemas import OVERALL
     from aegis_online.taxonomy import CANONICAL_IDS, category
 
@@ -243,7 +245,7 @@ def experts_train_head(
     #: (path, reader options, format, whether its held-out rows stay out) of every file read
     sources: list[tuple[Path, dict[str, object], str | None, bool]] = [(p, {}, data_format, False) for p in data or []]
     #: how the provenance names each file: as given, or the shared set's name and path (not this machine's folder)
-    data_sets: list[dict[str, object]] = [{"name": p.name, "path": str(p)} for p in data or []]
+    data_sets: list[dict[str, object]] = [{"name": p.name, "path": data_file_id(p)} for p in data or []]
     if shared_data:
         base = shared_data_dir()
         if base is None:
@@ -286,7 +288,10 @@ def experts_train_head(
             "categories": wanted,
             "min_positives": min_positives,
             "folds": folds,
-            "sources": [f"{d['name']}: {d['path']} ({d['rows']} rows)" for d in data_sets],
+            "sources": [
+                source_line(str(d["name"]), str(d["path"]), int(str(d["rows"])), held_out_left_out="held_out_rows" in d)
+                for d in data_sets
+            ],
             "overall": overall,
             "command": command,
             "progress": report,

@@ -226,6 +226,13 @@ MISSING_AS_SAFE_OPTION = typer.Option(
     help="A missing label counts as safe (OpenAI moderation: a row with no code set is benign, the set's own "
     "convention; generic files: a row with no 1 among its label columns is safe).",
 )
+HELD_OUT_ROWS_OPTION = typer.Option(
+    False,
+    "--held-out-rows",
+    help="Read only the rows of each file that the shipped heads were not trained on (one in ten, by a hash of the "
+    "text: datasets.held_out), so that lexical-heads' and minilm-heads' figures on the shared sets are not "
+    "in-sample. A head you trained yourself with --data on the same file saw them.",
+)
 EXPERTS_OPTION = typer.Option(
     None, "--experts", help="Comma-separated catalog experts (default: the catalog's CPU experts)."
 )
@@ -244,6 +251,7 @@ def _data_specs(
     label: list[str] | None,
     overall_column: str | None,
     missing_as_safe: bool = False,
+    held_out_rows: bool = False,
 ) -> list[DataSpec]:
     from aegis_online.simulate.data_options import data_specs
 
@@ -255,6 +263,7 @@ def _data_specs(
         label=label,
         overall_column=overall_column,
         missing_as_safe=missing_as_safe,
+        held_out_rows=held_out_rows,
     )
 
 
@@ -311,6 +320,7 @@ def replay_command(
     label: list[str] | None = LABEL_OPTION,
     overall_column: str | None = OVERALL_COLUMN_OPTION,
     missing_as_safe: bool = MISSING_AS_SAFE_OPTION,
+    held_out_rows: bool = HELD_OUT_ROWS_OPTION,
     switches: int | None = typer.Option(
         None, "--switches", min=0, help="Switches per category for the oracle (default: one per data-set boundary)."
     ),
@@ -355,6 +365,7 @@ def replay_command(
             label=label,
             overall_column=overall_column,
             missing_as_safe=missing_as_safe,
+            held_out_rows=held_out_rows,
             tenant_column=tenant_column,
             policy=policy,
             policy_change=policy_change,
@@ -391,7 +402,9 @@ def replay_command(
 
     try:
         config = ReplayConfig(
-            data=_data_specs(data, data_format, limit, text_column, label, overall_column, missing_as_safe),
+            data=_data_specs(
+                data, data_format, limit, text_column, label, overall_column, missing_as_safe, held_out_rows
+            ),
             learners=_names(learners) or [],
             categories=_names(categories),
             tenant=tenant,
@@ -465,6 +478,7 @@ def _replay_tenants(
     label: list[str] | None,
     overall_column: str | None,
     missing_as_safe: bool,
+    held_out_rows: bool,
     tenant_column: str | None,
     policy: list[Path],
     policy_change: list[str],
@@ -494,7 +508,9 @@ def _replay_tenants(
             specs, policies, changes = scenario_inputs(story, base)
             delay, seed, shuffle = delay or story.feedback_delay, seed or story.seed, shuffle and story.shuffle
             column, size = story.tenant_column, story.window
-        specs += _data_specs(data, data_format, limit, text_column, label, overall_column, missing_as_safe)
+        specs += _data_specs(
+            data, data_format, limit, text_column, label, overall_column, missing_as_safe, held_out_rows
+        )
         if not specs:
             raise ValueError("--data: give at least one labelled data file (or --scenario)")
         policies += [load_policy_file(p) for p in policy]
@@ -582,6 +598,7 @@ def eval_command(
     label: list[str] | None = LABEL_OPTION,
     overall_column: str | None = OVERALL_COLUMN_OPTION,
     missing_as_safe: bool = MISSING_AS_SAFE_OPTION,
+    held_out_rows: bool = HELD_OUT_ROWS_OPTION,
     heads: Path | None = HEADS_OPTION,
     cache: Path | None = CACHE_OPTION,
     no_cache: bool = NO_CACHE_OPTION,
@@ -598,7 +615,9 @@ def eval_command(
 
     try:
         config = EvalConfig(
-            data=_data_specs(data, data_format, limit, text_column, label, overall_column, missing_as_safe),
+            data=_data_specs(
+                data, data_format, limit, text_column, label, overall_column, missing_as_safe, held_out_rows
+            ),
             learner=learner,
         )
         if policy is not None:

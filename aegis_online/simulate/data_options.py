@@ -121,8 +121,10 @@ def data_specs(
     label: Sequence[str] | None = None,
     overall_column: str | None = None,
     missing_as_safe: bool = False,
+    held_out_rows: bool = False,
 ) -> list[DataSpec]:
-    """One ``DataSpec`` per ``--data`` value, with the reader options its format takes.
+    """One ``DataSpec`` per ``--data`` value, with the reader options its format takes (``held_out_rows``: only the
+    rows of each file that ``datasets.held_out`` keeps out of the shipped heads' training).
 
     A generic jsonl/csv file gets the column map (its own, else the global options; the text column defaults to
     ``text``); ``missing_as_safe`` goes to the readers that take it (OpenAI moderation, generic files) and is moot
@@ -158,5 +160,5 @@ def data_specs(
             )
         if missing_as_safe and fmt in MISSING_AS_SAFE_FORMATS:
             options["missing_as_safe"] = True
-        specs.append(DataSpec(path=path, format=chosen, options=options, limit=limit))
+        specs.append(DataSpec(path=path, format=chosen, options=options, limit=limit, held_out_only=held_out_rows))
     return specs

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from aegis_online.datasets import LabelledText
+from aegis_online.datasets import LabelledText, data_file_id
 from aegis_online.ensemble import combine
 from aegis_online.experts import Expert
 from aegis_online.learn import DEFAULT_LEARNER, Learner, known_learner, make_learner
@@ -298,6 +298,16 @@ def truth_matrix(rows: Sequence[LabelledText], categories: Sequence[str]) -> tup
     return truth, unsafe
 
 
+def in_sample(experts: Sequence[Expert], spec: DataSpec, entry: Mapping[str, Any]) -> list[str]:
+    """The predictors whose figures on ``spec``'s rows are in-sample: the experts fitted on those very rows (on the
+    file, less its held-out rows when only those are read and the expert left them out), and then the ensembles,
+    which combine them."""
+    file = data_file_id(spec.path)
+    fitted = [e.name for e in experts if file in e.trained_on and (e.trained_on[file] or not spec.held_out_only)]
+    names = {e.name for e in experts}
+    return fitted + [p for p in entry["predictors"] if p not in names] if fitted else []
+
+
 def run_eval(
     config: EvalConfig,
     experts: Sequence[Expert],
@@ -336,7 +346,7 @@ def run_eval(
             learner=config.learner,
             weights=config.weights,
         )
-        datasets[segment.name] = {"path": str(spec.path), **entry}
+        datasets[segment.name] = {"path": str(spec.path), "in_sample": in_sample(experts, spec, entry), **entry}
     notes = {
         "overall": "the whole-request verdict (row.unsafe) against each predictor's whole-request score: an expert's "
         "highest category score over the categories the policy acts on (weights.updates.overall_outputs), the "
@@ -346,6 +356,9 @@ def run_eval(
         ENSEMBLE: f"ensemble.combine under the initial state of learner {config.learner} (uniform weights)",
         "null": "a metric the rows cannot define (one class only, no flag)",
         "error_correlation": "Pearson correlation of the experts' whole-request residuals (score - verdict)",
+        "in_sample": "predictors fitted on this data set's rows (experts whose training provenance names the file; "
+        "then the ensembles, which combine them): their figures here say how well they remember, not how well they "
+        "generalise (--held-out-rows reads only the rows the shipped heads left out)",
     }
     if config.weights is not None:
         notes[ENSEMBLE_WEIGHTS] = (

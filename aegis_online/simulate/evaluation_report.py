@@ -34,6 +34,19 @@ def _title(name: str, entry: Mapping[str, Any]) -> str:
     )
 
 
+def _predictor(name: str, entry: Mapping[str, Any]) -> str:
+    """The predictor's name, starred when its figures on this data set are in-sample."""
+    return f"{name} *" if name in entry.get("in_sample", ()) else name
+
+
+def _in_sample_note(entry: Mapping[str, Any]) -> str:
+    return (
+        "* fitted on these rows: in-sample figures (--held-out-rows reads only the rows the shipped heads left out)"
+        if entry.get("in_sample")
+        else ""
+    )
+
+
 def _category_auroc(predictor: Mapping[str, Any]) -> str:
     cells = [f"{cat} {fmt(m['auroc'], 2)}" for cat, m in predictor["categories"].items()]
     return " ".join(cells) or "-"
@@ -43,14 +56,17 @@ def console_tables(report: Mapping[str, Any]) -> list[Table]:
     """One rich table per data set (and one per data set's error correlation when it has several experts)."""
     tables = []
     for name, entry in report["datasets"].items():
-        table = Table(title=_title(name, entry), caption="whole request at the policy threshold; AUROC per category")
+        caption = "whole request at the policy threshold; AUROC per category"
+        note = _in_sample_note(entry)
+        table = Table(title=_title(name, entry), caption=f"{caption}\n{note}" if note else caption)
         table.add_column("predictor")
         for _, header in OVERALL_COLUMNS:
             table.add_column(header, justify="right")
         table.add_column("AUROC by category")
         for predictor in entry["predictors"]:
             m = entry[predictor]
-            table.add_row(predictor, *(fmt(m["overall"][key], 3) for key, _ in OVERALL_COLUMNS), _category_auroc(m))
+            cells = (fmt(m["overall"][key], 3) for key, _ in OVERALL_COLUMNS)
+            table.add_row(_predictor(predictor, entry), *cells, _category_auroc(m))
         tables.append(table)
         experts = list(entry["error_correlation"])
         if len(experts) > 1:
@@ -81,8 +97,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += ["|---|" + "---:|" * len(OVERALL_COLUMNS)]
         for predictor in entry["predictors"]:
             m = entry[predictor]["overall"]
-            lines.append(f"| {predictor} | " + " | ".join(fmt(m[k], 3) for k, _ in OVERALL_COLUMNS) + " |")
-        lines.append("")
+            cells = " | ".join(fmt(m[k], 3) for k, _ in OVERALL_COLUMNS)
+            lines.append(f"| {_predictor(predictor, entry)} | {cells} |")
+        note = _in_sample_note(entry)
+        lines += [note, ""] if note else [""]
         categories = entry["categories"]
         if categories:
             lines += ["AUROC / AUPRC / F1 per category (`-`: not covered or undefined):", ""]
@@ -93,7 +111,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                     " / ".join(fmt(cats[c][k], 3) for k in ("auroc", "auprc", "f1")) if c in cats else "-"
                     for c in categories
                 ]
-                lines.append(f"| {predictor} | " + " | ".join(cells) + " |")
+                lines.append(f"| {_predictor(predictor, entry)} | " + " | ".join(cells) + " |")
             lines.append("")
         experts = list(entry["error_correlation"])
         if len(experts) > 1:

@@ -15,19 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from aegis_online.datasets import LabelledText, load
+from aegis_online.datasets import LabelledText, held_out, load
 from aegis_online.simulate.stream import Segment
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """One data file of a replay: its format (None: detected), reader options, how many rows, a display name."""
+    """One data file of a replay: its format (None: detected), reader options, how many rows, a display name, and
+    whether only its held-out rows are read (``datasets.held_out``: those the shipped heads were not trained on)."""
 
     path: Path
     format: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     limit: int | None = None
     name: str | None = None
+    held_out_only: bool = False
 
     def label(self) -> str:
         """The name given, else the file's (``dataset_name``): what reports call this data set."""
@@ -82,6 +84,8 @@ def chain(specs: Sequence[DataSpec], *, shuffle: bool = True, seed: int = 0) -> 
     names: dict[str, int] = {}
     for i, spec in enumerate(specs):
         part = list(load(spec.path, spec.format, **dict(spec.options)))
+        if spec.held_out_only:
+            part = [r for r in part if held_out(r.text)]
         if shuffle:
             order = np.random.default_rng([seed, i]).permutation(len(part))
             part = [part[k] for k in order]

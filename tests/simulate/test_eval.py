@@ -270,10 +270,51 @@ def test_replay_and_eval_share_their_data_options() -> None:
 
     replay = inspect.signature(cli.replay_command).parameters
     evaluate = inspect.signature(cli.eval_command).parameters
-    for name in ("data", "data_format", "limit", "text_column", "label", "overall_column", "missing_as_safe"):
+    names = ("data", "data_format", "limit", "text_column", "label", "overall_column", "missing_as_safe")
+    for name in (*names, "held_out_rows"):
         assert replay[name].default is evaluate[name].default
 
 
 def test_data_spec_keeps_a_given_name(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "x.jsonl", [("a", 0)])
     assert DataSpec(path, name="mine").label() == "mine" and DataSpec(path).label() == "x"
+
+
+# -- in-sample figures -----------------------------------------------------------------------------------------------
+def test_a_head_that_saw_every_row_stays_in_sample_on_the_held_out_rows(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from aegis_online.datasets import data_file_id
+    from aegis_online.simulate.evaluation import in_sample
+
+    path = _jsonl(tmp_path / "mine.jsonl", [("a", 0)])
+    own = SimpleNamespace(name="own", trained_on={data_file_id(path): True})  # trained with --data mine.jsonl
+    shipped = SimpleNamespace(name="shipped", trained_on={data_file_id(path): False})  # held-out rows left out
+    other = SimpleNamespace(name="other", trained_on={"shared:elsewhere.csv": True})
+    entry = {"predictors": ["own", "shipped", "other", ENSEMBLE]}
+    assert in_sample([own, shipped, other], DataSpec(path), entry) == ["own", "shipped", ENSEMBLE]  # type: ignore[list-item]
+    assert in_sample([own, shipped, other], DataSpec(path, held_out_only=True), entry) == ["own", ENSEMBLE]  # type: ignore[list-item]
+    assert in_sample([shipped, other], DataSpec(path, held_out_only=True), entry) == []  # type: ignore[list-item]
+
+
+def test_eval_stars_the_shipped_heads_on_their_training_set_and_held_out_rows_clear_them(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="lexical-heads needs scikit-learn (the 'experts' extra)")
+    from aegis_online.datasets import held_out, load_shared, shared_data_dir
+
+    base = shared_data_dir()
+    if base is None:
+        pytest.skip("shared data not found (../shared/data beside the repo, or set AEGIS_DATA_DIR)")
+
+    def run(*extra: str) -> tuple[str, dict]:
+        out = tmp_path / f"out{len(extra)}"
+        args = ["eval", "--data", str(base / "xstest/xstest_prompts.csv"), "--experts", "lexical-heads"]
+        result = runner.invoke(app, [*args, "--no-cache", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads((out / "eval.json").read_text())["datasets"]["xstest_prompts"]
+
+    output, entry = run()
+    assert entry["in_sample"] == ["lexical-heads", ENSEMBLE] and entry["rows"] == 450
+    assert "lexical-heads *" in output and "in-sample" in output
+    output, entry = run("--held-out-rows")
+    assert entry["in_sample"] == [] and "in-sample" not in output
+    assert entry["rows"] == sum(held_out(r.text) for r in load_shared("xstest")) == 42

@@ -20,6 +20,7 @@ import numpy as np
 
 from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.cpu.lexical.model import LexicalHeads, shipped_model_path
+from aegis_online.experts.cpu.provenance import trained_on
 from aegis_online.schemas import OVERALL, ExpertOutput
 
 __all__ = ["LexicalExpert"]
@@ -55,6 +56,7 @@ class LexicalExpert(Expert):
         if not isinstance(model, LexicalHeads):
             model = LexicalHeads.load(model)
         self.model = model
+        self.trained_on = trained_on(model.metadata)
         self.name = name
         available = frozenset(model.categories)
         cats = available if categories is None else frozenset(categories)

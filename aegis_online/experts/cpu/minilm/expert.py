@@ -37,6 +37,7 @@ from aegis_online.experts.base import Expert, ExpertInput
 from aegis_online.experts.cpu.minilm.heads import EmbeddingHeads
 from aegis_online.experts.cpu.minilm.model import MiniLMEmbedder, get_embedder
 from aegis_online.experts.cpu.minilm.prototypes import prototype_texts
+from aegis_online.experts.cpu.provenance import trained_on
 from aegis_online.schemas import OVERALL, ExpertOutput
 from aegis_online.taxonomy import AEGIS_2_IDS, CANONICAL, CANONICAL_IDS, Category
 
@@ -97,6 +98,7 @@ class EmbeddingExpert(Expert):
         if heads is not None and not isinstance(heads, EmbeddingHeads):
             heads = EmbeddingHeads.load(heads)
         self.heads = heads
+        self.trained_on = {} if heads is None else trained_on(heads.metadata)
         self.zero_shot = zero_shot
         self.free_form = zero_shot
         if not zero_shot:
