@@ -437,6 +437,7 @@ def replay_command(
     rows = len(result.traffic.rows)
     print_learners(result.report, f"replay: {rows:,} requests from {len(result.traffic.segments)} data set(s)")
     print_segments(result.report)
+    print_in_sample(result.report)
     for name, m in result.report["learners"].items():
         fb = m.get("feedback", {})
         console.print(
@@ -446,6 +447,18 @@ def replay_command(
             + (f", rejected {fb['rejected']}" if fb.get("rejected") else "")
         )
     console.print(f"wrote {', '.join(escape(str(p)) for p in files)}", soft_wrap=True)
+
+
+def print_in_sample(report: dict[str, Any]) -> None:
+    """Say which experts were fitted on the rows they were just replayed on (``context.data[].in_sample``)."""
+    for entry in report.get("data", []):
+        if entry.get("in_sample"):
+            console.print(
+                f"[yellow]in-sample: {', '.join(entry['in_sample'])} were fitted on {escape(entry['name'])}'s rows; "
+                "there their figures (and the learners following them) say how well they remember "
+                "(--held-out-rows reads only the rows the shipped heads left out)[/yellow]",
+                soft_wrap=True,
+            )
 
 
 def print_segments(report: dict[str, Any]) -> None:

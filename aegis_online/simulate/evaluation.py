@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from aegis_online.datasets import LabelledText, data_file_id
+from aegis_online.datasets import LabelledText
 from aegis_online.ensemble import combine
 from aegis_online.experts import Expert
 from aegis_online.learn import DEFAULT_LEARNER, Learner, known_learner, make_learner
@@ -43,7 +43,7 @@ from aegis_online.schemas import OVERALL
 from aegis_online.simulate.cache import ReplayCache
 from aegis_online.simulate.expert_outputs import output_matrix, score_texts
 from aegis_online.simulate.predictor_metrics import binary_metrics
-from aegis_online.simulate.traffic import DataSpec, chain
+from aegis_online.simulate.traffic import DataSpec, chain, fitted_on
 from aegis_online.taxonomy import CANONICAL_IDS
 
 #: Predictor names of the combined scores.
@@ -299,11 +299,9 @@ def truth_matrix(rows: Sequence[LabelledText], categories: Sequence[str]) -> tup
 
 
 def in_sample(experts: Sequence[Expert], spec: DataSpec, entry: Mapping[str, Any]) -> list[str]:
-    """The predictors whose figures on ``spec``'s rows are in-sample: the experts fitted on those very rows (on the
-    file, less its held-out rows when only those are read and the expert left them out), and then the ensembles,
-    which combine them."""
-    file = data_file_id(spec.path)
-    fitted = [e.name for e in experts if file in e.trained_on and (e.trained_on[file] or not spec.held_out_only)]
+    """The predictors whose figures on ``spec``'s rows are in-sample: the experts fitted on them (``fitted_on``), and
+    then the ensembles, which combine them."""
+    fitted = fitted_on(experts, spec)
     names = {e.name for e in experts}
     return fitted + [p for p in entry["predictors"] if p not in names] if fitted else []
 

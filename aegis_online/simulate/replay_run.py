@@ -38,7 +38,7 @@ from aegis_online.simulate.report import evaluate, markdown_summary, write_repor
 from aegis_online.simulate.runner import LearnerRun
 from aegis_online.simulate.service_client import ServiceBackend
 from aegis_online.simulate.stream import Stream
-from aegis_online.simulate.traffic import DataSpec, ReplayTraffic, chain
+from aegis_online.simulate.traffic import DataSpec, ReplayTraffic, chain, fitted_on
 from aegis_online.taxonomy import CANONICAL_IDS
 
 if TYPE_CHECKING:  # tenants_replay builds on this module
@@ -175,7 +175,11 @@ def _cascade(config: ReplayConfig, experts: Sequence[str]) -> CascadeConfig | No
     return CascadeConfig(frozenset(config.cascade), rule)
 
 
-def _context(config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str | None) -> dict[str, Any]:
+def _context(
+    config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str | None, experts: Sequence[Expert] = ()
+) -> dict[str, Any]:
+    """The report's ``context``; each data set lists ``in_sample`` the experts fitted on its rows (in process only:
+    a service's experts are not known here)."""
     return {
         "kind": "replay",
         "mode": mode,
@@ -183,7 +187,13 @@ def _context(config: ReplayConfig, traffic: ReplayTraffic, mode: str, url: str |
         "description": "Real labelled traffic replayed "
         + ("through the in-process engine." if mode == "in-process" else f"against the service at {url}."),
         "data": [
-            {"name": seg.name, "path": str(spec.path), "rows": seg.end - seg.start, "start": seg.start}
+            {
+                "name": seg.name,
+                "path": str(spec.path),
+                "rows": seg.end - seg.start,
+                "start": seg.start,
+                "in_sample": fitted_on(experts, spec),
+            }
             for spec, seg in zip(traffic.sources or config.data, traffic.segments, strict=False)
         ],
         "feedback": {"delay": config.feedback_delay, "share": config.feedback_share},
@@ -277,7 +287,7 @@ def run_replay(
     stream = replay_stream(
         traffic.rows, traffic.segments, names, categories, outputs, arrival, sent, thresholds, config.tenant
     )
-    return _finish(config, traffic, stream, runs, logs, _context(config, traffic, "in-process", None))
+    return _finish(config, traffic, stream, runs, logs, _context(config, traffic, "in-process", None, experts))
 
 
 def run_replay_http(

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from aegis_online.datasets import LabelledText, held_out, load
+from aegis_online.datasets import LabelledText, data_file_id, held_out, load
+from aegis_online.experts import Expert
 from aegis_online.simulate.stream import Segment
 
 
@@ -34,6 +35,13 @@ class DataSpec:
     def label(self) -> str:
         """The name given, else the file's (``dataset_name``): what reports call this data set."""
         return self.name or dataset_name(self.path)
+
+
+def fitted_on(experts: Sequence[Expert], spec: DataSpec) -> list[str]:
+    """The experts fitted on the rows ``spec`` reads (``Expert.trained_on`` names the file; with ``held_out_only``,
+    only those that saw its held-out rows too): on these rows their figures are in-sample."""
+    file = data_file_id(spec.path)
+    return [e.name for e in experts if file in e.trained_on and (e.trained_on[file] or not spec.held_out_only)]
 
 
 #: Suffixes a data file's name carries that say how it is stored, not what it holds.

@@ -318,3 +318,21 @@ def test_eval_stars_the_shipped_heads_on_their_training_set_and_held_out_rows_cl
     output, entry = run("--held-out-rows")
     assert entry["in_sample"] == [] and "in-sample" not in output
     assert entry["rows"] == sum(held_out(r.text) for r in load_shared("xstest")) == 42
+
+
+def test_replay_names_the_experts_fitted_on_each_data_set(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="lexical-heads needs scikit-learn (the 'experts' extra)")
+    from aegis_online.datasets import shared_data_dir
+
+    base = shared_data_dir()
+    if base is None:
+        pytest.skip("shared data not found (../shared/data beside the repo, or set AEGIS_DATA_DIR)")
+    args = ["replay", "--data", str(base / "xstest/xstest_prompts.csv"), "--experts", "lexical-heads"]
+    args += ["--learners", "default", "--no-plots", "--no-cache", "--limit", "100"]
+    for extra, expected in (([], ["lexical-heads"]), (["--held-out-rows"], [])):
+        out = tmp_path / f"out{len(extra)}"
+        result = runner.invoke(app, [*args, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        data = json.loads((out / "report.json").read_text())["data"]
+        assert [d["in_sample"] for d in data] == [expected]
+        assert ("in-sample: lexical-heads" in result.output) == bool(expected)
