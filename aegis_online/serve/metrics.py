@@ -104,12 +104,10 @@ class _ReplicaBatching(Collector):
     report: per replica, the counters only grow, which is what ``rate()`` needs.
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self.reports: dict[tuple[str, str], tuple[float, Mapping[str, Any]]] = {}
 
-    def update(self, reports: Iterable[ReplicaReport]) -> None:
-        now = self.clock()
+    def update(self, reports: Iterable[ReplicaReport], now: float) -> None:
         for deployment, replica, report in reports:
             self.reports[(deployment, replica)] = (now, report)
         for key, (seen, _) in list(self.reports.items()):
@@ -231,7 +229,7 @@ class ServiceMetrics:
         self._category_children: dict[tuple[str, str], Counter] = {}
         self._admission_state: _AdmissionState | None = None
         self._replica_poll: Callable[[], Awaitable[list[ReplicaReport]]] | None = None
-        self._replica_batching = _ReplicaBatching(clock)
+        self._replica_batching = _ReplicaBatching()
         self._clock = clock
         self._polled_at = -math.inf
         r.register(self._replica_batching)
@@ -294,7 +292,7 @@ class ServiceMetrics:
         except Exception:  # the scrape goes on with the last reports
             logger.warning("the expert replicas' batching reports could not be fetched", exc_info=True)
             reports = []
-        self._replica_batching.update(reports)
+        self._replica_batching.update(reports, now)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
